@@ -1,0 +1,331 @@
+"""``cganctl``: a thin Typer CLI over :class:`scheduler.service.Service`.
+
+Start-up stays light: only Typer is imported here at module level; settings, SQLAlchemy, Celery and
+(in workers) torch are imported inside the commands that need them.
+
+Exit codes: 0 ok / job succeeded, 1 job failed, 2 bad input, 3 a service is unreachable,
+4 job cancelled, 130 interrupted.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Submit and manage conditional-GAN jobs: train, evaluate, generate.")
+submit_app = typer.Typer(no_args_is_help=True, help="Submit a job (validates, writes the job row, enqueues).")
+jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and control jobs.")
+results_app = typer.Typer(no_args_is_help=True, help="Fetch what jobs wrote.")
+models_app = typer.Typer(no_args_is_help=True, help="Models that generate and evaluate jobs can use.")
+db_app = typer.Typer(no_args_is_help=True, help="The job table's schema.")
+app.add_typer(submit_app, name="submit")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(results_app, name="results")
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
+
+EXIT_FOR_STATUS = {"succeeded": 0, "failed": 1, "cancelled": 4}
+
+
+class Format(str, Enum):
+    webdataset = "webdataset"
+    imagefolder = "imagefolder"
+    npz = "npz"
+
+
+class Layout(str, Enum):
+    webdataset = "webdataset"
+    imagefolder = "imagefolder"
+
+
+QueueOpt = Annotated[Optional[str], typer.Option("--queue", help="Celery queue (default: CGAN_DEFAULT_QUEUE, 'gpu').")]
+PriorityOpt = Annotated[int, typer.Option("--priority", help="0 (lowest) to 9 (highest).")]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow the job with a progress bar until it ends; the exit code says how.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _service():
+    from .service import Service
+
+    return Service()
+
+
+def _emit_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _submit(spec_builder, *, queue, priority, wait, as_json) -> None:
+    service = _service()
+    spec = spec_builder(service)
+    job = service.submit(spec, queue=queue, priority=priority)
+    embedded = service.runtime.settings.embedded
+    if not as_json:
+        where = "running in-process (embedded default)" if embedded else f"queued on '{job.queue}'"
+        typer.echo(f"job {job.id} {job.kind} {where}")
+    if wait or embedded:
+        _follow(service, job.id, quiet=as_json or not wait, as_json=as_json)
+    elif as_json:
+        _emit_json(job.to_dict())
+
+
+def _follow(service, job_id: str, *, quiet: bool = False, as_json: bool = False) -> None:
+    from .progress import follow_job
+
+    try:
+        job = follow_job(service, job_id, quiet=quiet)
+    except KeyboardInterrupt:
+        if service.runtime.settings.embedded:
+            typer.echo(f"interrupted: cancelling job {job_id} ...", err=True)
+            service.cancel(job_id)
+            service.finish_local()
+        else:
+            typer.echo(f"stopped following; job {job_id} goes on (cganctl jobs watch {job_id})", err=True)
+        raise typer.Exit(130)
+    service.finish_local()
+    if as_json:
+        _emit_json(job.to_dict())
+    else:
+        from .views import print_outcome
+
+        print_outcome(service, job)
+    raise typer.Exit(EXIT_FOR_STATUS.get(job.status, 1))
+
+
+@submit_app.command("generate")
+def submit_generate(
+    label: Annotated[Optional[list[str]], typer.Option("--label", help="Class to generate (repeatable).")] = None,
+    balanced: Annotated[bool, typer.Option("--balanced", help="Equal counts over all classes.")] = False,
+    count: Annotated[Optional[int], typer.Option("--count", help="Total images (split evenly over the classes).")] = None,
+    per_class: Annotated[Optional[int], typer.Option("--per-class", help="Images per class.")] = None,
+    fill_to: Annotated[Optional[int], typer.Option("--fill-to", help="Top every class of --dataset up to N images.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="ImageFolder directory or .tar/.tar.gz, with --fill-to.")] = None,
+    model: Annotated[str, typer.Option("--model", help="NAME[:VERSION] of a generator.")] = "default",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    truncation: Annotated[Optional[float], typer.Option("--truncation", help="Resample noise beyond this magnitude.")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option("--min-confidence", help="Keep samples the classifier gives their label with p >= P.")] = None,
+    classifier: Annotated[Optional[str], typer.Option("--classifier", help="NAME[:VERSION] used with --min-confidence.")] = None,
+    format: Annotated[str, typer.Option("--format", help="webdataset | imagefolder | npz")] = "webdataset",
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", help="Images per shard (default CGAN_SHARD_SIZE).")] = None,
+    queue: QueueOpt = None,
+    priority: PriorityOpt = 0,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate class-conditional images into sharded files in the object store."""
+    _submit(
+        lambda s: s.generate_spec(
+            labels=label, balanced=balanced, count=count, per_class=per_class, fill_to=fill_to, dataset=dataset,
+            model=model, seed=seed, truncation=truncation, min_confidence=min_confidence, classifier=classifier,
+            format=format, shard_size=shard_size,
+        ),
+        queue=queue, priority=priority, wait=wait, as_json=as_json,
+    )
+
+
+@submit_app.command("train")
+def submit_train(
+    preset: Annotated[str, typer.Option("--preset", help="resnet (strong GAN), mlp (baseline GAN) or classifier.")] = "resnet",
+    dataset: Annotated[str, typer.Option("--dataset", help="cifar10, an ImageFolder directory or a .tar/.tar.gz of one.")] = "cifar10",
+    steps: Annotated[int, typer.Option("--steps")] = 20_000,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 1000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    name: Annotated[Optional[str], typer.Option("--name", help="Register the result as this model name.")] = None,
+    queue: QueueOpt = None,
+    priority: PriorityOpt = 0,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a conditional GAN (or the scoring classifier); checkpoints go to the object store."""
+    _submit(
+        lambda s: s.train_spec(
+            preset=preset, dataset=dataset, steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every, seed=seed, name=name
+        ),
+        queue=queue, priority=priority, wait=wait, as_json=as_json,
+    )
+
+
+@submit_app.command("evaluate")
+def submit_evaluate(
+    model: Annotated[str, typer.Option("--model", help="NAME[:VERSION] of the generator.")] = "default",
+    classifier: Annotated[Optional[str], typer.Option("--classifier", help="NAME[:VERSION] of the scoring classifier.")] = None,
+    reference: Annotated[str, typer.Option("--reference", help="Dataset for FID statistics (cifar10, folder or tar).")] = "cifar10",
+    samples_per_class: Annotated[int, typer.Option("--samples-per-class")] = 5000,
+    reference_limit: Annotated[Optional[int], typer.Option("--reference-limit", help="Use at most N reference images.")] = None,
+    inception: Annotated[bool, typer.Option("--inception/--no-inception", help="Standard Inception FID (slow on CPU).")] = True,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    queue: QueueOpt = None,
+    priority: PriorityOpt = 0,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a generator: FID, label accuracy per class, intra-FID, a sample grid."""
+    _submit(
+        lambda s: s.evaluate_spec(
+            model=model, classifier=classifier, reference=reference, samples_per_class=samples_per_class,
+            reference_limit=reference_limit, inception=inception, seed=seed,
+        ),
+        queue=queue, priority=priority, wait=wait, as_json=as_json,
+    )
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[Optional[str], typer.Option("--status", help="queued | running | succeeded | failed | cancelled")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="train | evaluate | generate")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """The most recent jobs, newest first."""
+    from .specs import JobKind, JobStatus
+    from .views import print_job_list
+
+    if status and status not in JobStatus.__members__:
+        _fail(f"unknown status {status!r}; choose one of {', '.join(JobStatus.__members__)}", 2)
+    if kind and kind not in JobKind.__members__:
+        _fail(f"unknown kind {kind!r}; choose one of {', '.join(JobKind.__members__)}", 2)
+    jobs = _service().list(status=status, kind=kind, limit=limit)
+    if as_json:
+        _emit_json([j.to_dict() for j in jobs])
+    else:
+        print_job_list(jobs)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
+    """Everything about one job: spec, status, progress, times, attempts, worker, error, metrics, artifacts."""
+    from .views import job_details, print_job
+
+    service = _service()
+    job = service.get(job_id)
+    if as_json:
+        _emit_json(job_details(service, job))
+    else:
+        print_job(service, job)
+
+
+@jobs_app.command("watch")
+def jobs_watch(job_id: str) -> None:
+    """Follow a job with a progress bar until it ends."""
+    service = _service()
+    _follow(service, service.get(job_id).id)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str) -> None:
+    """Cancel: a queued job at once, a running one at its next step boundary."""
+    service = _service()
+    job = service.get(job_id)
+    outcome = service.cancel(job.id)
+    if outcome == "cancelled":
+        typer.echo(f"job {job.id} cancelled")
+    elif outcome == "cancelling":
+        typer.echo(f"job {job.id} is running: it stops at its next step boundary and is then marked cancelled")
+    else:
+        _fail(f"job {job.id} already {outcome}", 2)
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: str, queue: QueueOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Resubmit a failed or cancelled job as a new job that points to the old one."""
+    service = _service()
+    job = service.retry(job_id, queue=queue)
+    if not as_json:
+        typer.echo(f"job {job.id} {job.kind} submitted (retry of {job.retry_of})")
+    if wait or service.runtime.settings.embedded:
+        _follow(service, job.id, quiet=as_json or not wait, as_json=as_json)
+    elif as_json:
+        _emit_json(job.to_dict())
+
+
+@results_app.command("download")
+def results_download(
+    job_id: str,
+    to: Annotated[Path, typer.Option("--to", help="Destination folder.")],
+    layout: Annotated[Layout, typer.Option("--layout", help="webdataset: the shard files; imagefolder: DIR/<class>/<key>.png")] = Layout.webdataset,
+) -> None:
+    """Fetch a generate job's files, verify every checksum against the manifest, optionally unpack."""
+    from .results import download
+
+    service = _service()
+    summary = download(service, job_id, to, layout.value)
+    typer.echo(summary)
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """Shipped and registered models."""
+    from .model_registry import all_models
+    from .views import print_models
+
+    records = all_models(_service().table)
+    if as_json:
+        _emit_json([{"ref": m.ref, "kind": m.kind, "job_id": m.job_id, "weights_key": m.weights_key, "meta": m.meta} for m in records])
+    else:
+        print_models(records)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Run the Alembic migrations to head."""
+    from .db import upgrade
+    from .settings import get_settings, redact_url
+
+    settings = get_settings()
+    head = upgrade(settings)
+    typer.echo(f"job table at {redact_url(settings.sqlalchemy_url)} is at revision {head}")
+
+
+@app.command("worker")
+def worker(
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated queues to consume.")] = "gpu",
+    pool: Annotated[str, typer.Option("--pool", help="solo for GPU workers (CUDA cannot start in a forked child).")] = "solo",
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 1,
+    hostname: Annotated[Optional[str], typer.Option("--hostname", "-n", help="Worker name, e.g. gpu0@%h.")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+) -> None:
+    """Start a Celery worker (needs CGAN_BROKER_URL)."""
+    from .settings import get_settings
+
+    if get_settings().embedded:
+        _fail("no broker configured: set CGAN_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", 2)
+    from worker.celery_app import app as celery_app
+
+    argv = ["worker", "-Q", queues, "--pool", pool, "-c", str(concurrency), "-l", loglevel, "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv += ["-n", hostname]
+    celery_app.worker_main(argv)
+
+
+@app.command("status")
+def status(as_json: JsonOpt = False) -> None:
+    """Whether the broker, the database and the object store answer, and the live workers."""
+    from .health import check_all
+    from .views import print_status
+
+    report = check_all()
+    if as_json:
+        _emit_json(report)
+    else:
+        print_status(report)
+    if not all(part["ok"] for part in report["services"].values()):
+        raise typer.Exit(3)
+
+
+def main() -> None:
+    from .errors import CganError
+
+    try:
+        app()
+    except CganError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)

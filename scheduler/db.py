@@ -1,0 +1,184 @@
+"""The job table's schema (SQLAlchemy) and the engine. The schema itself comes only from Alembic.
+
+``alembic/versions`` creates these tables; :func:`upgrade` runs Alembic to head and
+:func:`require_schema` refuses to work on a database that is not at head (on the embedded SQLite
+default it upgrades by itself, so a new user's first command just works).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .errors import ServiceUnavailable
+from .settings import Settings, redact_url
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    queue: Mapped[str] = mapped_column(String(64))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    spec: Mapped[dict] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    progress_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    progress_total: Mapped[int | None] = mapped_column(BigInteger)
+    progress_unit: Mapped[str | None] = mapped_column(String(16))
+    progress_info: Mapped[dict | None] = mapped_column(JsonType)
+    error: Mapped[str | None] = mapped_column(Text)
+    metrics: Mapped[dict | None] = mapped_column(JsonType)
+    artifacts: Mapped[dict | None] = mapped_column(JsonType)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    retry_of: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+
+
+class Shard(Base):
+    """One independently executed slice of a generate job."""
+
+    __tablename__ = "job_shards"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    count: Mapped[int] = mapped_column(Integer)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    key: Mapped[str | None] = mapped_column(String(512))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    stats: Mapped[dict | None] = mapped_column(JsonType)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Model(Base):
+    """A registered model version: a train job's exported weights in the object store."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    weights_key: Mapped[str] = mapped_column(String(512))
+    meta: Mapped[dict] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+@lru_cache(maxsize=8)
+def _engine_for(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+
+
+def get_engine(settings: Settings) -> Engine:
+    if settings.sqlalchemy_url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return _engine_for(settings.sqlalchemy_url)
+
+
+def alembic_config(settings: Settings):
+    from alembic.config import Config
+
+    config = Config(str(REPO_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(REPO_ROOT / "alembic"))
+    config.attributes["sqlalchemy_url"] = settings.sqlalchemy_url
+    return config
+
+
+def upgrade(settings: Settings) -> str:
+    """Run Alembic to head; returns the head revision."""
+    from alembic import command
+
+    config = alembic_config(settings)
+    try:
+        with get_engine(settings).begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable(f"database {redact_url(settings.sqlalchemy_url)} failed: {_reason(exc)}") from exc
+    return head_revision(settings)
+
+
+def head_revision(settings: Settings) -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+
+
+def current_revision(settings: Settings) -> str | None:
+    try:
+        with get_engine(settings).connect() as connection:
+            has_table = connection.dialect.has_table(connection, "alembic_version")
+            if not has_table:
+                return None
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable(f"database {redact_url(settings.sqlalchemy_url)} is unreachable: {_reason(exc)}") from exc
+
+
+def require_schema(settings: Settings) -> None:
+    """Make sure the schema is at head; SQLite (the embedded default) is upgraded in place."""
+    if current_revision(settings) == head_revision(settings):
+        return
+    if settings.sqlalchemy_url.startswith("sqlite"):
+        upgrade(settings)
+        return
+    raise ServiceUnavailable(
+        f"the job table at {redact_url(settings.sqlalchemy_url)} is not at the current schema; run `cganctl db upgrade`"
+    )
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

@@ -1,0 +1,98 @@
+"""Getting a job's tasks to a worker: Celery over the broker, or a thread of this process (embedded)."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Protocol
+
+from .errors import ServiceUnavailable
+from .jobs import JobRecord
+from .runtime import Runtime
+from .settings import redact_url
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher(Protocol):
+    def check(self) -> str: ...
+    def enqueue(self, job: JobRecord, shard_count: int) -> None: ...
+    def wait_local(self) -> None: ...
+
+
+class CeleryDispatcher:
+    """Sends one message per task: ``(job_id,)`` or ``(job_id, shard_index)``, JSON, nothing else."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        from worker.celery_app import make_app
+
+        self.runtime = runtime
+        self.app = make_app(runtime.settings)
+
+    def check(self) -> str:
+        url = redact_url(self.runtime.settings.broker_url or "")
+        try:
+            with self.app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=3)
+        except Exception as exc:  # kombu raises the transport's own errors
+            raise ServiceUnavailable(f"broker {url} is unreachable: {exc}") from exc
+        return url
+
+    def enqueue(self, job: JobRecord, shard_count: int) -> None:
+        from worker.celery_app import TASK_FOR_KIND, broker_priority
+
+        name = TASK_FOR_KIND[job.kind]
+        argsets = [(job.id, i) for i in range(shard_count)] if job.kind == "generate" else [(job.id,)]
+        options = {"queue": job.queue, "priority": broker_priority(job.priority)}
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for args in argsets:
+                    self.app.send_task(
+                        name,
+                        args=args,
+                        producer=producer,
+                        retry=True,
+                        retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+                        **options,
+                    )
+        except Exception as exc:
+            raise ServiceUnavailable(f"could not enqueue job {job.id} on {redact_url(self.runtime.settings.broker_url or '')}: {exc}") from exc
+
+    def wait_local(self) -> None:
+        """Nothing runs here: workers elsewhere execute the job."""
+
+
+class InlineDispatcher:
+    """The embedded default: the job runs in a thread of this process while the CLI watches the table."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.threads: list[threading.Thread] = []
+
+    def check(self) -> str:
+        return "none: jobs run in-process"
+
+    def enqueue(self, job: JobRecord, shard_count: int) -> None:
+        from worker import execute
+
+        def run() -> None:
+            try:
+                if job.kind == "generate":
+                    for index in range(shard_count):
+                        execute.run_shard(self.runtime, job.id, index)
+                else:
+                    execute.run_job(self.runtime, job.id)
+            except Exception as exc:  # the job row already says why; make sure it is not left running
+                log.exception("in-process job %s failed", job.id)
+                self.runtime.table.fail(job.id, f"{type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=run, name=f"job-{job.id[:8]}")
+        thread.start()
+        self.threads.append(thread)
+
+    def wait_local(self) -> None:
+        for thread in self.threads:
+            thread.join()
+
+
+def make_dispatcher(runtime: Runtime) -> Dispatcher:
+    return InlineDispatcher(runtime) if runtime.settings.embedded else CeleryDispatcher(runtime)

@@ -1,0 +1,50 @@
+"""`cganctl status`: does each service answer, and which workers are alive on which queues."""
+from __future__ import annotations
+
+from .errors import CganError
+from .settings import get_settings
+
+
+def _probe(func) -> dict:
+    try:
+        return {"ok": True, "detail": func()}
+    except CganError as exc:
+        return {"ok": False, "detail": str(exc)}
+    except Exception as exc:  # a status probe reports, it never crashes
+        return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+
+
+def check_all() -> dict:
+    from . import db
+    from .dispatch import make_dispatcher
+    from .runtime import Runtime
+    from .settings import redact_url
+
+    settings = get_settings()
+    runtime = Runtime.create(settings)
+
+    def database() -> str:
+        current, head = db.current_revision(settings), db.head_revision(settings)
+        state = "at head" if current == head else f"at {current or 'no schema'}, head is {head}: run `cganctl db upgrade`"
+        if current != head and not settings.sqlalchemy_url.startswith("sqlite"):
+            raise CganError(f"{redact_url(settings.sqlalchemy_url)} {state}")
+        return f"{redact_url(settings.sqlalchemy_url)} ({state})"
+
+    services = {
+        "broker": _probe(lambda: make_dispatcher(runtime).check()),
+        "database": _probe(database),
+        "object store": _probe(runtime.store.check),
+    }
+    report = {"services": services, "workers": None}
+    if not settings.embedded and services["broker"]["ok"]:
+        report["workers"] = _workers(settings)
+    return report
+
+
+def _workers(settings) -> dict:
+    from worker.celery_app import make_app
+
+    inspect = make_app(settings).control.inspect(timeout=1.5)
+    queues = inspect.active_queues() or {}
+    active = inspect.active() or {}
+    return {name: {"queues": sorted(q["name"] for q in qs), "active": len(active.get(name, []))} for name, qs in queues.items()}

@@ -1,0 +1,405 @@
+"""The job table: rows, atomic state transitions, progress, shards and the model registry.
+
+Every transition is one conditional ``UPDATE ... WHERE status IN (...)``: whichever delivery of a task
+gets there first wins, and a duplicate or late delivery can never move a finished job backwards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from .db import Job, Model, Shard, utcnow
+from .errors import InvalidInput, NotFound, ServiceUnavailable
+from .specs import FINISHED, JobStatus, parse_spec
+
+ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRecord:
+    id: str
+    kind: str
+    status: str
+    queue: str
+    priority: int
+    spec: dict
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    attempts: int
+    max_attempts: int
+    worker: str | None
+    progress_done: int
+    progress_total: int | None
+    progress_unit: str | None
+    progress_info: dict | None
+    error: str | None
+    metrics: dict | None
+    artifacts: dict | None
+    cancel_requested: bool
+    retry_of: str | None
+
+    @classmethod
+    def from_row(cls, row: Job) -> "JobRecord":
+        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
+        for name in ("created_at", "started_at", "finished_at", "updated_at"):
+            values[name] = _aware(values[name])
+        return cls(**values)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def parsed_spec(self):
+        return parse_spec(self.spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for name in ("created_at", "started_at", "finished_at", "updated_at"):
+            data[name] = data[name].isoformat() if data[name] else None
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardRecord:
+    job_id: str
+    index: int
+    status: str
+    count: int
+    done: int
+    attempts: int
+    worker: str | None
+    key: str | None
+    sha256: str | None
+    size: int | None
+    stats: dict | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Shard) -> "ShardRecord":
+        return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    version: int
+    kind: str
+    job_id: str | None
+    weights_key: str
+    meta: dict
+    created_at: datetime | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class Claim(str):
+    """Outcome of trying to start (a shard of) a job: 'ok', 'finished', 'cancelled', 'exhausted', 'missing'."""
+
+
+class JobTable:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def _write(self, statement) -> int:
+        try:
+            with self.engine.begin() as connection:
+                return connection.execute(statement).rowcount
+        except SQLAlchemyError as exc:
+            raise ServiceUnavailable(f"job table write failed: {exc.__class__.__name__}: {exc}".splitlines()[0]) from exc
+
+    # --- rows -------------------------------------------------------------------------------------
+    def create(
+        self,
+        spec,
+        *,
+        queue: str,
+        priority: int,
+        max_attempts: int,
+        progress_total: int | None,
+        progress_unit: str,
+        shard_counts: Iterable[int] = (),
+        retry_of: str | None = None,
+    ) -> JobRecord:
+        now = utcnow()
+        row = Job(
+            id=uuid.uuid4().hex,
+            kind=spec.kind,
+            status=JobStatus.queued.value,
+            queue=queue,
+            priority=priority,
+            spec=spec.model_dump(mode="json"),
+            created_at=now,
+            updated_at=now,
+            attempts=0,
+            max_attempts=max_attempts,
+            progress_done=0,
+            progress_total=progress_total,
+            progress_unit=progress_unit,
+            cancel_requested=False,
+            retry_of=retry_of,
+        )
+        try:
+            with self._session() as session, session.begin():
+                session.add(row)
+                session.flush()
+                session.add_all(
+                    Shard(job_id=row.id, index=i, status="pending", count=n, done=0, attempts=0)
+                    for i, n in enumerate(shard_counts)
+                )
+        except SQLAlchemyError as exc:
+            raise ServiceUnavailable(f"could not write the job row: {exc}".splitlines()[0]) from exc
+        return JobRecord.from_row(row)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a row whose task could not be enqueued (its shards go with it)."""
+        with self._session() as session, session.begin():
+            session.query(Shard).filter(Shard.job_id == job_id).delete()
+            session.query(Job).filter(Job.id == job_id).delete()
+
+    def get(self, job_id: str) -> JobRecord:
+        """One job by its id or by a unique prefix of it (at least 4 characters)."""
+        with self._session() as session:
+            row = session.get(Job, job_id)
+            if row is None and 4 <= len(job_id) < 32:
+                rows = session.scalars(select(Job).where(Job.id.startswith(job_id, autoescape=True)).limit(2)).all()
+                if len(rows) > 1:
+                    raise InvalidInput(f"job id prefix {job_id!r} is ambiguous")
+                row = rows[0] if rows else None
+            if row is None:
+                raise NotFound(f"no job {job_id!r}")
+            return JobRecord.from_row(row)
+
+    def list(self, *, status: str | None = None, kind: str | None = None, limit: int = 20) -> list[JobRecord]:
+        query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if status:
+            query = query.where(Job.status == status)
+        if kind:
+            query = query.where(Job.kind == kind)
+        with self._session() as session:
+            return [JobRecord.from_row(r) for r in session.scalars(query)]
+
+    # --- transitions ------------------------------------------------------------------------------
+    def claim(self, job_id: str, worker: str) -> Claim:
+        """A delivery of a job's task starts: queued/running -> running, one more attempt."""
+        job = self._get_or_none(job_id)
+        if job is None:
+            return Claim("missing")
+        if job.finished:
+            return Claim("finished")
+        if job.cancel_requested:
+            self.mark_cancelled(job_id)
+            return Claim("cancelled")
+        if job.attempts >= job.max_attempts:
+            self.fail(job_id, f"gave up after {job.attempts} attempts (worker lost or task redelivered)")
+            return Claim("exhausted")
+        now = utcnow()
+        changed = self._write(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(ACTIVE), Job.attempts == job.attempts)
+            .values(
+                status=JobStatus.running.value,
+                attempts=Job.attempts + 1,
+                worker=worker,
+                started_at=func.coalesce(Job.started_at, now),
+                updated_at=now,
+                error=None,
+            )
+        )
+        return Claim("ok") if changed else self.claim(job_id, worker)
+
+    def claim_shard(self, job_id: str, index: int, worker: str) -> Claim:
+        """Like :meth:`claim` for one shard; the job turns running with its first shard."""
+        job = self._get_or_none(job_id)
+        if job is None:
+            return Claim("missing")
+        if job.finished:
+            return Claim("finished")
+        if job.cancel_requested:
+            self.mark_cancelled(job_id)
+            return Claim("cancelled")
+        with self._session() as session:
+            shard = session.get(Shard, (job_id, index))
+        if shard is None:
+            return Claim("missing")
+        if shard.status == "succeeded":
+            return Claim("finished")
+        if shard.attempts >= job.max_attempts:
+            self.fail(job_id, f"shard {index} gave up after {shard.attempts} attempts (worker lost or task redelivered)")
+            return Claim("exhausted")
+        now = utcnow()
+        changed = self._write(
+            update(Shard)
+            .where(Shard.job_id == job_id, Shard.index == index, Shard.status != "succeeded", Shard.attempts == shard.attempts)
+            .values(status="running", attempts=Shard.attempts + 1, worker=worker, started_at=now, done=0, error=None)
+        )
+        if not changed:
+            return self.claim_shard(job_id, index, worker)
+        self._write(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(ACTIVE))
+            .values(
+                status=JobStatus.running.value,
+                started_at=func.coalesce(Job.started_at, now),
+                attempts=func.max(Job.attempts, shard.attempts + 1) if self._sqlite else func.greatest(Job.attempts, shard.attempts + 1),
+                worker=worker,
+                updated_at=now,
+            )
+        )
+        return Claim("ok")
+
+    @property
+    def _sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def progress(self, job_id: str, done: int, total: int | None = None, info: dict | None = None) -> None:
+        values: dict[str, Any] = {"progress_done": done, "updated_at": utcnow()}
+        if total is not None:
+            values["progress_total"] = total
+        if info is not None:
+            values["progress_info"] = info
+        self._write(update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value).values(**values))
+
+    def shard_progress(self, job_id: str, index: int, done: int) -> None:
+        """Record one shard's images done; the job's progress is the sum over its shards."""
+        self._write(update(Shard).where(Shard.job_id == job_id, Shard.index == index, Shard.status == "running").values(done=done))
+        self._sync_job_progress(job_id)
+
+    def _sync_job_progress(self, job_id: str) -> None:
+        total_done = select(func.coalesce(func.sum(Shard.done), 0)).where(Shard.job_id == job_id).scalar_subquery()
+        self._write(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running.value)
+            .values(progress_done=total_done, updated_at=utcnow())
+        )
+
+    def finish_shard(self, job_id: str, index: int, *, key: str, sha256: str, size: int, stats: dict) -> bool:
+        changed = self._write(
+            update(Shard)
+            .where(Shard.job_id == job_id, Shard.index == index, Shard.status == "running")
+            .values(status="succeeded", done=Shard.count, key=key, sha256=sha256, size=size, stats=stats, finished_at=utcnow())
+        )
+        self._sync_job_progress(job_id)
+        return bool(changed)
+
+    def fail_shard(self, job_id: str, index: int, error: str) -> None:
+        self._write(
+            update(Shard)
+            .where(Shard.job_id == job_id, Shard.index == index, Shard.status != "succeeded")
+            .values(status="failed", error=error, finished_at=utcnow())
+        )
+
+    def shards(self, job_id: str) -> list[ShardRecord]:
+        with self._session() as session:
+            rows = session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index))
+            return [ShardRecord.from_row(r) for r in rows]
+
+    def succeed(self, job_id: str, *, metrics: dict | None, artifacts: dict | None) -> bool:
+        now = utcnow()
+        return bool(
+            self._write(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.running.value)
+                .values(status=JobStatus.succeeded.value, finished_at=now, updated_at=now, metrics=metrics, artifacts=artifacts)
+            )
+        )
+
+    def fail(self, job_id: str, error: str) -> bool:
+        now = utcnow()
+        return bool(
+            self._write(
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_(ACTIVE))
+                .values(status=JobStatus.failed.value, error=error[:4000], finished_at=now, updated_at=now)
+            )
+        )
+
+    def request_cancel(self, job_id: str) -> str:
+        """Cancel: a queued job at once; a running one is flagged and stops at its next step boundary."""
+        now = utcnow()
+        if self._write(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued.value)
+            .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now, updated_at=now)
+        ):
+            return JobStatus.cancelled.value
+        if self._write(
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value).values(cancel_requested=True, updated_at=now)
+        ):
+            return "cancelling"
+        return self.get(job_id).status
+
+    def mark_cancelled(self, job_id: str) -> bool:
+        now = utcnow()
+        return bool(
+            self._write(
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_(ACTIVE))
+                .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now, updated_at=now)
+            )
+        )
+
+    def should_stop(self, job_id: str) -> bool:
+        """True once a cancel was asked for or the job ended elsewhere (another shard failed it)."""
+        with self._session() as session:
+            row = session.execute(select(Job.status, Job.cancel_requested).where(Job.id == job_id)).one_or_none()
+        return row is None or row.cancel_requested or row.status in FINISHED
+
+    def _get_or_none(self, job_id: str) -> JobRecord | None:
+        with self._session() as session:
+            row = session.get(Job, job_id)
+            return JobRecord.from_row(row) if row else None
+
+    # --- models -----------------------------------------------------------------------------------
+    def register_model(self, *, name: str, kind: str, job_id: str | None, weights_key: str, meta: dict) -> ModelRecord:
+        """Add the next version of ``name``. A job registers at most one version (a retried task reuses it)."""
+        for _ in range(5):
+            with self._session() as session:
+                existing = session.scalars(select(Model).where(Model.name == name, Model.job_id == job_id)).first()
+                if existing is not None and job_id is not None:
+                    return self._model_record(existing)
+                latest = session.scalar(select(func.max(Model.version)).where(Model.name == name)) or 0
+                row = Model(name=name, version=latest + 1, kind=kind, job_id=job_id, weights_key=weights_key, meta=meta, created_at=utcnow())
+                try:
+                    with session.begin():
+                        session.add(row)
+                    return self._model_record(row)
+                except IntegrityError:
+                    continue
+        raise ServiceUnavailable(f"could not register a new version of model {name!r}")
+
+    def get_model(self, name: str, version: int | None = None) -> ModelRecord | None:
+        query = select(Model).where(Model.name == name)
+        query = query.where(Model.version == version) if version else query.order_by(Model.version.desc())
+        with self._session() as session:
+            row = session.scalars(query.limit(1)).first()
+            return self._model_record(row) if row else None
+
+    def list_models(self) -> list[ModelRecord]:
+        with self._session() as session:
+            return [self._model_record(r) for r in session.scalars(select(Model).order_by(Model.name, Model.version))]
+
+    @staticmethod
+    def _model_record(row: Model) -> ModelRecord:
+        return ModelRecord(row.name, row.version, row.kind, row.job_id, row.weights_key, row.meta, _aware(row.created_at))

@@ -1,0 +1,122 @@
+"""The scheduler API: what the CLI calls and what tests call directly.
+
+``submit`` is all-or-nothing: it checks the broker and the object store, writes the job row (and its
+shard rows) in one transaction, enqueues the tasks, and deletes the row again if enqueueing fails,
+so there is never a row without a task. A task whose row is gone is dropped by the worker.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+from . import requests
+from .dispatch import Dispatcher, make_dispatcher
+from .errors import InvalidInput
+from .jobs import JobRecord
+from .runtime import Runtime
+from .specs import EvaluateSpec, GenerateSpec, JobStatus, TrainSpec
+
+UNIT = {"train": "steps", "evaluate": "images", "generate": "images"}
+
+
+class Service:
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        self.runtime = runtime or Runtime.create()
+        self._dispatcher: Dispatcher | None = None
+
+    @property
+    def table(self):
+        return self.runtime.table
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            self._dispatcher = make_dispatcher(self.runtime)
+        return self._dispatcher
+
+    # --- specs ------------------------------------------------------------------------------------
+    def generate_spec(self, **options) -> GenerateSpec:
+        return requests.generate_spec(self.table, self.runtime.settings, **options)
+
+    def train_spec(self, **options) -> TrainSpec:
+        return requests.train_spec(**options)
+
+    def evaluate_spec(self, **options) -> EvaluateSpec:
+        return requests.evaluate_spec(self.table, **options)
+
+    # --- jobs -------------------------------------------------------------------------------------
+    def submit(self, spec, *, queue: str | None = None, priority: int = 0, retry_of: str | None = None) -> JobRecord:
+        settings = self.runtime.settings
+        queue = queue or settings.default_queue
+        requests.check_queue_priority(queue, priority)
+        self.dispatcher.check()
+        self.runtime.store.check()
+        if isinstance(spec, GenerateSpec):
+            shard_counts = [end - start for start, end in map(spec.shard_range, range(spec.num_shards))]
+            total = spec.total
+        else:
+            shard_counts = []
+            total = spec.steps if isinstance(spec, TrainSpec) else None
+        job = self.table.create(
+            spec,
+            queue=queue,
+            priority=priority,
+            max_attempts=settings.max_attempts,
+            progress_total=total,
+            progress_unit=UNIT[spec.kind],
+            shard_counts=shard_counts,
+            retry_of=retry_of,
+        )
+        try:
+            self.dispatcher.enqueue(job, len(shard_counts))
+        except Exception:
+            self.table.delete(job.id)
+            raise
+        return job
+
+    def get(self, job_id: str) -> JobRecord:
+        return self.table.get(job_id)
+
+    def list(self, **filters) -> list[JobRecord]:
+        return self.table.list(**filters)
+
+    def cancel(self, job_id: str) -> str:
+        return self.table.request_cancel(self.get(job_id).id)
+
+    def retry(self, job_id: str, *, queue: str | None = None, priority: int | None = None) -> JobRecord:
+        """Resubmit a failed or cancelled job as a new job pointing at the old one.
+
+        A train job's retry resumes from the old job's latest checkpoint.
+        """
+        old = self.get(job_id)
+        if old.status not in (JobStatus.failed.value, JobStatus.cancelled.value):
+            raise InvalidInput(f"job {old.id} is {old.status}: only failed or cancelled jobs can be retried")
+        spec = old.parsed_spec()
+        if isinstance(spec, TrainSpec):
+            spec = spec.model_copy(update={"resume_from": old.id})
+        return self.submit(spec, queue=queue or old.queue, priority=old.priority if priority is None else priority, retry_of=old.id)
+
+    def follow(self, job_id: str, interval: float = 0.5) -> Iterator[JobRecord]:
+        """Yield the job's row each time it changes, until it has finished."""
+        last = None
+        while True:
+            job = self.get(job_id)
+            if job.updated_at != last or job.finished:
+                last = job.updated_at
+                yield job
+            if job.finished:
+                return
+            time.sleep(interval)
+
+    def wait(self, job_id: str, on_update: Callable[[JobRecord], None] | None = None) -> JobRecord:
+        job = None
+        for job in self.follow(job_id):
+            if on_update:
+                on_update(job)
+        assert job is not None
+        return job
+
+    def finish_local(self) -> None:
+        """In embedded mode, let the in-process job thread end before the process does."""
+        if self._dispatcher is not None:
+            self._dispatcher.wait_local()

@@ -1,0 +1,87 @@
+"""One settings object, read from ``CGAN_*`` environment variables.
+
+With nothing set, cganctl runs on the embedded default: a SQLite job table and a local folder as the
+object store under ``CGAN_DATA_DIR``, jobs executed in-process. ``CGAN_BROKER_URL`` switches queueing
+to Celery, ``CGAN_DATABASE_URL`` the job table (e.g. PostgreSQL), ``CGAN_S3_BUCKET`` the object store.
+Secrets are ``SecretStr`` and every URL is shown through :func:`redact_url`.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cganctl"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CGAN_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Local folder: SQLite job table, local object store, caches.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL of the job table; default: SQLite under data_dir.")
+    broker_url: str | None = Field(default=None, description="Celery broker (Redis) URL; unset: jobs run in-process.")
+
+    s3_bucket: str | None = Field(default=None, description="Bucket of the object store; unset: a local folder under data_dir.")
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+
+    default_queue: str = "gpu"
+    max_count: int = Field(default=1_000_000, gt=0, description="Largest image count one generate job may ask for.")
+    max_attempts: int = Field(default=3, ge=1, description="Deliveries of one task before its job is failed.")
+    shard_size: int = Field(default=2500, gt=0, description="Default images per generate shard.")
+    task_soft_time_limit: int = Field(default=5 * 3600, gt=0, description="Seconds before a task is asked to save and stop.")
+    task_time_limit: int = Field(default=5 * 3600 + 600, gt=0, description="Seconds before a task is killed.")
+    visibility_timeout: int = Field(default=6 * 3600, gt=0, description="Redis visibility timeout; longer than the longest task.")
+
+    @field_validator("database_url", "broker_url", "s3_bucket", "s3_endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: jobs run in the submitting process."""
+        return self.broker_url is None
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'cganctl.db'}"
+
+    @property
+    def local_store_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    def describe(self) -> dict[str, str]:
+        """What `cganctl status` prints: every endpoint, never a secret."""
+        return {
+            "database": redact_url(self.sqlalchemy_url),
+            "broker": redact_url(self.broker_url) if self.broker_url else "none (jobs run in-process)",
+            "object store": f"s3://{self.s3_bucket} at {self.s3_endpoint_url or 'AWS'}"
+            if self.s3_bucket
+            else f"local folder {self.local_store_dir}",
+        }
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of ``scheme://user:password@host/...``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,137 @@
+"""Typed job specs shared by the CLI, the job table and the workers (JSON on the wire and in the table).
+
+A spec is what the user asked for, already resolved into everything a worker needs: a generate spec
+carries the exact image count per class and the concrete model version, so a worker never re-reads the
+user's dataset or re-resolves ``latest``.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+
+class JobKind(str, enum.Enum):
+    train = "train"
+    evaluate = "evaluate"
+    generate = "generate"
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+FINISHED = tuple(s.value for s in JobStatus if s.finished)
+OUTPUT_FORMATS = ("webdataset", "imagefolder", "npz")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainSpec(_Spec):
+    kind: Literal["train"] = "train"
+    preset: Literal["resnet", "mlp", "classifier"] = "resnet"
+    dataset: str = Field("cifar10", description="cifar10, an ImageFolder directory or a .tar/.tar.gz of one")
+    steps: int = Field(20_000, gt=0)
+    batch_size: int = Field(64, gt=0, le=4096)
+    checkpoint_every: int = Field(1000, gt=0)
+    seed: int = Field(0, ge=0)
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="model name to register")
+    resume_from: str | None = Field(None, description="job id whose latest checkpoint starts this run")
+
+    @property
+    def model_name(self) -> str:
+        return self.name or ("classifier" if self.preset == "classifier" else f"{self.preset}-gan")
+
+
+class EvaluateSpec(_Spec):
+    kind: Literal["evaluate"] = "evaluate"
+    model: str = Field(..., description="NAME:VERSION of a generator, resolved at submit")
+    classifier: str = Field(..., description="NAME:VERSION of the scoring classifier, resolved at submit")
+    reference: str = Field("cifar10", description="dataset whose statistics FID compares against")
+    samples_per_class: int = Field(5000, gt=0, le=100_000)
+    reference_limit: int | None = Field(None, gt=0, description="use at most this many reference images")
+    inception: bool = True
+    seed: int = Field(0, ge=0)
+
+
+class GenerateSpec(_Spec):
+    kind: Literal["generate"] = "generate"
+    model: str = Field(..., description="NAME:VERSION, resolved at submit")
+    counts: dict[str, int] = Field(..., description="images per class name, in the model's class order")
+    seed: int = Field(0, ge=0)
+    truncation: float | None = Field(None, gt=0)
+    min_confidence: float | None = Field(None, gt=0, le=1)
+    classifier: str | None = Field(None, description="NAME:VERSION used with min_confidence")
+    format: Literal["webdataset", "imagefolder", "npz"] = "webdataset"
+    shard_size: int = Field(2500, gt=0, le=100_000)
+    request: dict = Field(default_factory=dict, description="the options as the user gave them, for the record")
+
+    @field_validator("counts")
+    @classmethod
+    def _positive_counts(cls, counts: dict[str, int]) -> dict[str, int]:
+        if not counts or any(n < 0 for n in counts.values()) or sum(counts.values()) <= 0:
+            raise ValueError("counts must be non-negative and add up to at least 1")
+        return counts
+
+    @model_validator(mode="after")
+    def _classifier_with_confidence(self) -> "GenerateSpec":
+        if self.min_confidence is not None and self.classifier is None:
+            raise ValueError("min_confidence needs a classifier")
+        return self
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(self.total / self.shard_size)
+
+    def shard_labels(self, index: int) -> list[str]:
+        """Class name of every image of one shard.
+
+        Classes are interleaved so that each shard holds a proportional mix: image ``j`` of class ``c``
+        sits at fractional position ``(j + 0.5) / n_c`` of the job, ties broken by class order. A pure
+        function of the spec; numpy keeps it fast for a million images.
+        """
+        import numpy as np
+
+        names = list(self.counts)
+        sizes = [self.counts[name] for name in names]
+        position = np.concatenate([(np.arange(n) + 0.5) / n for n in sizes if n])
+        klass = np.concatenate([np.full(n, i) for i, n in enumerate(sizes) if n])
+        order = np.lexsort((klass, position))
+        start, end = self.shard_range(index)
+        return [names[i] for i in klass[order[start:end]]]
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        start = index * self.shard_size
+        return start, min(start + self.shard_size, self.total)
+
+    def shard_seed(self, index: int) -> int:
+        """The noise seed of one shard: a pure function of the job seed and the shard index."""
+        digest = hashlib.sha256(f"cganctl-shard:{self.seed}:{index}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") >> 1
+
+
+JobSpec = Annotated[Union[TrainSpec, EvaluateSpec, GenerateSpec], Field(discriminator="kind")]
+_spec_adapter: TypeAdapter[JobSpec] = TypeAdapter(JobSpec)
+
+
+def parse_spec(data: dict | str) -> TrainSpec | EvaluateSpec | GenerateSpec:
+    if isinstance(data, str):
+        return _spec_adapter.validate_json(data)
+    return _spec_adapter.validate_python(data)

@@ -1,0 +1,147 @@
+"""Human-readable output of the CLI (rich tables). JSON output goes through ``to_dict``/``job_details``."""
+from __future__ import annotations
+
+from collections import Counter
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .jobs import JobRecord
+
+console = Console()
+
+
+def _ts(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _progress(job: JobRecord) -> str:
+    if job.progress_total:
+        return f"{job.progress_done}/{job.progress_total} {job.progress_unit or ''}".strip()
+    return f"{job.progress_done} {job.progress_unit or ''}".strip()
+
+
+def print_job_list(jobs: list[JobRecord]) -> None:
+    table = Table("id", "kind", "status", "progress", "queue", "created", "worker")
+    for job in jobs:
+        table.add_row(job.id, job.kind, job.status, _progress(job), job.queue, _ts(job.created_at), job.worker or "-")
+    console.print(table)
+
+
+def job_details(service, job: JobRecord) -> dict:
+    data = job.to_dict()
+    if job.kind == "generate":
+        shards = service.table.shards(job.id)
+        data["shards"] = [
+            {"index": s.index, "status": s.status, "count": s.count, "done": s.done, "attempts": s.attempts, "worker": s.worker, "key": s.key, "sha256": s.sha256}
+            for s in shards
+        ]
+    return data
+
+
+def print_job(service, job: JobRecord) -> None:
+    import json
+
+    info = Table.grid(padding=(0, 2))
+    rows = [
+        ("id", job.id),
+        ("kind", job.kind),
+        ("status", job.status + (" (cancel requested)" if job.cancel_requested and not job.finished else "")),
+        ("queue / priority", f"{job.queue} / {job.priority}"),
+        ("progress", _progress(job)),
+        ("created", _ts(job.created_at)),
+        ("started", _ts(job.started_at)),
+        ("finished", _ts(job.finished_at)),
+        ("attempts", f"{job.attempts} of {job.max_attempts}"),
+        ("worker", job.worker or "-"),
+        ("retry of", job.retry_of or "-"),
+    ]
+    if job.error:
+        rows.append(("error", job.error))
+    for key, value in rows:
+        info.add_row(f"[bold]{key}[/bold]", str(value))
+    console.print(info)
+    console.print("[bold]spec[/bold]")
+    console.print_json(json.dumps(job.spec))
+    if job.progress_info:
+        console.print("[bold]last progress[/bold]", job.progress_info)
+    if job.kind == "generate":
+        shards = service.table.shards(job.id)
+        states = Counter(s.status for s in shards)
+        spread = Counter(s.worker for s in shards if s.worker)
+        console.print(f"[bold]shards[/bold] {len(shards)}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+        if spread:
+            console.print("[bold]shards per worker[/bold] " + ", ".join(f"{w}: {n}" for w, n in sorted(spread.items())))
+    if job.metrics:
+        per_class = job.metrics.get("per_class")
+        summary = {k: v for k, v in job.metrics.items() if k != "per_class"}
+        console.print("[bold]metrics[/bold]")
+        console.print_json(json.dumps(summary, default=str))
+        if per_class:
+            print_per_class(per_class)
+    if job.artifacts:
+        console.print("[bold]artifacts[/bold]")
+        for name, value in job.artifacts.items():
+            if isinstance(value, list):
+                console.print(f"  {name}: {len(value)} objects, first {value[0] if value else '-'}")
+            else:
+                console.print(f"  {name}: {value}")
+
+
+def print_per_class(per_class: dict[str, dict]) -> None:
+    columns = sorted({k for row in per_class.values() for k in row})
+    table = Table("class", *columns)
+    for name, row in per_class.items():
+        table.add_row(name, *(f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in columns))
+    console.print(table)
+
+
+def print_outcome(service, job: JobRecord) -> None:
+    """The last lines of ``--wait``: how the job ended and where its results are."""
+    duration = (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else None
+    took = f" in {duration:.1f} s" if duration is not None else ""
+    typer.echo(f"job {job.id} {job.status}{took}")
+    if job.status != "succeeded":
+        if job.error:
+            typer.echo(f"error: {job.error}", err=True)
+        return
+    store = service.runtime.store
+    artifacts = job.artifacts or {}
+    if job.kind == "generate":
+        rate = f" ({job.progress_done / duration:.0f} images/s)" if duration else ""
+        typer.echo(f"{job.metrics['images']} images{rate} written to {artifacts['location']}")
+        typer.echo(f"manifest: {store.location(artifacts['manifest'])}")
+        typer.echo(f"contact sheet: {store.location(artifacts['contact_sheet'])}")
+        typer.echo(f"fetch them: cganctl results download {job.id} --to DIR [--layout imagefolder]")
+    else:
+        for name, key in artifacts.items():
+            if isinstance(key, str):
+                typer.echo(f"{name}: {store.location(key)}")
+        if job.metrics and job.metrics.get("per_class"):
+            print_per_class(job.metrics["per_class"])
+
+
+def print_models(records) -> None:
+    table = Table("model", "kind", "preset", "classes", "source")
+    for m in records:
+        preset = (m.meta.get("config") or {}).get("preset", "-")
+        table.add_row(m.ref, m.kind, str(preset), str(len(m.meta.get("classes", []))), m.job_id or m.weights_key)
+    console.print(table)
+
+
+def print_status(report: dict) -> None:
+    table = Table("service", "ok", "detail")
+    for name, part in report["services"].items():
+        table.add_row(name, "yes" if part["ok"] else "[red]NO[/red]", part["detail"])
+    console.print(table)
+    workers = report.get("workers")
+    if workers is None:
+        console.print("workers: none needed (embedded default: jobs run in-process)")
+    elif not workers:
+        console.print("workers: none answered")
+    else:
+        wt = Table("worker", "queues", "active tasks")
+        for name, w in sorted(workers.items()):
+            wt.add_row(name, ", ".join(w["queues"]), str(w["active"]))
+        console.print(wt)

@@ -1,0 +1,60 @@
+"""The Celery app, configured for long GPU tasks. Importing it is light (no torch): the CLI sends with it.
+
+- JSON only, never pickle: a message carries a job id (and a shard index); the spec lives in the table.
+- Late acks + reject on worker loss: a task whose worker dies is delivered again; the attempt cap is
+  kept in the job table (``jobs.attempts`` / ``max_attempts``), not in the message.
+- Prefetch 1; a Redis visibility timeout longer than the longest task (a task still unacknowledged
+  past it is delivered again); long tasks are cancelled when the broker connection is lost.
+- Soft time limit before the hard one, so a task can record its state.
+- Routing by job kind (``task_routes``); a job's ``--queue`` overrides it per message.
+- GPU workers run ``--pool solo`` (CUDA cannot be initialised in a forked child): one process per GPU.
+"""
+from __future__ import annotations
+
+from celery import Celery
+
+from scheduler.settings import Settings, get_settings
+
+TASK_TRAIN = "cganctl.train"
+TASK_EVALUATE = "cganctl.evaluate"
+TASK_GENERATE_SHARD = "cganctl.generate_shard"
+TASK_FOR_KIND = {"train": TASK_TRAIN, "evaluate": TASK_EVALUATE, "generate": TASK_GENERATE_SHARD}
+PRIORITY_LEVELS = 10  # cganctl priority 0 (lowest) .. 9 (highest); Redis serves 0 first, so it is inverted
+
+
+def broker_priority(priority: int) -> int:
+    return PRIORITY_LEVELS - 1 - priority
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("cganctl", broker=settings.broker_url or "memory://", include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        event_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "priority_steps": list(range(PRIORITY_LEVELS)),
+            "queue_order_strategy": "priority",
+            "sep": ":",
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        task_default_queue=settings.default_queue,
+        task_create_missing_queues=True,
+        task_routes={name: {"queue": settings.default_queue} for name in TASK_FOR_KIND.values()},
+        worker_send_task_events=False,
+    )
+    return app
+
+
+app = make_app()

@@ -1,0 +1,194 @@
+"""Generate jobs: one shard per task, then a manifest and a contact sheet once every shard is in.
+
+A shard is a pure function of (model, job seed, shard index, spec): its labels come from
+``GenerateSpec.shard_labels`` and its noise from seeds derived from ``GenerateSpec.shard_seed``, so a
+retried shard writes the same bytes under the same key. Generation runs on this thread while a writer
+thread encodes PNGs into the shard file, so encoding overlaps the model's forward passes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import queue
+import threading
+from collections import Counter
+
+from scheduler.specs import GenerateSpec
+
+from . import models
+from .execute import JobContext
+
+CHUNK = 500  # images per generate() call: part of what makes a shard's bytes reproducible
+SHEET_PER_CLASS = 8
+
+
+def chunk_seed(shard_seed: int, chunk: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{shard_seed}:{chunk}".encode()).digest()[:8], "big") >> 1
+
+
+def shard_key(ctx: JobContext, spec: GenerateSpec, index: int) -> str:
+    from cganmodel.shards import shard_name
+
+    return ctx.key(f"shards/{shard_name(index, spec.format)}")
+
+
+def run_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
+    from cganmodel.sampling import generate
+    from cganmodel.shards import Sample, write_shard
+
+    generator = models.load(ctx.runtime, spec.model, "generator")
+    scorer = models.load(ctx.runtime, spec.classifier, "classifier").module if spec.min_confidence else None
+    classes: list[str] = list(generator.record.meta["classes"])
+    names = spec.shard_labels(index)
+    start, _ = spec.shard_range(index)
+    shard_seed = spec.shard_seed(index)
+
+    batches: queue.Queue = queue.Queue(maxsize=4)
+    buffer = io.BytesIO()
+    failure: list[BaseException] = []
+
+    def samples():
+        while (batch := batches.get()) is not None:
+            yield from batch
+
+    def write() -> None:
+        try:
+            write_shard(buffer, samples(), spec.format)
+        except BaseException as exc:  # reported on the generating thread
+            failure.append(exc)
+            while batches.get() is not None:
+                pass
+
+    writer = threading.Thread(target=write, name=f"shard-{index}-writer")
+    writer.start()
+    stats: dict[str, Counter] = {}
+    try:
+        for chunk, offset in enumerate(range(0, len(names), CHUNK)):
+            ctx.check_cancelled()
+            chunk_names = names[offset : offset + CHUNK]
+            out = generate(
+                generator.module,
+                [classes.index(n) for n in chunk_names],
+                chunk_seed(shard_seed, chunk),
+                truncation=spec.truncation,
+                classifier=scorer,
+                min_confidence=spec.min_confidence,
+                device=generator.device,
+            )
+            for class_index, counts in out.stats.items():
+                stats.setdefault(classes[int(class_index)], Counter()).update(counts)
+            batches.put(
+                [
+                    Sample(
+                        key=f"{start + offset + i:08d}",
+                        image=out.images[i],
+                        label=classes.index(name),
+                        class_name=name,
+                        meta={"label": name, "seed": spec.seed, "shard": index, "model": spec.model},
+                    )
+                    for i, name in enumerate(chunk_names)
+                ]
+            )
+            ctx.report(offset + len(chunk_names))
+    finally:
+        batches.put(None)
+        writer.join()
+    if failure:
+        raise failure[0]
+
+    data = buffer.getvalue()
+    key = shard_key(ctx, spec, index)
+    ctx.store.put_bytes(key, data, "application/x-tar" if spec.format != "npz" else "application/zip")
+    ctx.table.finish_shard(
+        ctx.job.id,
+        index,
+        key=key,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        stats={
+            "count_per_class": dict(Counter(names)),
+            "candidates": {name: dict(c) for name, c in sorted(stats.items())},
+        },
+    )
+
+
+def finalize_if_complete(ctx: JobContext, spec: GenerateSpec) -> bool:
+    """Once every shard succeeded: write the manifest and the contact sheet, then mark the job done.
+
+    Several shards may finish at once and all get here: the manifest's bytes depend only on the
+    shard rows, so they write the same objects, and only one of them wins the job's transition.
+    """
+    shards = ctx.table.shards(ctx.job.id)
+    if not shards or any(s.status != "succeeded" for s in shards):
+        return False
+    generator = models.load(ctx.runtime, spec.model, "generator")
+    classes: list[str] = list(generator.record.meta["classes"])
+    per_class: Counter = Counter()
+    candidates: dict[str, Counter] = {}
+    for shard in shards:
+        per_class.update(shard.stats["count_per_class"])
+        for name, counts in shard.stats["candidates"].items():
+            candidates.setdefault(name, Counter()).update(counts)
+    acceptance = {
+        name: {"generated": c["generated"], "accepted": c["accepted"], "rate": round(c["accepted"] / c["generated"], 4)}
+        for name, c in sorted(candidates.items())
+        if c.get("generated")
+    }
+    manifest = {
+        "job_id": ctx.job.id,
+        "kind": "generate",
+        "format": spec.format,
+        "count": spec.total,
+        "count_per_class": {name: per_class[name] for name in classes if per_class[name]},
+        "classes": classes,
+        "model": {"ref": spec.model, "sha256": generator.sha256, "preset": generator.record.meta.get("config", {}).get("preset")},
+        "seed": spec.seed,
+        "seeding": "shard seed = sha256('cganctl-shard:<seed>:<shard>')[:8] >> 1; "
+        f"noise of chunk c ({CHUNK} images) seeded with sha256('<shard seed>:<c>')[:8] >> 1",
+        "spec": spec.model_dump(mode="json"),
+        "acceptance": acceptance if spec.min_confidence else None,
+        "files": [
+            {
+                "key": s.key,
+                "name": s.key.rsplit("/", 1)[-1],
+                "sha256": s.sha256,
+                "size": s.size,
+                "count": s.count,
+                "count_per_class": s.stats["count_per_class"],
+                "shard_seed": spec.shard_seed(s.index),
+            }
+            for s in shards
+        ],
+    }
+    manifest_key = ctx.put("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode(), "application/json")
+    sheet_key = ctx.put("contact-sheet.png", contact_sheet(ctx, spec, [s.key for s in shards], classes), "image/png")
+    ctx.table.succeed(
+        ctx.job.id,
+        metrics={"images": spec.total, "count_per_class": manifest["count_per_class"], "shards": len(shards), "acceptance": manifest["acceptance"]},
+        artifacts={
+            "manifest": manifest_key,
+            "contact_sheet": sheet_key,
+            "shards": [s.key for s in shards],
+            "location": ctx.store.location(ctx.key("")),
+        },
+    )
+    return True
+
+
+def contact_sheet(ctx: JobContext, spec: GenerateSpec, keys: list[str], classes: list[str]) -> bytes:
+    """A labelled row of real output samples per class, read back from the first shards."""
+    import numpy as np
+    from cganmodel.grid import labelled_grid_png
+    from cganmodel.shards import iter_shard
+
+    wanted = {name for name, n in spec.counts.items() if n}
+    rows: dict[str, list] = {name: [] for name in classes if name in wanted}
+    for key in keys:
+        for sample in iter_shard(io.BytesIO(ctx.store.get_bytes(key)), spec.format):
+            row = rows[sample.class_name]
+            if len(row) < SHEET_PER_CLASS:
+                row.append(sample.image)
+        if all(len(row) >= min(SHEET_PER_CLASS, spec.counts[name]) for name, row in rows.items()):
+            break
+    return labelled_grid_png({name: np.stack(row) for name, row in rows.items() if row})

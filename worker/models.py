@@ -1,0 +1,50 @@
+"""Loading the models a job names (shipped or registered), once per worker process."""
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+
+from scheduler.jobs import ModelRecord
+from scheduler.model_registry import BUILTIN_PREFIX, resolve, weights_dir
+from scheduler.runtime import Runtime
+
+_lock = threading.Lock()
+_cache: dict[tuple[str, str, str], "LoadedModel"] = {}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    record: ModelRecord
+    module: object  # torch.nn.Module in eval mode on `device`
+    sha256: str
+    device: str
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _weights(runtime: Runtime, record: ModelRecord) -> bytes:
+    if record.weights_key.startswith(BUILTIN_PREFIX):
+        return (weights_dir() / record.weights_key[len(BUILTIN_PREFIX) :]).read_bytes()
+    return runtime.store.get_bytes(record.weights_key)
+
+
+def load(runtime: Runtime, ref: str, kind: str) -> LoadedModel:
+    """The model ``ref`` ("NAME:VERSION") of ``kind`` ("generator" or "classifier"), cached."""
+    record = resolve(runtime.table, ref, kind)
+    cache_key = (kind, record.ref, record.weights_key)
+    with _lock:
+        if cache_key not in _cache:
+            if kind == "generator":
+                from cganmodel.pretrained import load_generator as loader
+            else:
+                from cganmodel.classifier import load_classifier as loader
+            weights = _weights(runtime, record)
+            dev = device()
+            module = loader(weights, record.meta).to(dev).eval()
+            _cache[cache_key] = LoadedModel(record, module, hashlib.sha256(weights).hexdigest(), dev)
+        return _cache[cache_key]
