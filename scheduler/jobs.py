@@ -380,13 +380,13 @@ class JobTable:
                 if existing is not None and job_id is not None:
                     return self._model_record(existing)
                 latest = session.scalar(select(func.max(Model.version)).where(Model.name == name)) or 0
-                row = Model(name=name, version=latest + 1, kind=kind, job_id=job_id, weights_key=weights_key, meta=meta, created_at=utcnow())
-                try:
-                    with session.begin():
-                        session.add(row)
-                    return self._model_record(row)
-                except IntegrityError:
-                    continue
+            row = Model(name=name, version=latest + 1, kind=kind, job_id=job_id, weights_key=weights_key, meta=meta, created_at=utcnow())
+            try:
+                with self._session() as session, session.begin():
+                    session.add(row)
+                return self._model_record(row)
+            except IntegrityError:
+                continue
         raise ServiceUnavailable(f"could not register a new version of model {name!r}")
 
     def get_model(self, name: str, version: int | None = None) -> ModelRecord | None:

@@ -67,7 +67,7 @@ def generate_spec(
         raise InvalidInput(f"--truncation must be positive, got {truncation}")
     if seed < 0:
         raise InvalidInput(f"--seed must be non-negative, got {seed}")
-    shard_size = shard_size or settings.shard_size
+    shard_size = settings.shard_size if shard_size is None else shard_size
     if not 0 < shard_size <= 100_000:
         raise InvalidInput(f"--shard-size must be between 1 and 100000, got {shard_size}")
 

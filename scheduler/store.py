@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, Protocol
+from typing import Iterator, Protocol
 
 from .errors import NotFound, ServiceUnavailable
 from .settings import Settings
@@ -186,16 +186,12 @@ class S3Store:
         return f"s3://{self.bucket}/{key}"
 
     def check(self) -> str:
-        self._call("head bucket", self.client.head_bucket, Bucket=self.bucket)
+        try:
+            self._call("head bucket", self.client.head_bucket, Bucket=self.bucket)
+        except NotFound:
+            raise ServiceUnavailable(f"bucket s3://{self.bucket} does not exist at {self.endpoint or 'AWS'}") from None
         return f"s3://{self.bucket} at {self.endpoint or 'AWS'}"
 
 
 def open_store(settings: Settings) -> ObjectStore:
     return S3Store(settings) if settings.s3_bucket else LocalStore(settings.local_store_dir)
-
-
-def read_stream(store: ObjectStore, key: str) -> IO[bytes]:
-    """A seekable in-memory file of one object (shards are a few MB)."""
-    import io
-
-    return io.BytesIO(store.get_bytes(key))

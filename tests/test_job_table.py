@@ -1,0 +1,134 @@
+"""The job table on both databases it ships for: migrations from Alembic, atomic transitions."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import inspect
+
+from scheduler import db
+from scheduler.errors import NotFound
+from scheduler.jobs import JobTable
+from scheduler.settings import Settings
+from scheduler.specs import GenerateSpec, TrainSpec
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def table(request, tmp_path) -> JobTable:
+    if request.param == "sqlite":
+        settings = Settings(data_dir=tmp_path)
+    else:
+        settings = Settings(data_dir=tmp_path, database_url=request.getfixturevalue("pg_url"))
+    assert db.upgrade(settings) == db.head_revision(settings)
+    engine = db.get_engine(settings)
+    with engine.begin() as connection:  # a clean slate on the shared session database
+        for name in ("models", "job_shards", "jobs"):
+            connection.exec_driver_sql(f"DELETE FROM {name}")
+    return JobTable(engine)
+
+
+def _generate(total=10, shard_size=4) -> GenerateSpec:
+    return GenerateSpec(model="default:1", counts={"cat": total // 2, "dog": total - total // 2}, shard_size=shard_size)
+
+
+def _create(table: JobTable, spec=None, **kw):
+    spec = spec or TrainSpec(steps=10)
+    shards = kw.pop("shards", ())
+    return table.create(spec, queue="gpu", priority=0, max_attempts=kw.pop("max_attempts", 3), progress_total=10, progress_unit="steps", shard_counts=shards)
+
+
+def test_schema_comes_from_alembic(table):
+    names = set(inspect(table.engine).get_table_names())
+    assert {"jobs", "job_shards", "models", "alembic_version"} <= names
+
+
+def test_lifecycle_and_late_delivery_never_moves_back(table):
+    job = _create(table)
+    assert job.status == "queued" and job.attempts == 0
+    assert table.claim(job.id, "w1") == "ok"
+    running = table.get(job.id)
+    assert (running.status, running.attempts, running.worker) == ("running", 1, "w1")
+    assert running.started_at is not None
+    table.progress(job.id, 5, info={"g_loss": 1.0})
+    assert table.get(job.id).progress_done == 5
+    assert table.succeed(job.id, metrics={"fid": 1.0}, artifacts={"model": "k"})
+    # a duplicate delivery after the end: nothing changes
+    assert table.claim(job.id, "w2") == "finished"
+    assert not table.fail(job.id, "late failure")
+    assert not table.succeed(job.id, metrics={}, artifacts={})
+    done = table.get(job.id)
+    assert (done.status, done.worker, done.metrics, done.attempts) == ("succeeded", "w1", {"fid": 1.0}, 1)
+    assert done.finished_at >= done.started_at >= done.created_at
+
+
+def test_attempt_cap_fails_the_job(table):
+    job = _create(table, max_attempts=2)
+    assert table.claim(job.id, "w1") == "ok"
+    assert table.claim(job.id, "w2") == "ok"  # redelivered after a lost worker
+    assert table.claim(job.id, "w3") == "exhausted"
+    failed = table.get(job.id)
+    assert failed.status == "failed" and "gave up after 2 attempts" in failed.error
+
+
+def test_cancel_queued_at_once_running_at_boundary(table):
+    queued = _create(table)
+    assert table.request_cancel(queued.id) == "cancelled"
+    assert table.get(queued.id).status == "cancelled"
+    assert table.claim(queued.id, "w1") == "finished"
+
+    running = _create(table)
+    table.claim(running.id, "w1")
+    assert not table.should_stop(running.id)
+    assert table.request_cancel(running.id) == "cancelling"
+    assert table.get(running.id).status == "running"
+    assert table.should_stop(running.id)
+    assert table.mark_cancelled(running.id)
+    assert table.get(running.id).status == "cancelled"
+    assert table.request_cancel(running.id) == "cancelled"
+
+
+def test_shards_progress_sums_and_finish(table):
+    spec = _generate(10, 4)
+    job = _create(table, spec, shards=[4, 4, 2])
+    assert table.claim_shard(job.id, 0, "w1") == "ok"
+    assert table.claim_shard(job.id, 2, "w2") == "ok"
+    assert table.get(job.id).status == "running"
+    table.shard_progress(job.id, 0, 3)
+    table.shard_progress(job.id, 2, 1)
+    assert table.get(job.id).progress_done == 4
+    assert table.finish_shard(job.id, 0, key="k0", sha256="0" * 64, size=1, stats={})
+    assert not table.finish_shard(job.id, 0, key="k0", sha256="0" * 64, size=1, stats={})  # duplicate
+    assert table.get(job.id).progress_done == 5
+    assert table.claim_shard(job.id, 0, "w3") == "finished"  # redelivered finished shard is skipped
+    shards = table.shards(job.id)
+    assert [s.status for s in shards] == ["succeeded", "pending", "running"]
+    assert [s.count for s in shards] == [4, 4, 2]
+
+
+def test_delete_removes_row_and_shards(table):
+    job = _create(table, _generate(), shards=[4, 4, 2])
+    table.delete(job.id)
+    with pytest.raises(NotFound):
+        table.get(job.id)
+    assert table.shards(job.id) == []
+
+
+def test_get_by_prefix_and_list_filters(table):
+    a = _create(table)
+    b = _create(table, _generate(), shards=[4, 4, 2])
+    assert table.get(a.id[:8]).id == a.id
+    with pytest.raises(NotFound):
+        table.get("ffffffff")
+    assert [j.id for j in table.list(kind="generate")] == [b.id]
+    assert {j.id for j in table.list(status="queued")} == {a.id, b.id}
+    assert len(table.list(limit=1)) == 1
+
+
+def test_model_versions(table):
+    job = _create(table)
+    first = table.register_model(name="frogs", kind="generator", job_id=job.id, weights_key="a", meta={"classes": ["x"]})
+    again = table.register_model(name="frogs", kind="generator", job_id=job.id, weights_key="a", meta={"classes": ["x"]})
+    other = _create(table)
+    second = table.register_model(name="frogs", kind="generator", job_id=other.id, weights_key="b", meta={"classes": ["x"]})
+    assert (first.version, again.version, second.version) == (1, 1, 2)
+    assert table.get_model("frogs").version == 2
+    assert table.get_model("frogs", 1).weights_key == "a"
+    assert table.get_model("nope") is None

@@ -1,0 +1,141 @@
+"""From CLI options to a resolved generate spec, and every bad input refused with one clear message."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scheduler import db
+from scheduler.errors import InvalidInput
+from scheduler.jobs import JobTable
+from scheduler.requests import generate_spec
+from scheduler.settings import Settings
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    settings = Settings(data_dir=tmp_path, max_count=100_000)
+    db.upgrade(settings)
+    table = JobTable(db.get_engine(settings))
+    table.register_model(name="gen", kind="generator", job_id=None, weights_key="k", meta={"kind": "generator", "classes": CLASSES})
+    table.register_model(name="clf", kind="classifier", job_id=None, weights_key="c", meta={"kind": "classifier", "classes": CLASSES})
+    return table, settings
+
+
+def spec(ctx, **options):
+    table, settings = ctx
+    return generate_spec(table, settings, model="gen", **options)
+
+
+def test_single_label_count(ctx):
+    s = spec(ctx, labels=["frog"], count=50_000)
+    assert s.counts == {"frog": 50_000} and s.model == "gen:1" and s.total == 50_000
+    assert s.num_shards == 20 and s.shard_labels(19) == ["frog"] * 2500
+
+
+def test_balanced_count_and_per_class(ctx):
+    assert spec(ctx, balanced=True, count=50_000).counts == {c: 5000 for c in CLASSES}
+    assert spec(ctx, balanced=True, per_class=7).counts == {c: 7 for c in CLASSES}
+    uneven = spec(ctx, labels=["dog", "cat"], count=5)
+    assert uneven.counts == {"cat": 2, "dog": 3}  # model class order; remainder to the first label given
+    assert spec(ctx, labels=["cat", "cat"], per_class=3).counts == {"cat": 3}
+
+
+def test_shards_mix_classes_proportionally(ctx):
+    s = spec(ctx, balanced=True, per_class=100, shard_size=50)
+    for index in range(s.num_shards):
+        labels = s.shard_labels(index)
+        assert sorted(set(labels)) == sorted(CLASSES) and len(labels) == 50
+    everything = [name for i in range(s.num_shards) for name in s.shard_labels(i)]
+    assert {c: everything.count(c) for c in CLASSES} == s.counts
+
+
+def test_fill_to_generates_each_deficit(ctx, tmp_path):
+    root = tmp_path / "imbalanced"
+    for name, n in {"cat": 3, "dog": 5, "frog": 1}.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            (root / name / f"{i}.png").write_bytes(b"x")
+    s = spec(ctx, fill_to=5, dataset=str(root))
+    assert s.counts["cat"] == 2 and s.counts["dog"] == 0 and s.counts["frog"] == 4 and s.counts["ship"] == 5
+    assert s.request["fill_to"] == 5
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(labels=["frog"], balanced=True, count=10), "--label and --balanced conflict"),
+        (dict(count=10), "say which classes"),
+        (dict(labels=["frgo"], count=10), "unknown label 'frgo'"),
+        (dict(labels=["frog"], count=0), "--count must be at least 1"),
+        (dict(labels=["frog"], count=-5), "--count must be at least 1"),
+        (dict(labels=["frog"], count=100_001), "above the maximum of 100000"),
+        (dict(balanced=True, per_class=20_000), "above the maximum"),
+        (dict(labels=["frog"], count=10, per_class=1), "exactly one of --count"),
+        (dict(labels=["frog"]), "exactly one of --count"),
+        (dict(labels=["frog"], count=10, min_confidence=0), "--min-confidence must be in (0, 1]"),
+        (dict(labels=["frog"], count=10, min_confidence=1.5), "--min-confidence must be in (0, 1]"),
+        (dict(labels=["frog"], count=10, format="zip"), "unknown format 'zip'"),
+        (dict(fill_to=10), "--fill-to needs --dataset"),
+        (dict(fill_to=10, dataset="/nonexistent/data"), "does not exist"),
+        (dict(fill_to=10, count=3, dataset="/x"), "drop --count"),
+        (dict(labels=["frog"], count=10, dataset="/x"), "--dataset goes with --fill-to"),
+        (dict(labels=["frog"], count=10, truncation=-1.0), "--truncation must be positive"),
+        (dict(labels=["frog"], count=10, shard_size=0), "--shard-size must be between"),
+    ],
+)
+def test_bad_input_is_refused_clearly(ctx, options, message):
+    with pytest.raises(InvalidInput) as info:
+        spec(ctx, **options)
+    assert message in str(info.value)
+
+
+def test_unknown_label_lists_valid_names(ctx):
+    with pytest.raises(InvalidInput, match="valid labels: airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck"):
+        spec(ctx, labels=["unicorn"], count=1)
+
+
+def test_unknown_model(ctx):
+    table, settings = ctx
+    with pytest.raises(InvalidInput, match="unknown model 'nope'"):
+        generate_spec(table, settings, model="nope", labels=["frog"], count=1)
+    with pytest.raises(InvalidInput, match="is a classifier, not a generator"):
+        generate_spec(table, settings, model="clf", labels=["frog"], count=1)
+
+
+def test_fill_to_refuses_unknown_classes_and_unreadable(ctx, tmp_path):
+    root = tmp_path / "odd"
+    (root / "unicorn").mkdir(parents=True)
+    (root / "unicorn" / "a.png").write_bytes(b"x")
+    with pytest.raises(InvalidInput, match="classes unknown to model gen:1: unicorn"):
+        spec(ctx, fill_to=5, dataset=str(root))
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"not a tar at all")
+    with pytest.raises(InvalidInput, match="cannot read dataset"):
+        spec(ctx, fill_to=5, dataset=str(broken))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InvalidInput, match="holds no images"):
+        spec(ctx, fill_to=5, dataset=str(empty))
+
+
+def test_min_confidence_resolves_classifier(ctx):
+    s = spec(ctx, labels=["frog"], count=10, min_confidence=0.5, classifier="clf")
+    assert s.classifier == "clf:1" and s.min_confidence == 0.5
+
+
+def test_fill_to_reads_train_split_of_tar(ctx, tmp_path):
+    import io
+    import tarfile
+
+    path = tmp_path / "set.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for split, n in (("train", 2), ("test", 9)):
+            for i in range(n):
+                info = tarfile.TarInfo(f"set/{split}/cat/{i}.jpg")
+                info.size = 1
+                archive.addfile(info, io.BytesIO(b"x"))
+    assert spec(ctx, fill_to=5, dataset=str(path)).counts["cat"] == 3
+    assert Path(path).exists()
