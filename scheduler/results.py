@@ -38,7 +38,7 @@ def download(service, job_id: str, dest: Path, layout: str) -> str:
         return f"{len(paths)} shards ({manifest['count']} images) verified and saved in {dest}"
     from cganmodel.shards import unpack_to_imagefolder
 
-    unpack_to_imagefolder(paths, dest, manifest["classes"], fmt=manifest["format"])
+    unpack_to_imagefolder(paths, dest, manifest["classes"])
     for path in paths:
         path.unlink()
     shard_dir.rmdir()

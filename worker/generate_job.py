@@ -185,7 +185,7 @@ def contact_sheet(ctx: JobContext, spec: GenerateSpec, keys: list[str], classes:
     wanted = {name for name, n in spec.counts.items() if n}
     rows: dict[str, list] = {name: [] for name in classes if name in wanted}
     for key in keys:
-        for sample in iter_shard(io.BytesIO(ctx.store.get_bytes(key)), spec.format):
+        for sample in iter_shard(io.BytesIO(ctx.store.get_bytes(key)), spec.format, classes=classes):
             row = rows[sample.class_name]
             if len(row) < SHEET_PER_CLASS:
                 row.append(sample.image)

@@ -1,0 +1,128 @@
+"""`cganctl` as a user runs it, on the embedded default (SQLite, local folder, in-process jobs)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, cganctl, settings_from_env
+
+
+def _job_rows(env) -> list:
+    from scheduler import db
+    from scheduler.jobs import JobTable
+
+    settings = settings_from_env(env)
+    if not (settings.data_dir / "cganctl.db").exists() and settings.database_url is None:
+        return []
+    return JobTable(db.get_engine(settings)).list(limit=1000)
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = (
+        "import sys\n"
+        "from scheduler.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'sqlalchemy', 'celery', 'boto3', 'numpy') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out, out
+    assert "submit" in out and "jobs" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--label", "frgo", "--count", "10"], "unknown label 'frgo' for model default:1; valid labels: airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck"),
+        (["--label", "frog", "--count", "0"], "--count must be at least 1"),
+        (["--label", "frog", "--count", "-3"], "--count must be at least 1"),
+        (["--label", "frog", "--count", "2000000"], "above the maximum of 1000000"),
+        (["--label", "frog", "--balanced", "--count", "10"], "--label and --balanced conflict"),
+        (["--label", "frog", "--count", "10", "--model", "nope"], "unknown model 'nope'"),
+        (["--label", "frog", "--count", "10", "--format", "zip"], "unknown format 'zip'"),
+        (["--label", "frog", "--count", "10", "--min-confidence", "1.5"], "--min-confidence must be in (0, 1]"),
+        (["--fill-to", "10", "--dataset", "/does/not/exist"], "does not exist"),
+        (["--label", "frog", "--count", "10", "--priority", "12"], "--priority must be between 0"),
+    ],
+)
+def test_bad_generate_input(embedded_env, args, message):
+    result = cganctl(embedded_env, "submit", "generate", *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert _job_rows(embedded_env) == []
+
+
+@pytest.mark.parametrize(
+    "variable, value, what",
+    [
+        ("CGAN_BROKER_URL", "redis://127.0.0.1:1/0", "broker"),
+        ("CGAN_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/nothing", "database"),
+        ("CGAN_S3_ENDPOINT_URL", "http://127.0.0.1:1", "S3"),
+    ],
+)
+def test_unreachable_service_is_one_line_and_no_row(embedded_env, variable, value, what):
+    env = dict(embedded_env, **{variable: value})
+    if variable == "CGAN_S3_ENDPOINT_URL":
+        env["CGAN_S3_BUCKET"] = "b"
+    result = cganctl(env, "submit", "generate", "--label", "frog", "--count", "10", timeout=120)
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and ("unreachable" in lines[0] or "failed" in lines[0]), result.stderr
+    if variable != "CGAN_DATABASE_URL":
+        assert _job_rows(dict(env, CGAN_BROKER_URL="", CGAN_S3_BUCKET="")) == []
+
+
+def test_embedded_generate_end_to_end(embedded_env, tmp_path):
+    result = cganctl(embedded_env, "submit", "generate", "--label", "frog", "--label", "cat", "--count", "130", "--shard-size", "50", "--seed", "7", "--wait")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "succeeded" in out and "130 images" in out and "written to" in out
+    job_id = out.split()[1]
+
+    shown = json.loads(cganctl(embedded_env, "jobs", "show", job_id, "--json", check=True).stdout)
+    assert shown["status"] == "succeeded" and shown["progress_done"] == 130 and shown["attempts"] == 1
+    assert [s["count"] for s in shown["shards"]] == [50, 50, 30]
+    assert shown["metrics"]["count_per_class"] == {"cat": 65, "frog": 65}
+    objects = settings_from_env(embedded_env).local_store_dir / "jobs" / shown["id"]
+    manifest = json.loads((objects / "manifest.json").read_text())
+    assert manifest["count"] == 130 and manifest["seed"] == 7 and manifest["model"]["ref"] == "default:1"
+    for entry in manifest["files"]:
+        assert hashlib.sha256((objects / "shards" / entry["name"]).read_bytes()).hexdigest() == entry["sha256"]
+    assert (objects / "contact-sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    listed = json.loads(cganctl(embedded_env, "jobs", "list", "--kind", "generate", "--json", check=True).stdout)
+    assert [j["id"] for j in listed] == [job_id]
+
+    dest = tmp_path / "out"
+    cganctl(embedded_env, "results", "download", job_id, "--to", str(dest), "--layout", "imagefolder", check=True)
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(dest))
+    assert len(folder) == 130 and folder.classes == ["cat", "frog"]
+
+
+def test_same_seed_same_bytes(embedded_env):
+    digests = []
+    for _ in range(2):
+        out = cganctl(embedded_env, "submit", "generate", "--balanced", "--per-class", "3", "--seed", "11", "--json", check=True).stdout
+        job = json.loads(out)
+        manifest = json.loads((settings_from_env(embedded_env).local_store_dir / "jobs" / job["id"] / "manifest.json").read_text())
+        digests.append([f["sha256"] for f in manifest["files"]])
+    assert digests[0] == digests[1]
+
+
+def test_db_upgrade_and_status(embedded_env):
+    assert "at revision 0001" in cganctl(embedded_env, "db", "upgrade", check=True).stdout
+    status = json.loads(cganctl(embedded_env, "status", "--json", check=True).stdout)
+    assert all(part["ok"] for part in status["services"].values()) and status["workers"] is None
+
+
+def test_jobs_show_unknown_id(embedded_env):
+    result = cganctl(embedded_env, "jobs", "show", "deadbeef")
+    assert result.returncode == 2 and "no job 'deadbeef'" in result.stderr

@@ -1,0 +1,73 @@
+"""Evaluate jobs: FID (Inception and classifier features), label accuracy, per-class intra-FID, a grid.
+
+Reference statistics are computed once per (reference set, protocol, classifier) and cached in the
+object store under ``cache/reference-stats/``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from scheduler.errors import NotFound
+from scheduler.specs import EvaluateSpec
+
+from . import models
+from .execute import JobContext
+
+
+def _reference(ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedModel) -> dict:
+    from cganmodel.data import load_image_dataset
+    from cganmodel.evaluation import reference_stats
+    from cganmodel.fid import stats_from_bytes, stats_to_bytes
+
+    protocol = {
+        "reference": spec.reference,
+        "split": "train",
+        "limit": spec.reference_limit,
+        "classifier_sha256": classifier.sha256,
+        "inception": spec.inception,
+        "version": 1,
+    }
+    digest = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:32]
+    key = f"cache/reference-stats/{digest}.safetensors"
+    try:
+        return stats_from_bytes(ctx.store.get_bytes(key))
+    except NotFound:
+        pass
+    data = load_image_dataset(spec.reference, split="train", root=str(ctx.runtime.settings.data_dir / "datasets"))
+    stats = reference_stats(data, classifier=classifier.module, inception=spec.inception, max_images=spec.reference_limit)
+    ctx.store.put_bytes(key, stats_to_bytes(stats))
+    return stats
+
+
+def run(ctx: JobContext, spec: EvaluateSpec) -> tuple[dict, dict]:
+    from cganmodel.evaluation import evaluate_generator
+
+    generator = models.load(ctx.runtime, spec.model, "generator")
+    classifier = models.load(ctx.runtime, spec.classifier, "classifier")
+    classes = list(generator.record.meta["classes"])
+    total = spec.samples_per_class * len(classes)
+    ctx.report(0, total=total, force=True)
+    reference = _reference(ctx, spec, classifier)
+    ctx.check_cancelled()
+
+    def on_progress(done: int) -> None:
+        ctx.report(done, total=total)
+        ctx.check_cancelled()
+
+    metrics, grid_png = evaluate_generator(
+        generator.module,
+        classes,
+        classifier=classifier.module,
+        samples_per_class=spec.samples_per_class,
+        seed=spec.seed,
+        reference=reference,
+        inception=spec.inception,
+        device=generator.device,
+        on_progress=on_progress,
+    )
+    metrics = dict(metrics, model=spec.model, classifier=spec.classifier, reference=spec.reference)
+    metrics_key = ctx.put("metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=float).encode(), "application/json")
+    grid_key = ctx.put("samples.png", grid_png, "image/png")
+    ctx.report(total, total=total, force=True)
+    return metrics, {"metrics": metrics_key, "samples": grid_key}

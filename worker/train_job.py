@@ -1,0 +1,113 @@
+"""Train jobs: a GAN preset or the scoring classifier, checkpointed to the object store, resumable.
+
+Checkpoints go to ``jobs/<id>/checkpoints/step-XXXXXXX/<file>`` and then ``checkpoints/latest.json``
+names the newest complete one, so a redelivered task (or ``jobs retry``, via ``resume_from``) resumes
+from the last checkpoint that was fully written.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from scheduler.errors import JobCancelled, NotFound
+from scheduler.specs import TrainSpec
+
+from .execute import JobContext
+
+LATEST = "checkpoints/latest.json"
+
+
+def _latest_checkpoint(ctx: JobContext, job_id: str) -> dict[str, bytes] | None:
+    try:
+        latest = json.loads(ctx.store.get_bytes(ctx.runtime.job_key(job_id, LATEST)))
+    except NotFound:
+        return None
+    return {name: ctx.store.get_bytes(f"{latest['prefix']}/{name}") for name in latest["files"]}
+
+
+def _save_checkpoint(ctx: JobContext, step: int, files: dict[str, bytes]) -> None:
+    prefix = ctx.key(f"checkpoints/step-{step:07d}")
+    for name, data in sorted(files.items()):
+        ctx.store.put_bytes(f"{prefix}/{name}", data, "image/png" if name.endswith(".png") else "application/octet-stream")
+    latest = {"step": step, "prefix": prefix, "files": sorted(files)}
+    ctx.put(LATEST, json.dumps(latest, sort_keys=True).encode(), "application/json")
+
+
+def _trainer(spec: TrainSpec, data):
+    if spec.preset == "classifier":
+        from cganmodel.classifier import ClassifierConfig, ClassifierTrainConfig, ClassifierTrainer
+
+        config = ClassifierConfig(num_classes=len(data.classes), classes=list(data.classes))
+        train = ClassifierTrainConfig(steps=spec.steps, batch_size=spec.batch_size, checkpoint_every=spec.checkpoint_every, seed=spec.seed)
+        return ClassifierTrainer(config, train, data)
+    from cganmodel.gan import GANConfig
+    from cganmodel.train import TrainConfig, Trainer
+
+    config = GANConfig(preset=spec.preset, num_classes=len(data.classes), classes=list(data.classes))
+    train = TrainConfig(preset=spec.preset, steps=spec.steps, batch_size=spec.batch_size, checkpoint_every=spec.checkpoint_every, seed=spec.seed)
+    return Trainer(config, train, data)
+
+
+def run(ctx: JobContext, spec: TrainSpec) -> tuple[dict, dict]:
+    from cganmodel.data import load_image_dataset
+
+    settings = ctx.runtime.settings
+    data = load_image_dataset(spec.dataset, split="train", root=str(settings.data_dir / "datasets"))
+    trainer = _trainer(spec, data)
+    files = _latest_checkpoint(ctx, ctx.job.id) or (spec.resume_from and _latest_checkpoint(ctx, spec.resume_from))
+    if files:
+        trainer.load_checkpoint(files)
+
+    started = time.monotonic()
+    last: dict = {}
+
+    def on_progress(info: dict) -> None:
+        last.update(info)
+        ctx.report(int(info["step"]), total=spec.steps, info={k: v for k, v in info.items() if k not in ("step", "steps")})
+
+    result = trainer.run(
+        on_progress=on_progress,
+        on_checkpoint=lambda step, files: _save_checkpoint(ctx, step, files),
+        should_stop=ctx.should_stop,
+    )
+    if getattr(result, "stopped", False):
+        raise JobCancelled(ctx.job.id)
+    ctx.report(spec.steps, total=spec.steps, info={k: v for k, v in last.items() if k not in ("step", "steps")}, force=True)
+
+    kind = "classifier" if spec.preset == "classifier" else "generator"
+    weights, meta = trainer.export() if kind == "classifier" else trainer.export_generator()
+    meta = dict(meta, kind=kind, dataset=spec.dataset, steps=spec.steps, job_id=ctx.job.id)
+    weights_key = ctx.put(f"model/{kind}.safetensors", weights)
+    ctx.put("model/model.json", json.dumps(meta, indent=2, sort_keys=True).encode(), "application/json")
+    record = ctx.table.register_model(name=spec.model_name, kind=kind, job_id=ctx.job.id, weights_key=weights_key, meta=meta)
+
+    latest = json.loads(ctx.store.get_bytes(ctx.key(LATEST)))
+    metrics = {
+        "steps": spec.steps,
+        "wall_s": round(time.monotonic() - started, 1),
+        "model": record.ref,
+        **{k: v for k, v in last.items() if k not in ("step", "steps")},
+    }
+    if kind == "classifier":
+        metrics.update(_test_accuracy(trainer, spec, settings))
+    artifacts = {
+        "model": weights_key,
+        "checkpoint": latest["prefix"],
+        "loss_curve": f"{latest['prefix']}/loss.png" if "loss.png" in latest["files"] else None,
+        "samples": f"{latest['prefix']}/samples.png" if "samples.png" in latest["files"] else None,
+    }
+    return metrics, {k: v for k, v in artifacts.items() if v}
+
+
+def _test_accuracy(trainer, spec: TrainSpec, settings) -> dict:
+    """Accuracy on the dataset's test split, where it has one."""
+    from cganmodel.classifier import evaluate_accuracy
+    from cganmodel.data import load_image_dataset
+
+    try:
+        test = load_image_dataset(spec.dataset, split="test", root=str(settings.data_dir / "datasets"))
+    except ValueError:
+        return {}
+    if len(test) == len(trainer.data):  # no separate test split: the loader fell back to the only tree
+        return {}
+    return {"test": evaluate_accuracy(trainer.model, test)}
