@@ -9,7 +9,7 @@ from .jobs import JobRecord
 
 def _describe(job: JobRecord) -> str:
     info = job.progress_info or {}
-    extra = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items() if k in ("d_loss", "g_loss", "loss", "images_per_s"))
+    extra = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items() if k in ("stage", "d_loss", "g_loss", "loss", "images_per_s"))
     return f"{job.kind} {job.id[:8]} {job.status}" + (f" {extra}" if extra else "")
 
 

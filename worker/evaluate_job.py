@@ -15,6 +15,16 @@ from . import models
 from .execute import JobContext
 
 
+def _progress(ctx: JobContext):
+    """Evaluation runs in stages (reference features, generate, classify, inception): report each."""
+
+    def report(update: dict) -> None:
+        ctx.report(update["done"], total=update["total"], info={"stage": update["stage"]})
+        ctx.check_cancelled()
+
+    return report
+
+
 def _reference(ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedModel) -> dict:
     from cganmodel.data import load_image_dataset
     from cganmodel.evaluation import reference_stats
@@ -35,7 +45,14 @@ def _reference(ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedMod
     except NotFound:
         pass
     data = load_image_dataset(spec.reference, split="train", root=str(ctx.runtime.settings.data_dir / "datasets"))
-    stats = reference_stats(data, classifier=classifier.module, inception=spec.inception, max_images=spec.reference_limit)
+    stats = reference_stats(
+        data,
+        classifier=classifier.module,
+        inception=spec.inception,
+        max_images=spec.reference_limit,
+        device=classifier.device,
+        on_progress=_progress(ctx),
+    )
     ctx.store.put_bytes(key, stats_to_bytes(stats))
     return stats
 
@@ -46,15 +63,7 @@ def run(ctx: JobContext, spec: EvaluateSpec) -> tuple[dict, dict]:
     generator = models.load(ctx.runtime, spec.model, "generator")
     classifier = models.load(ctx.runtime, spec.classifier, "classifier")
     classes = list(generator.record.meta["classes"])
-    total = spec.samples_per_class * len(classes)
-    ctx.report(0, total=total, force=True)
     reference = _reference(ctx, spec, classifier)
-    ctx.check_cancelled()
-
-    def on_progress(done: int) -> None:
-        ctx.report(done, total=total)
-        ctx.check_cancelled()
-
     metrics, grid_png = evaluate_generator(
         generator.module,
         classes,
@@ -64,10 +73,20 @@ def run(ctx: JobContext, spec: EvaluateSpec) -> tuple[dict, dict]:
         reference=reference,
         inception=spec.inception,
         device=generator.device,
-        on_progress=on_progress,
+        on_progress=_progress(ctx),
     )
-    metrics = dict(metrics, model=spec.model, classifier=spec.classifier, reference=spec.reference)
+    metrics = dict(metrics, model=spec.model, classifier=spec.classifier, reference=spec.reference, per_class=_per_class(metrics, classes))
     metrics_key = ctx.put("metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=float).encode(), "application/json")
     grid_key = ctx.put("samples.png", grid_png, "image/png")
-    ctx.report(total, total=total, force=True)
     return metrics, {"metrics": metrics_key, "samples": grid_key}
+
+
+def _per_class(metrics: dict, classes: list[str]) -> dict[str, dict[str, float]]:
+    """One row per class for `jobs show`: every metric that has a per-class breakdown."""
+    columns = {
+        "label_accuracy": metrics.get("label_accuracy_per_class"),
+        "classifier_intra_fid": metrics.get("classifier_intra_fid"),
+        "inception_intra_fid": metrics.get("inception_intra_fid"),
+    }
+    columns = {name: values for name, values in columns.items() if isinstance(values, dict)}
+    return {c: {name: values[c] for name, values in columns.items() if c in values} for c in classes}

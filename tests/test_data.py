@@ -1,0 +1,137 @@
+"""Data loading from ImageFolder directories and in-memory tarballs; clear errors."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cganmodel.data import DataError, ImageData, class_counts, load_image_dataset
+
+
+def encode(colour: tuple[int, int, int], fmt: str = "PNG", size: int = 32) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+CLASS_COLOURS = {"cat": (250, 0, 0), "airplane": (0, 0, 250), "dog": (0, 250, 0)}
+
+
+def tree(split_counts: dict[str, int], prefix: str = "") -> dict[str, bytes]:
+    """{relative path: bytes} of an ImageFolder tree; JPEGs and PNGs mixed."""
+    files = {}
+    for split, n in split_counts.items():
+        for cls, colour in CLASS_COLOURS.items():
+            for i in range(n):
+                fmt = "JPEG" if i % 2 else "PNG"
+                ext = "jpg" if fmt == "JPEG" else "png"
+                files[f"{prefix}{split}{cls}/{i:04d}.{ext}"] = encode(colour, fmt)
+    return files
+
+
+def write_dir(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root
+
+
+def write_tar(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for rel, data in files.items():
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def check(data: ImageData, n_per_class: int) -> None:
+    assert data.classes == ["airplane", "cat", "dog"]
+    assert data.images.shape == (3 * n_per_class, 32, 32, 3) and data.images.dtype == torch.uint8
+    assert data.labels.tolist() == [0] * n_per_class + [1] * n_per_class + [2] * n_per_class
+    # colour identifies the class (JPEG is lossy: approximately)
+    means = data.images.float().mean(dim=(1, 2))
+    assert (means[data.labels == 1, 0] > 200).all() and (means[data.labels == 0, 2] > 200).all()
+    x, y = data[0]
+    assert x.shape == (3, 32, 32) and x.min() >= -1 and x.max() <= 1 and y == 0
+
+
+def test_imagefolder_dir(tmp_path: Path) -> None:
+    root = write_dir(tmp_path / "ds", tree({"": 3}))
+    (root / "README.txt").write_text("not an image, ignored")
+    check(load_image_dataset(str(root)), 3)
+    assert class_counts(str(root)) == {"airplane": 3, "cat": 3, "dog": 3}
+
+
+def test_imagefolder_dir_with_splits_and_resize(tmp_path: Path) -> None:
+    files = tree({"train/": 4, "test/": 2})
+    files["train/cat/big.png"] = encode((250, 0, 0), size=40)
+    root = write_dir(tmp_path / "ds", files)
+    train = load_image_dataset(str(root), "train")
+    assert train.images.shape == (13, 32, 32, 3)  # the 40x40 image is resized
+    check(load_image_dataset(str(root), "test"), 2)
+    assert class_counts(str(root), "train") == {"airplane": 4, "cat": 5, "dog": 4}
+    with pytest.raises(DataError, match="no 'val' split"):
+        load_image_dataset(str(root), "val")
+
+
+def test_tar_gz_with_root_folder_and_splits(tmp_path: Path) -> None:
+    path = write_tar(tmp_path / "ds.tar.gz", tree({"train/": 4, "test/": 2}, prefix="mini-jpeg/"))
+    check(load_image_dataset(str(path), "train"), 4)
+    check(load_image_dataset(str(path), "test"), 2)
+    assert class_counts(str(path), "test") == {"airplane": 2, "cat": 2, "dog": 2}
+    assert not (tmp_path / "mini-jpeg").exists()  # never unpacked
+
+
+def test_plain_tar(tmp_path: Path) -> None:
+    files = tree({"": 2})
+    path = tmp_path / "ds.tar"
+    with tarfile.open(path, "w") as tf:
+        for rel, data in files.items():
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    check(load_image_dataset(str(path)), 2)
+
+
+def test_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_image_dataset(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        load_image_dataset(str(tmp_path / "empty"))
+    (tmp_path / "file.txt").write_text("hi")
+    with pytest.raises(DataError, match="not a directory or a .tar"):
+        load_image_dataset(str(tmp_path / "file.txt"))
+    loose = write_dir(tmp_path / "loose", {**tree({"": 1}), "stray.png": encode((1, 2, 3))})
+    with pytest.raises(DataError, match="outside class folders"):
+        load_image_dataset(str(loose))
+    broken = write_dir(tmp_path / "broken", {**tree({"": 1}), "cat/bad.jpg": b"\xff\xd8 not really a jpeg"})
+    with pytest.raises(DataError, match="cat/bad.jpg"):
+        load_image_dataset(str(broken))
+    good = write_tar(tmp_path / "good.tar.gz", tree({"": 2}))
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(DataError, match="cannot read tar archive"):
+        load_image_dataset(str(truncated))
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(DataError):
+        load_image_dataset(str(garbage))
+    with pytest.raises(DataError, match="splits 'train' and 'test'"):
+        load_image_dataset("cifar10", split="val")
+    assert issubclass(DataError, ValueError)
+
+
+def test_imagedata_validation() -> None:
+    with pytest.raises(DataError):
+        ImageData(torch.zeros(2, 32, 32, 3), torch.zeros(2, dtype=torch.long), ["a"])
+    d = ImageData(torch.full((1, 2, 2, 3), 255, dtype=torch.uint8), torch.zeros(1, dtype=torch.long), ["a"])
+    assert np.allclose(d[0][0].numpy(), 1.0)

@@ -1,0 +1,203 @@
+"""Training tests: exact resume, stop/cancel, callbacks, checkpoint validation, export/load."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from cganmodel.checkpoint import CheckpointError
+from cganmodel.data import ImageData
+from cganmodel.gan import GANConfig
+from cganmodel.pretrained import default_model_files, load_generator
+from cganmodel.train import REQUIRED_FILES, TrainConfig, Trainer
+
+torch.set_num_threads(1)
+
+CLASSES = ["a", "b", "c"]
+
+
+def tiny_data(n: int = 48) -> ImageData:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 3
+    images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g)
+    images[labels == 0, :, :, 0] = 255  # some class signal
+    return ImageData(images, labels, CLASSES)
+
+
+def tiny_gan(preset: str, **kw) -> GANConfig:
+    if preset == "resnet":
+        kw = {"g_widths": (32, 16, 16, 8), "d_widths": (8, 16, 16, 16), **kw}
+    else:
+        kw = {"g_widths": (32, 32, 64), "d_widths": (32, 32, 32), **kw}
+    return GANConfig(preset=preset, num_classes=3, classes=CLASSES, **kw)
+
+
+def tiny_train(preset: str, steps: int, **kw) -> TrainConfig:
+    kw = {"batch_size": 8, "checkpoint_every": 3, "log_every": 2, "device": "cpu", "samples_per_class": 2, **kw}
+    return TrainConfig(preset=preset, steps=steps, **kw)
+
+
+@pytest.mark.parametrize("preset", ["mlp", "resnet"])
+def test_resume_is_exact(preset: str) -> None:
+    """Train 7 steps straight vs 3 steps + checkpoint + fresh Trainer + resume to 7: bit-identical.
+
+    Covers dropout (global RNG, mlp), DiffAugment/flip/noise RNG (resnet), optimizer state, EMA,
+    the epoch-wise batch order (48 images / batch 8 crosses epochs) and the loss history.
+    """
+    data = tiny_data()
+    saved: dict[int, dict[str, bytes]] = {}
+    straight = Trainer(tiny_gan(preset), tiny_train(preset, 7), data)
+    straight.run(on_checkpoint=lambda step, files: saved.__setitem__(step, files))
+    assert sorted(saved) == [3, 6, 7]
+
+    resumed = Trainer(tiny_gan(preset), tiny_train(preset, 7), data)
+    resumed.load_checkpoint(saved[3])
+    assert resumed.step == 3
+    final: dict[int, dict[str, bytes]] = {}
+    result = resumed.run(on_checkpoint=lambda step, files: final.__setitem__(step, files))
+    assert result.step == 7 and not result.stopped
+    for name in ("G", "D", "ema"):
+        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    assert resumed.history == straight.history
+    # the whole final checkpoint is byte-identical (tensors, optimizer, state.json, PNGs)
+    for fname, blob in saved[7].items():
+        assert final[7][fname] == blob, fname
+
+
+def test_progress_stop_and_files() -> None:
+    data = tiny_data()
+    progress: list[dict] = []
+    checkpoints: list[tuple[int, dict[str, bytes]]] = []
+    polls = iter([False, False, False, False, True])
+    trainer = Trainer(tiny_gan("resnet"), tiny_train("resnet", 50, checkpoint_every=0), data)
+    result = trainer.run(
+        on_progress=progress.append,
+        on_checkpoint=lambda step, files: checkpoints.append((step, files)),
+        should_stop=lambda: next(polls),
+    )
+    assert result.stopped and result.step == 4
+    assert [p["step"] for p in progress] == [2, 4]
+    assert set(progress[0]) == {"step", "steps", "d_loss", "g_loss", "images_per_s"}
+    assert progress[0]["steps"] == 50 and progress[0]["images_per_s"] > 0
+    assert [s for s, _ in checkpoints] == [4]
+    files = checkpoints[0][1]
+    assert set(REQUIRED_FILES) | {"loss.png", "samples.png"} == set(files)
+    state = json.loads(files["state.json"])
+    assert state["step"] == 4 and len(state["loss_history"]) == 2
+    samples = Image.open(io.BytesIO(files["samples.png"]))
+    assert samples.height == 3 * 34 + 2  # one row per class
+    assert Image.open(io.BytesIO(files["loss.png"])).format == "PNG"
+    assert b"pickle" not in files["optim.safetensors"][:2000]
+
+
+def test_conditioning_after_tiny_training() -> None:
+    """After a few steps the (zero-initialised) class embeddings of the EMA generator matter."""
+    trainer = Trainer(tiny_gan("resnet"), tiny_train("resnet", 3, checkpoint_every=0), tiny_data())
+    trainer.run()
+    z = torch.randn(1, trainer.gan_cfg.z_dim).repeat(3, 1)
+    with torch.inference_mode():
+        x = trainer.ema(z, torch.arange(3))
+    assert (x[1] - x[0]).abs().max() > 1e-4 and (x[2] - x[0]).abs().max() > 1e-4
+
+
+@pytest.fixture(scope="module")
+def checkpoint_files() -> dict[str, bytes]:
+    trainer = Trainer(tiny_gan("resnet"), tiny_train("resnet", 2, checkpoint_every=0), tiny_data())
+    out: dict[str, bytes] = {}
+    trainer.run(on_checkpoint=lambda step, files: out.update(files))
+    return out
+
+
+def fresh(preset: str = "resnet", **gan_kw) -> Trainer:
+    return Trainer(tiny_gan(preset, **gan_kw), tiny_train(preset, 4), tiny_data())
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "message"),
+    [
+        ("generator.safetensors", lambda b: b[: len(b) // 2], "checkpoint is corrupt: generator.safetensors"),
+        ("discriminator.safetensors", lambda b: b"\x00" * 16, "checkpoint is corrupt: discriminator.safetensors"),
+        ("optim.safetensors", lambda b: b[:100], "checkpoint is corrupt: optim.safetensors"),
+        ("state.json", lambda b: b[:-20], "checkpoint is corrupt: state.json"),
+        ("state.json", lambda b: b'{"format": "something else"}', "checkpoint is corrupt: state.json"),
+    ],
+)
+def test_corrupt_checkpoint_refused(checkpoint_files, name, mutate, message) -> None:
+    files = dict(checkpoint_files)
+    files[name] = mutate(files[name])
+    trainer = fresh()
+    before = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    with pytest.raises(CheckpointError, match=message):
+        trainer.load_checkpoint(files)
+    assert trainer.step == 0
+    assert all(torch.equal(before[k], v) for k, v in trainer.G.state_dict().items())
+
+
+def test_missing_file_refused(checkpoint_files) -> None:
+    files = {k: v for k, v in checkpoint_files.items() if k != "ema.safetensors"}
+    with pytest.raises(CheckpointError, match="missing ema.safetensors"):
+        fresh().load_checkpoint(files)
+
+
+def test_mismatched_checkpoint_refused(checkpoint_files) -> None:
+    with pytest.raises(CheckpointError, match=r"does not match.*d_widths"):
+        fresh(d_widths=(8, 16, 16, 32)).load_checkpoint(checkpoint_files)
+    with pytest.raises(CheckpointError, match=r"does not match.*preset"):
+        fresh("mlp").load_checkpoint(checkpoint_files)
+    # config claims to match, but the tensors do not: shape check names the file and tensor
+    files = dict(checkpoint_files)
+    state = json.loads(files["state.json"])
+    state["gan_config"]["g_widths"] = [32, 16, 16, 16]
+    files["state.json"] = json.dumps(state).encode()
+    with pytest.raises(CheckpointError, match=r"does not match the model: generator.safetensors: .*shape"):
+        fresh(g_widths=(32, 16, 16, 16)).load_checkpoint(files)
+
+
+def test_export_and_load_generator(tmp_path) -> None:
+    trainer = Trainer(tiny_gan("resnet"), tiny_train("resnet", 2, checkpoint_every=0), tiny_data())
+    trainer.run()
+    weights, meta = trainer.export_generator()
+    meta = json.loads(json.dumps(meta))
+    assert meta["kind"] == "generator" and meta["classes"] == CLASSES and meta["step"] == 2
+    G = load_generator(weights, meta)
+    assert not G.training
+    path = tmp_path / "g.safetensors"
+    path.write_bytes(weights)
+    G2 = load_generator(path, meta)
+    z, y = torch.randn(3, G.z_dim), torch.arange(3)
+    with torch.inference_mode():
+        torch.testing.assert_close(G(z, y), trainer.ema(z, y), rtol=0, atol=0)
+        torch.testing.assert_close(G2(z, y), G(z, y), rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="corrupt: generator.safetensors"):
+        load_generator(weights[:-10], meta)
+    with pytest.raises(CheckpointError, match="not a 'generator'"):
+        load_generator(weights, {**meta, "kind": "classifier"})
+    bad = json.loads(json.dumps(meta))
+    bad["config"]["g_widths"] = [32, 16, 16, 16]
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        load_generator(weights, bad)
+
+
+def test_default_model_files() -> None:
+    st, js = default_model_files()
+    assert st.name == "default-generator.safetensors" and js.name == "default-generator.json"
+    assert st.parent.name == "weights" and st.parent.parent.name == "cganmodel"
+    with pytest.raises(ValueError):
+        default_model_files("../evil")
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ValueError, match="does not match GAN preset"):
+        Trainer(tiny_gan("resnet"), tiny_train("mlp", 1), tiny_data())
+    with pytest.raises(ValueError, match="invalid training config"):
+        TrainConfig(preset="resnet", batch_size=0)
+    cfg = TrainConfig(preset="resnet")
+    assert cfg.betas == (0.0, 0.999) and cfg.n_dis == 2 and cfg.diffaug
+    assert TrainConfig(preset="mlp").betas == (0.5, 0.999)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
