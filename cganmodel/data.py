@@ -8,24 +8,16 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 import warnings
-from collections.abc import Callable, Iterator
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-
-
-class DataError(ValueError):
-    """A data source is missing, unreadable, empty or not an ImageFolder tree."""
-
+from cganmodel.dataset_index import DataError, count_images, iter_tar, list_dir, parts, resolve, select
 
 class ImageData(Dataset):
     """Decoded images: ``images`` uint8 (N, H, W, 3), ``labels`` int64 (N,), ``classes``.
@@ -48,87 +40,6 @@ class ImageData(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         x = self.images[index].permute(2, 0, 1).float() / 127.5 - 1
         return x, int(self.labels[index])
-
-
-def _is_tar(path: Path) -> bool:
-    return path.name.lower().endswith(TAR_SUFFIXES)
-
-
-def _is_image(name: str) -> bool:
-    base = PurePosixPath(name).name
-    return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _select(paths: list[tuple[str, ...]], split: str, source: str) -> dict[str, list[int]]:
-    """Map class name -> indices into ``paths`` (path parts) for ``split``.
-
-    Leading folders shared by every file are skipped (e.g. ``cifar10-jpeg/``); if the tree then
-    starts with split folders (``train/``, ``test/``...), ``split`` picks one.
-    """
-    if not paths:
-        raise DataError(f"{source}: no image files found")
-    depth = 0
-    while all(len(p) > depth + 2 for p in paths) and len({p[depth] for p in paths}) == 1:
-        if paths[0][depth] in SPLIT_NAMES:
-            break
-        depth += 1
-    tops = {p[depth] for p in paths if len(p) > depth + 1}
-    if tops & set(SPLIT_NAMES) and all(len(p) > depth + 2 for p in paths):
-        if split not in tops:
-            raise DataError(f"{source}: no {split!r} split; found {sorted(tops)}")
-        if not tops <= set(SPLIT_NAMES):
-            raise DataError(f"{source}: mixes split folders with other folders: {sorted(tops)}")
-        keep = [i for i, p in enumerate(paths) if p[depth] == split]
-        depth += 1
-    else:
-        keep = list(range(len(paths)))
-    loose = [paths[i] for i in keep if len(paths[i]) <= depth + 1]
-    if loose:
-        raise DataError(
-            f"{source}: image files outside class folders, e.g. {'/'.join(loose[0])!r} "
-            "(expected <root>/<class>/<image>)"
-        )
-    by_class: dict[str, list[int]] = {}
-    for i in keep:
-        by_class.setdefault(paths[i][depth], []).append(i)
-    return dict(sorted(by_class.items()))
-
-
-def _iter_tar(path: Path, read: bool) -> Iterator[tuple[str, bytes | None]]:
-    """(member name, bytes or None) for each regular image file, streaming (no extraction)."""
-    try:
-        with tarfile.open(path, mode="r|*") as tf:
-            for member in tf:
-                if member.isfile() and _is_image(member.name):
-                    data = None
-                    if read:
-                        f = tf.extractfile(member)
-                        data = f.read() if f is not None else b""
-                    yield member.name, data
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read tar archive ({exc})") from None
-
-
-def _list_dir(path: Path) -> list[str]:
-    names = []
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(path)
-        names.extend(str(PurePosixPath(*rel.parts, f)) for f in sorted(filenames) if _is_image(f))
-    return names
-
-
-def _parts(name: str) -> tuple[str, ...]:
-    return tuple(p for p in PurePosixPath(name).parts if p not in ("", ".", "/"))
-
-
-def _resolve(source: str) -> Path:
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DataError(f"data source {source!r} does not exist (expected 'cifar10', a directory or a tar archive)")
-    if path.is_file() and not _is_tar(path):
-        raise DataError(f"{source}: not a directory or a .tar/.tar.gz archive")
-    return path
 
 
 def _resize(im: Image.Image, size: int) -> np.ndarray:
@@ -213,10 +124,10 @@ def load_image_dataset(
         if images.shape[1:3] != (image_size, image_size):
             images = torch.from_numpy(np.stack([_resize(Image.fromarray(a), image_size) for a in ds.data]))
         return ImageData(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
-    path = _resolve(source)
+    path = resolve(source)
     if path.is_dir():
-        names = _list_dir(path)
-        by_class = _select([_parts(n) for n in names], split, source)
+        names = list_dir(path)
+        by_class = select([parts(n) for n in names], split, source)
         picked = [(c, i) for c, idx in by_class.items() for i in idx]
         blobs = []
         for _, i in picked:
@@ -225,9 +136,9 @@ def load_image_dataset(
             except OSError as exc:
                 raise DataError(f"cannot read {path / names[i]} ({exc})") from None
     else:
-        entries = list(_iter_tar(path, read=True))
+        entries = list(iter_tar(path, read=True))
         names = [n for n, _ in entries]
-        by_class = _select([_parts(n) for n in names], split, source)
+        by_class = select([parts(n) for n in names], split, source)
         picked = [(c, i) for c, idx in by_class.items() for i in idx]
         blobs = [entries[i][1] or b"" for _, i in picked]
     classes = list(by_class)
@@ -243,6 +154,4 @@ def class_counts(source: str, split: str = "train", root: str | None = None) -> 
         ds = _cifar10(split, root)
         counts = np.bincount(np.asarray(ds.targets), minlength=len(ds.classes))
         return {c: int(n) for c, n in zip(ds.classes, counts)}
-    path = _resolve(source)
-    names = _list_dir(path) if path.is_dir() else [n for n, _ in _iter_tar(path, read=False)]
-    return {c: len(idx) for c, idx in _select([_parts(n) for n in names], split, source).items()}
+    return count_images(source, split)

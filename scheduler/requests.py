@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .dataset_index import class_counts
 from .errors import InvalidInput
 from .jobs import JobTable
 from .model_registry import resolve
@@ -28,6 +27,15 @@ def check_queue_priority(queue: str, priority: int) -> None:
 def _check_dataset(source: str) -> None:
     if source != "cifar10" and not Path(source).expanduser().exists():
         raise InvalidInput(f"dataset {source} does not exist (use cifar10, an ImageFolder directory or a .tar/.tar.gz of one)")
+
+
+def _dataset_counts(source: str) -> dict[str, int]:
+    from cganmodel.dataset_index import DataError, count_images
+
+    try:
+        return count_images(source)
+    except DataError as exc:
+        raise InvalidInput(f"cannot use --dataset {exc}") from None
 
 
 def _even_split(total: int, names: list[str]) -> dict[str, int]:
@@ -81,7 +89,7 @@ def generate_spec(
             raise InvalidInput(f"--fill-to must be at least 1, got {fill_to}")
         if not dataset:
             raise InvalidInput("--fill-to needs --dataset PATH (an ImageFolder directory or a .tar/.tar.gz of one)")
-        have = class_counts(dataset)
+        have = _dataset_counts(dataset)
         unknown = sorted(set(have) - set(classes))
         if unknown:
             raise InvalidInput(f"dataset {dataset} has classes unknown to model {generator.ref}: {', '.join(unknown)}; valid labels: {', '.join(classes)}")

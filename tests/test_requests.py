@@ -79,7 +79,7 @@ def test_fill_to_generates_each_deficit(ctx, tmp_path):
         (dict(labels=["frog"], count=10, min_confidence=1.5), "--min-confidence must be in (0, 1]"),
         (dict(labels=["frog"], count=10, format="zip"), "unknown format 'zip'"),
         (dict(fill_to=10), "--fill-to needs --dataset"),
-        (dict(fill_to=10, dataset="/nonexistent/data"), "does not exist"),
+        (dict(fill_to=10, dataset="/nonexistent/data"), "cannot use --dataset data source '/nonexistent/data' does not exist"),
         (dict(fill_to=10, count=3, dataset="/x"), "drop --count"),
         (dict(labels=["frog"], count=10, dataset="/x"), "--dataset goes with --fill-to"),
         (dict(labels=["frog"], count=10, truncation=-1.0), "--truncation must be positive"),
@@ -113,11 +113,11 @@ def test_fill_to_refuses_unknown_classes_and_unreadable(ctx, tmp_path):
         spec(ctx, fill_to=5, dataset=str(root))
     broken = tmp_path / "broken.tar.gz"
     broken.write_bytes(b"not a tar at all")
-    with pytest.raises(InvalidInput, match="cannot read dataset"):
+    with pytest.raises(InvalidInput, match="cannot read tar archive"):
         spec(ctx, fill_to=5, dataset=str(broken))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InvalidInput, match="holds no images"):
+    with pytest.raises(InvalidInput, match="no image files found"):
         spec(ctx, fill_to=5, dataset=str(empty))
 
 
