@@ -150,7 +150,12 @@ def evaluate_spec(table: JobTable, *, model: str, classifier: str | None, **opti
     if list(scorer.meta["classes"]) != list(generator.meta["classes"]):
         raise InvalidInput(f"classifier {scorer.ref} was trained on other classes than model {generator.ref}")
     spec = _build(EvaluateSpec, dict(options, model=generator.ref, classifier=scorer.ref))
-    _check_dataset(spec.reference)
+    if spec.reference != "cifar10":
+        found = list(_dataset_counts(spec.reference))
+        if found != list(generator.meta["classes"]):
+            raise InvalidInput(
+                f"reference {spec.reference} has classes {', '.join(found)}; model {generator.ref} has {', '.join(generator.meta['classes'])}"
+            )
     return spec
 
 

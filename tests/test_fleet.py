@@ -164,3 +164,22 @@ def test_train_then_generate_and_evaluate_with_the_new_model(fleet_env, start_wo
     generated = json.loads(out.stdout)
     assert generated["metrics"]["count_per_class"] == {"frog": 16}
     assert json.loads(store.get_bytes(generated["artifacts"]["manifest"]))["model"]["ref"] == "tinyfrogs:1"
+
+    classifier = cganctl(fleet_env, "submit", "train", "--preset", "classifier", "--dataset", str(data), "--steps", "12", "--batch-size", "8",
+                         "--checkpoint-every", "6", "--name", "tinyclf", "--wait", "--json", timeout=300)
+    assert classifier.returncode == 0, classifier.stderr
+    assert json.loads(classifier.stdout)["metrics"]["model"] == "tinyclf:1"
+    mismatch = cganctl(fleet_env, "submit", "evaluate", "--model", "tinyfrogs", "--no-inception")
+    assert mismatch.returncode == 2 and "other classes" in mismatch.stderr  # the default classifier has 10 classes
+    out = cganctl(fleet_env, "submit", "evaluate", "--model", "tinyfrogs", "--classifier", "tinyclf", "--reference", str(data),
+                  "--samples-per-class", "6", "--no-inception", "--wait", "--json", timeout=300)
+    assert out.returncode == 0, out.stderr
+    evaluated = json.loads(out.stdout)
+    metrics = evaluated["metrics"]
+    assert 0 <= metrics["label_accuracy"] <= 1 and metrics["classifier_fid"] >= 0
+    assert set(metrics["per_class"]) == {"airplane", "cat", "frog"}
+    assert metrics["protocol"]["num_samples"] == 18
+    assert store.get_bytes(evaluated["artifacts"]["samples"])[:4] == b"\x89PNG"
+    assert json.loads(store.get_bytes(evaluated["artifacts"]["metrics"]))["label_accuracy"] == metrics["label_accuracy"]
+    shown = cganctl(fleet_env, "jobs", "show", evaluated["id"], check=True).stdout
+    assert "label_accuracy" in shown and "frog" in shown

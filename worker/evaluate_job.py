@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from scheduler.errors import NotFound
 from scheduler.specs import EvaluateSpec
@@ -25,13 +26,15 @@ def _progress(ctx: JobContext):
     return report
 
 
-def _reference(ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedModel) -> dict:
+def _reference(ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedModel, classes: list[str]) -> dict:
     from cganmodel.data import load_image_dataset
     from cganmodel.evaluation import reference_stats
     from cganmodel.fid import stats_from_bytes, stats_to_bytes
 
+    source = Path(spec.reference).expanduser()
     protocol = {
         "reference": spec.reference,
+        "reference_file": [source.stat().st_size, source.stat().st_mtime_ns] if source.exists() else None,
         "split": "train",
         "limit": spec.reference_limit,
         "classifier_sha256": classifier.sha256,
@@ -45,6 +48,8 @@ def _reference(ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedMod
     except NotFound:
         pass
     data = load_image_dataset(spec.reference, split="train", root=str(ctx.runtime.settings.data_dir / "datasets"))
+    if list(data.classes) != list(classes):
+        raise ValueError(f"reference {spec.reference} has classes {data.classes}, the model has {classes}")
     stats = reference_stats(
         data,
         classifier=classifier.module,
@@ -63,7 +68,7 @@ def run(ctx: JobContext, spec: EvaluateSpec) -> tuple[dict, dict]:
     generator = models.load(ctx.runtime, spec.model, "generator")
     classifier = models.load(ctx.runtime, spec.classifier, "classifier")
     classes = list(generator.record.meta["classes"])
-    reference = _reference(ctx, spec, classifier)
+    reference = _reference(ctx, spec, classifier, classes)
     metrics, grid_png = evaluate_generator(
         generator.module,
         classes,
