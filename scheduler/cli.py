@@ -42,7 +42,7 @@ class Layout(str, Enum):
     imagefolder = "imagefolder"
 
 
-QueueOpt = Annotated[Optional[str], typer.Option("--queue", help="Celery queue (default: CGAN_DEFAULT_QUEUE, 'gpu').")]
+QueueOpt = Annotated[Optional[str], typer.Option("--queue", help="Celery queue (default: the kind's CGAN_ROUTES entry, else CGAN_DEFAULT_QUEUE='gpu').")]
 PriorityOpt = Annotated[int, typer.Option("--priority", help="0 (lowest) to 9 (highest).")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow the job with a progress bar until it ends; the exit code says how.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]

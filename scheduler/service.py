@@ -47,7 +47,7 @@ class Service:
     # --- jobs -------------------------------------------------------------------------------------
     def submit(self, spec, *, queue: str | None = None, priority: int = 0, retry_of: str | None = None) -> JobRecord:
         settings = self.runtime.settings
-        queue = queue or settings.default_queue
+        queue = queue or settings.queue_for(spec.kind)
         requests.check_queue_priority(queue, priority)
         self.dispatcher.check()
         self.runtime.store.check()

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
 
     default_queue: str = "gpu"
+    routes: dict[str, str] = Field(default_factory=dict, description='Queue per job kind, JSON, e.g. {"evaluate": "cpu"}.')
     max_count: int = Field(default=1_000_000, gt=0, description="Largest image count one generate job may ask for.")
     max_attempts: int = Field(default=3, ge=1, description="Deliveries of one task before its job is failed.")
     shard_size: int = Field(default=2500, gt=0, description="Default images per generate shard.")
@@ -46,6 +47,10 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    def queue_for(self, kind: str) -> str:
+        """Where a job of ``kind`` goes without ``--queue``: its route, else the default queue."""
+        return self.routes.get(kind, self.default_queue)
 
     @property
     def embedded(self) -> bool:

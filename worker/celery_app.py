@@ -51,7 +51,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_connection_timeout=5,
         task_default_queue=settings.default_queue,
         task_create_missing_queues=True,
-        task_routes={name: {"queue": settings.default_queue} for name in TASK_FOR_KIND.values()},
+        task_routes={name: {"queue": settings.queue_for(kind)} for kind, name in TASK_FOR_KIND.items()},
         worker_send_task_events=False,
     )
     return app
