@@ -25,8 +25,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CGAN_", extra="ignore")
 
     data_dir: Path = Field(default_factory=_default_data_dir, description="Local folder: SQLite job table, local object store, caches.")
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL of the job table; default: SQLite under data_dir.")
-    broker_url: str | None = Field(default=None, description="Celery broker (Redis) URL; unset: jobs run in-process.")
+    database_url: str | None = Field(default=None, repr=False, description="SQLAlchemy URL of the job table; default: SQLite under data_dir.")
+    broker_url: str | None = Field(default=None, repr=False, description="Celery broker (Redis) URL; unset: jobs run in-process.")
 
     s3_bucket: str | None = Field(default=None, description="Bucket of the object store; unset: a local folder under data_dir.")
     s3_endpoint_url: str | None = None
