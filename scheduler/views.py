@@ -23,9 +23,12 @@ def _progress(job: JobRecord) -> str:
 
 
 def print_job_list(jobs: list[JobRecord]) -> None:
-    table = Table("id", "kind", "status", "progress", "queue", "created", "worker")
+    table = Table("id", "kind", "status", "progress", "queue", "created UTC", "worker", box=None, pad_edge=False, padding=(0, 1), header_style="bold")
+    for column in table.columns[:6]:
+        column.no_wrap = True
     for job in jobs:
-        table.add_row(job.id, job.kind, job.status, _progress(job), job.queue, _ts(job.created_at), job.worker or "-")
+        created = job.created_at.strftime("%m-%d %H:%M")
+        table.add_row(job.id[:12], job.kind, job.status, _progress(job), job.queue, created, job.worker or "-")
     console.print(table)
 
 
@@ -84,7 +87,7 @@ def print_job(service, job: JobRecord) -> None:
         console.print("[bold]artifacts[/bold]")
         for name, value in job.artifacts.items():
             if isinstance(value, list):
-                console.print(f"  {name}: {len(value)} objects, first {value[0] if value else '-'}")
+                console.print(f"  {name}: {len(value)} objects")
             else:
                 console.print(f"  {name}: {value}")
 
