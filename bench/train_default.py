@@ -71,6 +71,7 @@ def main() -> None:
         "steps": trainer.step,
         "batch_size": args.batch_size,
         "wall_s": round(elapsed, 1),
+        "cpu_s": round(time.process_time(), 1),
         "hardware": hardware(),
         "torch": torch.__version__,
     }

@@ -1,0 +1,204 @@
+"""Real services and worker processes for the bench scripts (no pytest, no torch).
+
+    with real_services(tmpdir) as env:          # SeaweedFS + a fresh PostgreSQL database + Redis db 7
+        with workers(env, 2, tmpdir, threads=1) as ws:   # `cganctl worker` processes, ready
+            run_cganctl(env, "submit", "generate", ...)
+
+``real_services`` starts ``weed mini`` (``tests/s3server.py``), creates the database
+``cganctl_bench_<random>`` and runs ``cganctl db upgrade`` on it, flushes the Redis database, and
+yields the environment for ``cganctl`` (CLI and workers). On exit, even on error: the S3 server is
+stopped, the Redis database flushed and the PostgreSQL database dropped.
+Mirrors ``tests/conftest.py`` (``fleet_env``, ``Worker``); the only thing imported from ``tests/`` is
+``s3server``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+import s3server  # noqa: E402  (tests/s3server.py)
+
+PG_ADMIN_URL = os.environ.get("CGAN_BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("CGAN_BENCH_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB = 7
+BUCKET = "cganctl-bench"
+
+
+def cganctl_command() -> list[str]:
+    """``cganctl`` next to the running interpreter (the venv's script), else ``python -m scheduler``."""
+    script = Path(sys.executable).parent / "cganctl"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "scheduler"]
+
+
+def base_env(data_dir: Path) -> dict[str, str]:
+    """This process's environment without any ``CGAN_*`` variable, plus a fresh ``CGAN_DATA_DIR``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CGAN_")}
+    env["CGAN_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def run_cganctl(env: dict[str, str], *args: str, timeout: float | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*cganctl_command(), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"cganctl {' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+@contextmanager
+def postgres_database(prefix: str = "cganctl_bench") -> Iterator[str]:
+    """A fresh PostgreSQL database (SQLAlchemy URL), dropped on exit."""
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@contextmanager
+def redis_database(number: int = REDIS_DB) -> Iterator[str]:
+    """Redis database ``number``, flushed before and after."""
+    import redis
+
+    url = f"{REDIS_BASE}/{number}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+        yield url
+    finally:
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+
+@contextmanager
+def real_services(tmpdir: str | Path, *, redis_db: int = REDIS_DB, bucket: str = BUCKET) -> Iterator[dict[str, str]]:
+    """SeaweedFS + fresh PostgreSQL database (migrated) + Redis db: yields the env for ``cganctl``."""
+    tmp = Path(tmpdir)
+    tmp.mkdir(parents=True, exist_ok=True)
+    server = s3server.start_weed(tmp / "s3", bucket=bucket)
+    try:
+        with postgres_database() as pg_url, redis_database(redis_db) as redis_url:
+            env = base_env(tmp / "data")
+            env.update(
+                CGAN_DATABASE_URL=pg_url,
+                CGAN_BROKER_URL=redis_url,
+                CGAN_S3_ENDPOINT_URL=server.endpoint_url,
+                CGAN_S3_BUCKET=server.bucket,
+                CGAN_S3_ACCESS_KEY_ID="bench-key",
+                CGAN_S3_SECRET_ACCESS_KEY="bench-secret",
+            )
+            run_cganctl(env, "db", "upgrade", timeout=120)
+            yield env
+    finally:
+        server.stop()
+
+
+def start_s3(tmpdir: str | Path, bucket: str = BUCKET) -> "s3server.S3Server":
+    """A bare SeaweedFS S3 server (a context manager that stops it)."""
+    return s3server.start_weed(Path(tmpdir), bucket=bucket)
+
+
+class Worker:
+    """One ``cganctl worker --queues Q --hostname NAME@%h`` process, its log in a file."""
+
+    def __init__(self, env: dict[str, str], name: str, log: Path, *, queues: str = "gpu", threads: int | None = None) -> None:
+        self.name = name
+        self.log = log
+        self.threads = threads
+        worker_env = dict(env)
+        if threads is not None:
+            worker_env["OMP_NUM_THREADS"] = str(threads)
+        self.handle = open(log, "wb")
+        self.process = subprocess.Popen(
+            [*cganctl_command(), "worker", "--queues", queues, "--hostname", f"{name}@%h", "--loglevel", "info"],
+            env=worker_env,
+            cwd=ROOT,
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return "(no log)"
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited early ({self.process.returncode}):\n{self.log_tail()}")
+            if b"ready." in self.log.read_bytes():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker {self.name} not ready in {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, grace_s: float = 30) -> None:
+        """SIGTERM (Celery's warm shutdown), SIGKILL after ``grace_s``; safe to call twice."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if not self.handle.closed:
+            self.handle.close()
+
+
+@contextmanager
+def workers(
+    env: dict[str, str], count: int, logdir: str | Path, *, threads: int | None = None, queues: str = "gpu", prefix: str = "w"
+) -> Iterator[list[Worker]]:
+    """Start ``count`` workers named ``w1..wK`` and wait until every one is ready; stop all on exit."""
+    logdir = Path(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    started: list[Worker] = []
+    try:
+        for k in range(1, count + 1):
+            started.append(Worker(env, f"{prefix}{k}", logdir / f"worker-{prefix}{k}.log", queues=queues, threads=threads))
+        for worker in started:
+            worker.wait_ready()
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def keep_or_remove(path: Path, keep: bool) -> None:
+    if keep:
+        print(f"kept work folder {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
