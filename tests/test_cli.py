@@ -105,6 +105,16 @@ def test_embedded_generate_end_to_end(embedded_env, tmp_path):
     folder = ImageFolder(str(dest))
     assert len(folder) == 130 and folder.classes == ["cat", "frog"]
 
+    shards = tmp_path / "shards"
+    cganctl(embedded_env, "results", "download", job_id[:8], "--to", str(shards), check=True)
+    import webdataset
+
+    urls = sorted(str(p) for p in shards.glob("shard-*.tar"))
+    samples = list(webdataset.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple("png", "cls", "json"))
+    assert len(samples) == 130 and samples[0][0].size == (32, 32)
+    assert {meta["label"] for _, _, meta in samples} == {"cat", "frog"}
+    assert all(manifest["classes"][cls] == meta["label"] for _, cls, meta in samples)
+
 
 def test_same_seed_same_bytes(embedded_env):
     digests = []
@@ -125,3 +135,14 @@ def test_db_upgrade_and_status(embedded_env):
 def test_jobs_show_unknown_id(embedded_env):
     result = cganctl(embedded_env, "jobs", "show", "deadbeef")
     assert result.returncode == 2 and "no job 'deadbeef'" in result.stderr
+
+
+def test_download_refuses_a_corrupted_shard(embedded_env, tmp_path):
+    job = json.loads(cganctl(embedded_env, "submit", "generate", "--label", "ship", "--count", "20", "--shard-size", "10", "--json", check=True).stdout)
+    shard = settings_from_env(embedded_env).local_store_dir / "jobs" / job["id"] / "shards" / "shard-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[600] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    result = cganctl(embedded_env, "results", "download", job["id"], "--to", str(tmp_path / "out"))
+    assert result.returncode == 1 and "shard-000001.tar: sha256" in result.stderr and "does not match the manifest" in result.stderr
+    assert not (tmp_path / "out" / "shard-000001.tar").exists()

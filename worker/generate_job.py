@@ -74,6 +74,7 @@ def run_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
                 truncation=spec.truncation,
                 classifier=scorer,
                 min_confidence=spec.min_confidence,
+                batch_size=CHUNK,
                 device=generator.device,
             )
             for class_index, counts in out.stats.items():
