@@ -183,3 +183,11 @@ def test_train_then_generate_and_evaluate_with_the_new_model(fleet_env, start_wo
     assert json.loads(store.get_bytes(evaluated["artifacts"]["metrics"]))["label_accuracy"] == metrics["label_accuracy"]
     shown = cganctl(fleet_env, "jobs", "show", evaluated["id"], check=True).stdout
     assert "label_accuracy" in shown and "frog" in shown
+
+
+def test_priority_orders_waiting_jobs(fleet_env, start_worker, table):
+    low = json.loads(cganctl(fleet_env, "submit", "generate", "--label", "frog", "--count", "5", "--priority", "0", "--json", check=True).stdout)
+    high = json.loads(cganctl(fleet_env, "submit", "generate", "--label", "frog", "--count", "5", "--priority", "9", "--json", check=True).stdout)
+    start_worker("w1")
+    _wait_for(lambda: table.get(low["id"]).finished and table.get(high["id"]).finished, timeout=120)
+    assert table.get(high["id"]).started_at < table.get(low["id"]).started_at
