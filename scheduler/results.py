@@ -26,6 +26,8 @@ def download(service, job_id: str, dest: Path, layout: str) -> str:
     shard_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for entry in manifest["files"]:
+        if Path(entry["name"]).name != entry["name"] or entry["name"] in ("", ".", ".."):
+            raise InvalidInput(f"manifest of job {job.id} names an unsafe file {entry['name']!r}")
         path = shard_dir / entry["name"]
         store.download(entry["key"], path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -78,9 +78,10 @@ class LocalStore:
         return self._path(key).is_file()
 
     def list(self, prefix: str) -> Iterator[str]:
-        if not self.root.is_dir():
+        base = self.root / prefix.rpartition("/")[0]  # only walk the folder the prefix lies in
+        if not base.is_dir():
             return iter(())
-        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        keys = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
         return iter(sorted(k for k in keys if k.startswith(prefix) and not Path(k).name.startswith(".tmp-")))
 
     def delete_prefix(self, prefix: str) -> int:
