@@ -7,6 +7,7 @@ the job for good.
 from __future__ import annotations
 
 from celery import Task
+from celery.signals import worker_ready
 from celery.utils.log import get_task_logger
 
 from scheduler.errors import ServiceUnavailable
@@ -24,6 +25,17 @@ def runtime() -> Runtime:
     if _runtime is None:
         _runtime = Runtime.create()
     return _runtime
+
+
+@worker_ready.connect
+def _preload_default_model(**_) -> None:
+    """Load torch and the default generator once at start-up, not inside the first task."""
+    from . import models
+
+    try:
+        models.load(runtime(), "default", "generator")
+    except Exception as exc:  # a worker without the default model still serves other models
+        log.warning("default model not preloaded: %s", exc)
 
 
 def _worker_name(task: Task) -> str:
