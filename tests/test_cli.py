@@ -146,3 +146,29 @@ def test_download_refuses_a_corrupted_shard(embedded_env, tmp_path):
     result = cganctl(embedded_env, "results", "download", job["id"], "--to", str(tmp_path / "out"))
     assert result.returncode == 1 and "shard-000001.tar: sha256" in result.stderr and "does not match the manifest" in result.stderr
     assert not (tmp_path / "out" / "shard-000001.tar").exists()
+
+
+def test_min_confidence_keeps_only_confident_samples(embedded_env, tmp_path):
+    result = cganctl(embedded_env, "submit", "generate", "--label", "frog", "--label", "ship", "--count", "40",
+                     "--min-confidence", "0.3", "--wait", "--json")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    acceptance = job["metrics"]["acceptance"]
+    assert set(acceptance) == {"frog", "ship"}
+    assert all(0 < a["rate"] <= 1 and a["accepted"] >= 20 for a in acceptance.values())
+    dest = tmp_path / "out"
+    cganctl(embedded_env, "results", "download", job["id"], "--to", str(dest), "--layout", "imagefolder", check=True)
+
+    import numpy as np
+    from PIL import Image
+
+    from cganmodel.classifier import load_classifier, predict_proba
+    from cganmodel.pretrained import default_model_files
+
+    weights, meta = default_model_files("default-classifier")
+    classifier = load_classifier(weights, json.loads(meta.read_text()))
+    classes = json.loads(meta.read_text())["classes"]
+    for name in ("frog", "ship"):
+        images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((dest / name).glob("*.png"))])
+        assert len(images) == 20
+        assert (predict_proba(classifier, images)[:, classes.index(name)] >= 0.3).all()
