@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import tempfile
 import time
 from pathlib import Path
 
 from benchutil import finish_facts, fmt, machine_facts, print_facts, print_table, write_json
-from services import base_env, keep_or_remove, real_services, run_cganctl, start_s3, workers
+from services import base_env, keep_or_remove, real_services, start_s3, submit_and_wait, workers
 
 GOAL_VS_NAIVE = 10.0
 GOAL_VS_FLOOR = 2.0
@@ -134,18 +133,7 @@ def submit_generate(env: dict[str, str], label: str, count: int, shard_size: int
     args = ["submit", "generate", "--label", label, "--count", str(count), "--wait", "--json"]
     if shard_size:
         args += ["--shard-size", str(shard_size)]
-    t0 = time.perf_counter()
-    result = run_cganctl(env, *args, timeout=timeout, check=False)
-    wall = time.perf_counter() - t0
-    try:
-        job = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        job = None
-    if result.returncode != 0 or not job or job.get("status") != "succeeded":
-        raise RuntimeError(
-            f"cganctl {' '.join(args)} exited {result.returncode} (job status {job and job.get('status')})\n"
-            f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
-        )
+    job, wall = submit_and_wait(env, *args, timeout=timeout)
     created, started, finished = (_parse_time(job.get(k)) for k in ("created_at", "started_at", "finished_at"))
     job_s = (finished - created).total_seconds() if created and finished else None
     run_s = (finished - started).total_seconds() if started and finished else None

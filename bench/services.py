@@ -13,6 +13,7 @@ Mirrors ``tests/conftest.py`` (``fleet_env``, ``Worker``); the only thing import
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -56,6 +57,23 @@ def run_cganctl(env: dict[str, str], *args: str, timeout: float | None = None, c
             f"cganctl {' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
         )
     return result
+
+
+def submit_and_wait(env: dict[str, str], *args: str, timeout: float | None = None) -> tuple[dict, float]:
+    """Run ``cganctl submit ... --wait --json``; returns the finished job's JSON and the wall seconds."""
+    t0 = time.perf_counter()
+    result = run_cganctl(env, *args, timeout=timeout, check=False)
+    wall = time.perf_counter() - t0
+    try:
+        job = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        job = None
+    if result.returncode != 0 or not job or job.get("status") != "succeeded":
+        raise RuntimeError(
+            f"cganctl {' '.join(args)} exited {result.returncode} (job status {job and job.get('status')})\n"
+            f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+        )
+    return job, wall
 
 
 @contextmanager

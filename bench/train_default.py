@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="stem of the exported generator")
     parser.add_argument("--runs", type=Path, default=None, help="folder for timed EMA snapshots and the log")
     parser.add_argument("--snapshot-minutes", type=float, default=10.0)
+    parser.add_argument("--threads-file", type=Path, default=None, help="a file holding a thread count, re-read as it changes (share the CPU with other runs without oversubscribing it)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,6 +79,11 @@ def main() -> None:
 
     def should_stop() -> bool:
         nonlocal next_snapshot
+        if args.threads_file and args.threads_file.exists():
+            wanted = int(args.threads_file.read_text().strip() or 0)
+            if wanted and wanted != torch.get_num_threads():
+                torch.set_num_threads(wanted)
+                print(f"now {wanted} threads", flush=True)
         elapsed = time.perf_counter() - start
         if args.runs and elapsed >= next_snapshot:
             export(trainer, args.runs / f"ema-{int(round(next_snapshot / 60)):03d}min", facts(elapsed))

@@ -20,12 +20,11 @@ import datetime as dt
 import json
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 from benchutil import finish_facts, fmt, machine_facts, print_facts, print_table, write_json
-from services import keep_or_remove, real_services, run_cganctl, usable_cores, workers
+from services import keep_or_remove, real_services, run_cganctl, submit_and_wait, usable_cores, workers
 
 
 def _t(value) -> dt.datetime | None:
@@ -36,46 +35,18 @@ def _t(value) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-def shard_times(database_url: str, job_id: str) -> dict[int, dict]:
-    """``{index: {started_at, finished_at, attempts}}`` from the job table (not in ``jobs show --json``)."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                text('SELECT "index", started_at, finished_at, attempts FROM job_shards WHERE job_id = :id'), {"id": job_id}
-            ).all()
-    finally:
-        engine.dispose()
-    return {int(r[0]): {"started_at": _t(r[1]), "finished_at": _t(r[2]), "attempts": int(r[3])} for r in rows}
-
-
 def run_config(env: dict[str, str], k: int, threads: int, args, tmp: Path) -> dict:
     submit = ["submit", "generate", "--label", args.label, "--count", str(args.count), "--shard-size", str(args.shard_size), "--wait", "--json"]
     with workers(env, k, tmp / f"logs-{k}", threads=threads) as started:
         print(f"  {k} worker(s) ready ({threads} thread(s) each); submitting ...", flush=True)
-        t0 = time.perf_counter()
-        result = run_cganctl(env, *submit, timeout=args.timeout, check=False)
-        wall = time.perf_counter() - t0
+        job, wall = submit_and_wait(env, *submit, timeout=args.timeout)
         names = [w.name for w in started]
-    try:
-        job = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        job = None
-    if result.returncode != 0 or not job or job.get("status") != "succeeded":
-        raise RuntimeError(
-            f"{k} worker(s): cganctl submit exited {result.returncode} (job status {job and job.get('status')})\n"
-            f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
-        )
     job_id = job["id"]
     details = json.loads(run_cganctl(env, "jobs", "show", job_id, "--json", timeout=120).stdout)
-    times = shard_times(env["CGAN_DATABASE_URL"], job_id)
 
     shards = []
     for s in details["shards"]:
-        t = times.get(s["index"], {})
-        started_at, finished_at = t.get("started_at"), t.get("finished_at")
+        started_at, finished_at = _t(s["started_at"]), _t(s["finished_at"])
         seconds = (finished_at - started_at).total_seconds() if started_at and finished_at else None
         worker = (s["worker"] or "?").split("@", 1)[0]
         shards.append({"index": s["index"], "worker": worker, "worker_full": s["worker"], "count": s["count"], "attempts": s["attempts"],

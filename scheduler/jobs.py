@@ -201,16 +201,23 @@ class JobTable:
             return [JobRecord.from_row(r) for r in session.scalars(query)]
 
     # --- transitions ------------------------------------------------------------------------------
-    def claim(self, job_id: str, worker: str) -> Claim:
-        """A delivery of a job's task starts: queued/running -> running, one more attempt."""
+    def _blocked(self, job_id: str) -> tuple[JobRecord | None, Claim | None]:
+        """The job, and why a delivery of its task must not run (None when it may)."""
         job = self._get_or_none(job_id)
         if job is None:
-            return Claim("missing")
+            return None, Claim("missing")
         if job.finished:
-            return Claim("finished")
+            return job, Claim("finished")
         if job.cancel_requested:
             self.mark_cancelled(job_id)
-            return Claim("cancelled")
+            return job, Claim("cancelled")
+        return job, None
+
+    def claim(self, job_id: str, worker: str) -> Claim:
+        """A delivery of a job's task starts: queued/running -> running, one more attempt."""
+        job, blocked = self._blocked(job_id)
+        if blocked:
+            return blocked
         if job.attempts >= job.max_attempts:
             self.fail(job_id, f"gave up after {job.attempts} attempts (worker lost or task redelivered)")
             return Claim("exhausted")
@@ -231,14 +238,9 @@ class JobTable:
 
     def claim_shard(self, job_id: str, index: int, worker: str) -> Claim:
         """Like :meth:`claim` for one shard; the job turns running with its first shard."""
-        job = self._get_or_none(job_id)
-        if job is None:
-            return Claim("missing")
-        if job.finished:
-            return Claim("finished")
-        if job.cancel_requested:
-            self.mark_cancelled(job_id)
-            return Claim("cancelled")
+        job, blocked = self._blocked(job_id)
+        if blocked:
+            return blocked
         with self._session() as session:
             shard = session.get(Shard, (job_id, index))
         if shard is None:
