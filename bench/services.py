@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
 import s3server  # noqa: E402  (tests/s3server.py)
+from worker_process import Worker  # noqa: E402  (tests/worker_process.py)
 
 PG_ADMIN_URL = os.environ.get("CGAN_BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("CGAN_BENCH_REDIS", "redis://127.0.0.1:6379")
@@ -140,55 +140,6 @@ def start_s3(tmpdir: str | Path, bucket: str = BUCKET) -> "s3server.S3Server":
     return s3server.start_weed(Path(tmpdir), bucket=bucket)
 
 
-class Worker:
-    """One ``cganctl worker --queues Q --hostname NAME@%h`` process, its log in a file."""
-
-    def __init__(self, env: dict[str, str], name: str, log: Path, *, queues: str = "gpu", threads: int | None = None) -> None:
-        self.name = name
-        self.log = log
-        self.threads = threads
-        worker_env = dict(env)
-        if threads is not None:
-            worker_env["OMP_NUM_THREADS"] = str(threads)
-        self.handle = open(log, "wb")
-        self.process = subprocess.Popen(
-            [*cganctl_command(), "worker", "--queues", queues, "--hostname", f"{name}@%h", "--loglevel", "info"],
-            env=worker_env,
-            cwd=ROOT,
-            stdout=self.handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except FileNotFoundError:
-            return "(no log)"
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited early ({self.process.returncode}):\n{self.log_tail()}")
-            if b"ready." in self.log.read_bytes():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"worker {self.name} not ready in {timeout:.0f} s:\n{self.log_tail()}")
-
-    def stop(self, grace_s: float = 30) -> None:
-        """SIGTERM (Celery's warm shutdown), SIGKILL after ``grace_s``; safe to call twice."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if not self.handle.closed:
-            self.handle.close()
-
-
 @contextmanager
 def workers(
     env: dict[str, str], count: int, logdir: str | Path, *, threads: int | None = None, queues: str = "gpu", prefix: str = "w"
@@ -199,7 +150,7 @@ def workers(
     started: list[Worker] = []
     try:
         for k in range(1, count + 1):
-            started.append(Worker(env, f"{prefix}{k}", logdir / f"worker-{prefix}{k}.log", queues=queues, threads=threads))
+            started.append(Worker(env, f"{prefix}{k}", logdir / f"worker-{prefix}{k}.log", queues=queues, threads=threads, command=cganctl_command()))
         for worker in started:
             worker.wait_ready()
         yield started

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from worker_process import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CGAN_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -99,49 +99,12 @@ def cganctl(env: dict[str, str], *args: str, timeout: float = 300, check: bool =
     return result
 
 
-class Worker:
-    """A real `cganctl worker` process (Celery, --pool solo)."""
-
-    def __init__(self, env: dict[str, str], name: str, queues: str, log: Path) -> None:
-        self.log = log
-        self.handle = open(log, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", "worker", "--queues", queues, "--hostname", f"{name}@%h", "--loglevel", "info"],
-            env=dict(env, OMP_NUM_THREADS="1"),
-            cwd=ROOT,
-            stdout=self.handle,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited early:\n{self.log.read_text()[-3000:]}")
-            if b"ready." in self.log.read_bytes():
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"worker not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self, sig: int | None = None) -> None:
-        import signal
-
-        if self.process.poll() is None:
-            self.process.send_signal(sig or signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.handle.close()
-
-
 @pytest.fixture
 def start_worker(fleet_env, tmp_path):
     workers: list[Worker] = []
 
     def start(name: str = "w1", queues: str = "gpu,cpu", env: dict[str, str] | None = None) -> Worker:
-        worker = Worker(env or fleet_env, name, queues, tmp_path / f"worker-{name}.log")
+        worker = Worker(env or fleet_env, name, tmp_path / f"worker-{name}.log", queues=queues, threads=1)
         workers.append(worker)
         worker.wait_ready()
         return worker
