@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cganmodel.dataset_index import DataError, count_images, iter_tar, list_dir, parts, resolve, select
+from cganmodel.dataset_index import DataError, iter_tar, list_dir, parts, resolve, select
 
 class ImageData(Dataset):
     """Decoded images: ``images`` uint8 (N, H, W, 3), ``labels`` int64 (N,), ``classes``.
@@ -146,12 +146,3 @@ def load_image_dataset(
     index = {c: k for k, c in enumerate(classes)}
     labels = torch.tensor([index[c] for c, _ in picked], dtype=torch.int64)
     return ImageData(images, labels, classes)
-
-
-def class_counts(source: str, split: str = "train", root: str | None = None) -> dict[str, int]:
-    """Images per class in ``source``/``split`` without decoding any image."""
-    if source == "cifar10":
-        ds = _cifar10(split, root)
-        counts = np.bincount(np.asarray(ds.targets), minlength=len(ds.classes))
-        return {c: int(n) for c, n in zip(ds.classes, counts)}
-    return count_images(source, split)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cganmodel.data import DataError, ImageData, class_counts, load_image_dataset
+from cganmodel.data import DataError, ImageData, load_image_dataset
+from cganmodel.dataset_index import count_images
 
 
 def encode(colour: tuple[int, int, int], fmt: str = "PNG", size: int = 32) -> bytes:
@@ -67,7 +68,7 @@ def test_imagefolder_dir(tmp_path: Path) -> None:
     root = write_dir(tmp_path / "ds", tree({"": 3}))
     (root / "README.txt").write_text("not an image, ignored")
     check(load_image_dataset(str(root)), 3)
-    assert class_counts(str(root)) == {"airplane": 3, "cat": 3, "dog": 3}
+    assert count_images(str(root)) == {"airplane": 3, "cat": 3, "dog": 3}
 
 
 def test_imagefolder_dir_with_splits_and_resize(tmp_path: Path) -> None:
@@ -77,7 +78,7 @@ def test_imagefolder_dir_with_splits_and_resize(tmp_path: Path) -> None:
     train = load_image_dataset(str(root), "train")
     assert train.images.shape == (13, 32, 32, 3)  # the 40x40 image is resized
     check(load_image_dataset(str(root), "test"), 2)
-    assert class_counts(str(root), "train") == {"airplane": 4, "cat": 5, "dog": 4}
+    assert count_images(str(root), "train") == {"airplane": 4, "cat": 5, "dog": 4}
     with pytest.raises(DataError, match="no 'val' split"):
         load_image_dataset(str(root), "val")
 
@@ -86,7 +87,7 @@ def test_tar_gz_with_root_folder_and_splits(tmp_path: Path) -> None:
     path = write_tar(tmp_path / "ds.tar.gz", tree({"train/": 4, "test/": 2}, prefix="mini-jpeg/"))
     check(load_image_dataset(str(path), "train"), 4)
     check(load_image_dataset(str(path), "test"), 2)
-    assert class_counts(str(path), "test") == {"airplane": 2, "cat": 2, "dog": 2}
+    assert count_images(str(path), "test") == {"airplane": 2, "cat": 2, "dog": 2}
     assert not (tmp_path / "mini-jpeg").exists()  # never unpacked
 
 
