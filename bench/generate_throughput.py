@@ -75,6 +75,7 @@ def measure_naive(G, label: str, label_index: int, count: int, batch: int, devic
     """Generate -> one PNG file per image (PIL save) -> one put_object per file, against SeaweedFS."""
     import boto3
     import torch
+    from cganmodel.imaging import to_uint8
     from PIL import Image
     from s3server import client_config
 
@@ -100,7 +101,7 @@ def measure_naive(G, label: str, label_index: int, count: int, batch: int, devic
             labels = torch.full((n,), label_index, dtype=torch.int64)
             with torch.inference_mode():
                 out = G(noise.to(device), labels.to(device))
-            images = ((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            images = to_uint8(out).numpy()
             t_generate += time.perf_counter() - t
             t = time.perf_counter()
             for image in images:
@@ -173,8 +174,10 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    product_device = "cuda" if torch.cuda.is_available() else "cpu"  # what worker/models.py picks
+    from cganmodel.devices import resolve_device
+
+    device = resolve_device(args.device).type
+    product_device = resolve_device("auto").type  # what worker/models.py picks
     facts = machine_facts(cuda_used=device == "cuda" or product_device == "cuda")
     facts.update(bench_device=device, product_device=product_device, cganctl_omp_num_threads=args.threads)
     print_facts(facts)

@@ -1,18 +1,14 @@
-"""A small ResNet-style CIFAR classifier: label accuracy of generated images and cheap FID features.
+"""The scoring classifier: its config, loading, and inference (label accuracy, probabilities, features).
 
-The network is a narrow ResNet-9 (the "fast CIFAR-10" layout: conv stem, three pooled stages, two
-residual blocks, global max pool, linear head). With the default ``width=16`` (channels 16-32-64-128)
-it trains on a 2-core CPU at roughly 1,000 images/s and scores several thousand images/s.
-
+The network is in :mod:`cganmodel.nets.classifier`, its training in :mod:`cganmodel.train_classifier`
+(the same split as the GAN side: :mod:`cganmodel.gan`, :mod:`cganmodel.nets`, :mod:`cganmodel.train`).
 Inputs inside the library are float NCHW in [-1, 1]; at the boundary images are uint8 NHWC.
-Weights, optimizer state and checkpoints are safetensors + JSON only (nothing is ever unpickled).
+Weights are safetensors + JSON only (nothing is ever unpickled).
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,83 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cganmodel.checkpoint import (
-    CheckpointError,
-    bytes_to_tensors,
-    check_config,
-    check_state_dict,
-    load_optimizers,
-    load_state_dict,
-    optimizers_to_bytes,
-    read_json,
-    tensors_to_bytes,
-)
+from cganmodel.checkpoint import CheckpointError, bytes_to_tensors, load_state_dict
+from cganmodel.devices import module_device
+from cganmodel.imaging import nhwc_to_input
+from cganmodel.nets.classifier import Classifier, build_classifier
 
 FORMAT_VERSION = 1
 MODEL_FILE = "classifier.safetensors"
-OPTIM_FILE = "optim.safetensors"
-STATE_FILE = "state.json"
+
+__all__ = ["Classifier", "ClassifierConfig", "build_classifier", "evaluate_accuracy", "load_classifier", "predict_proba"]
 
 
-# --------------------------------------------------------------------------------------- network
-
-
-def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
-class _Residual(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.block = nn.Sequential(_conv_bn(channels, channels), _conv_bn(channels, channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)
-
-
-class Classifier(nn.Module):
-    """ResNet-9-like classifier; ``features`` is the pooled penultimate layer (``8 * width`` wide)."""
-
-    def __init__(self, num_classes: int, width: int) -> None:
-        super().__init__()
-        w = width
-        self.body = nn.Sequential(
-            _conv_bn(3, w),
-            _conv_bn(w, 2 * w),
-            nn.MaxPool2d(2),
-            _Residual(2 * w),
-            _conv_bn(2 * w, 4 * w),
-            nn.MaxPool2d(2),
-            _conv_bn(4 * w, 8 * w),
-            nn.MaxPool2d(2),
-            _Residual(8 * w),
-            nn.AdaptiveMaxPool2d(1),
-            nn.Flatten(),
-        )
-        self.head = nn.Linear(8 * w, num_classes)
-        self.feature_dim = 8 * w
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-def build_classifier(num_classes: int, width: int = 16) -> Classifier:
-    if num_classes < 2 or width < 1:
-        raise ValueError(f"need num_classes >= 2 and width >= 1, got {num_classes}, {width}")
-    return Classifier(num_classes, width)
-
-
-# --------------------------------------------------------------------------------------- configs
-
-
-def _from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -122,66 +53,8 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClassifierConfig:
-        return _from_dict(cls, data)
+        return config_from_dict(cls, data)
 
-
-@dataclass
-class ClassifierTrainConfig:
-    """SGD (Nesterov) with a one-cycle (linear up, linear down) learning rate, label smoothing,
-    random crop (reflect pad 4) and horizontal flip. ~20 epochs of CIFAR-10 at the default."""
-
-    steps: int = 4000
-    batch_size: int = 256
-    lr: float = 0.08
-    warmup_fraction: float = 0.25
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.2
-    checkpoint_every: int = 500
-    progress_every: int = 25
-    seed: int = 0
-    device: str = "auto"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ClassifierTrainConfig:
-        return _from_dict(cls, data)
-
-
-@dataclass
-class ClassifierTrainResult:
-    step: int
-    stopped: bool
-    wall_time_s: float
-    history: list[dict[str, float]]
-
-
-# --------------------------------------------------------------------------------------- helpers
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def images_to_input(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (channels_last strides, as the nets like)."""
-    t = torch.as_tensor(images)
-    if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images shaped (N, H, W, 3), got {t.dtype} {tuple(t.shape)}")
-    return t.to(device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _generator(seed: int, *keys: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def load_classifier(weights: bytes | Path, meta: Mapping[str, Any]) -> Classifier:
@@ -201,9 +74,9 @@ def load_classifier(weights: bytes | Path, meta: Mapping[str, Any]) -> Classifie
 @torch.inference_mode()
 def predict_proba(model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 500) -> np.ndarray:
     """Softmax probabilities (N, C) float32 for uint8 NHWC images; runs on the model's device."""
-    device = _model_device(model)
+    device = module_device(model)
     out = [
-        F.softmax(model(images_to_input(images[i : i + batch_size], device)).float(), dim=1).cpu()
+        F.softmax(model(nhwc_to_input(images[i : i + batch_size], device)).float(), dim=1).cpu()
         for i in range(0, len(images), batch_size)
     ]
     if not out:
@@ -225,163 +98,3 @@ def evaluate_accuracy(model: nn.Module, data: Any, batch_size: int = 500) -> dic
         name: float(correct[labels == i].mean()) for i, name in enumerate(data.classes) if (labels == i).any()
     }
     return {"accuracy": float(correct.mean()), "count": int(len(labels)), "per_class": per_class}
-
-
-# --------------------------------------------------------------------------------------- training
-
-
-def _augment(images: torch.Tensor, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """uint8 NHWC batch -> float NCHW in [-1, 1], random 4-pixel reflect-pad crop and horizontal flip."""
-    x = images_to_input(images, device)
-    n, _, h, w = x.shape
-    pad = 4
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(device)
-    flip = (torch.rand(n, generator=gen) < 0.5).to(device)
-    rows = dy[:, None] + torch.arange(h, device=device)
-    cols = dx[:, None] + torch.arange(w, device=device)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch = torch.arange(n, device=device)[:, None, None]
-    crops = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
-    return crops.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-
-
-class ClassifierTrainer:
-    """Step-based, seeded, resumable training. Batch order and augmentation are pure functions of
-    ``(seed, step)``, so a run resumed from a checkpoint retraces the uninterrupted one."""
-
-    def __init__(self, cfg: ClassifierConfig, train_cfg: ClassifierTrainConfig, data: Any) -> None:
-        if len(data.classes) != cfg.num_classes:
-            raise ValueError(f"data has {len(data.classes)} classes, config says {cfg.num_classes}")
-        if len(data.images) < 2:
-            raise ValueError("need at least 2 training images")
-        self.cfg = cfg
-        self.train_cfg = train_cfg
-        self.data = data
-        self.device = resolve_device(train_cfg.device)
-        self.images = torch.as_tensor(data.images)
-        self.labels = torch.as_tensor(data.labels, dtype=torch.long)
-        self.batch_size = min(train_cfg.batch_size, len(self.images))
-        self.steps_per_epoch = len(self.images) // self.batch_size
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(train_cfg.seed)
-            model = build_classifier(cfg.num_classes, cfg.width)
-        self.model = model.to(self.device, memory_format=torch.channels_last)
-        decay = [p for p in self.model.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
-        self.optimizer = torch.optim.SGD(
-            [
-                {"params": decay, "weight_decay": train_cfg.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=train_cfg.lr,
-            momentum=train_cfg.momentum,
-            nesterov=True,
-        )
-        self.step = 0
-        self.history: list[dict[str, float]] = []
-        self._perm: tuple[int, torch.Tensor] | None = None
-
-    # -- schedule and data
-
-    def lr_at(self, step: int) -> float:
-        total = self.train_cfg.steps
-        warm = max(1, int(total * self.train_cfg.warmup_fraction))
-        if step < warm:
-            return self.train_cfg.lr * (step + 1) / warm
-        return self.train_cfg.lr * max(0.0, (total - step) / max(1, total - warm))
-
-    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, torch.randperm(len(self.images), generator=_generator(self.train_cfg.seed, 0, epoch)))
-        idx = self._perm[1][pos * self.batch_size : (pos + 1) * self.batch_size]
-        x = _augment(self.images[idx], _generator(self.train_cfg.seed, 1, step), self.device)
-        return x, self.labels[idx].to(self.device)
-
-    # -- checkpoints
-
-    def checkpoint_files(self) -> dict[str, bytes]:
-        state = {
-            "format": FORMAT_VERSION,
-            "kind": "classifier",
-            "step": self.step,
-            "config": self.cfg.to_dict(),
-            "train_config": self.train_cfg.to_dict(),
-            "history": self.history,
-        }
-        return {
-            MODEL_FILE: tensors_to_bytes(self.model.state_dict()),
-            OPTIM_FILE: optimizers_to_bytes({"sgd": self.optimizer}),
-            STATE_FILE: json.dumps(state, indent=1).encode(),
-        }
-
-    def load_checkpoint(self, files: Mapping[str, bytes]) -> None:
-        """Restore weights, optimizer state, step and history; raises CheckpointError, changing nothing."""
-        missing = [n for n in (MODEL_FILE, OPTIM_FILE, STATE_FILE) if n not in files]
-        if missing:
-            raise CheckpointError(f"checkpoint is incomplete: missing {missing}")
-        state = read_json(STATE_FILE, files[STATE_FILE])
-        if not isinstance(state, dict) or state.get("kind") != "classifier" or state.get("format") != FORMAT_VERSION:
-            raise CheckpointError(f"{STATE_FILE} is not a format-{FORMAT_VERSION} classifier checkpoint")
-        if not isinstance(state.get("step"), int) or not isinstance(state.get("config"), dict):
-            raise CheckpointError(f"checkpoint is corrupt: {STATE_FILE}: no step or config")
-        check_config(STATE_FILE, state["config"], self.cfg.to_dict())
-        weights = bytes_to_tensors(MODEL_FILE, files[MODEL_FILE])
-        check_state_dict(MODEL_FILE, self.model, weights)
-        load_optimizers(OPTIM_FILE, files[OPTIM_FILE], {"sgd": self.optimizer})
-        self.model.load_state_dict(weights)
-        self.step = state["step"]
-        self.history = list(state.get("history", []))
-
-    def export(self) -> tuple[bytes, dict[str, Any]]:
-        meta = {
-            "kind": "classifier",
-            "format": FORMAT_VERSION,
-            "config": self.cfg.to_dict(),
-            "classes": list(self.cfg.classes),
-            "steps": self.step,
-            "train_config": self.train_cfg.to_dict(),
-        }
-        return tensors_to_bytes(self.model.state_dict()), meta
-
-    # -- loop
-
-    def run(
-        self,
-        on_progress: Callable[[dict[str, float]], None] | None = None,
-        on_checkpoint: Callable[[int, dict[str, bytes]], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> ClassifierTrainResult:
-        tc = self.train_cfg
-        self.model.train()
-        start = time.perf_counter()
-        tick, seen, loss_sum, correct, count = start, 0, 0.0, 0, 0
-        while self.step < tc.steps:
-            if should_stop is not None and should_stop():
-                return ClassifierTrainResult(self.step, True, time.perf_counter() - start, self.history)
-            x, y = self._batch(self.step)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr_at(self.step)
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.step += 1
-            seen += len(y)
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            count += len(y)
-            if self.step % tc.progress_every == 0 or self.step == tc.steps:
-                now = time.perf_counter()
-                entry = {"step": self.step, "loss": loss_sum / count, "accuracy": correct / count}
-                self.history.append(entry)
-                if on_progress is not None:
-                    on_progress({**entry, "steps": tc.steps, "images_per_s": seen / max(now - tick, 1e-9)})
-                tick, seen, loss_sum, correct, count = now, 0, 0.0, 0, 0
-            if on_checkpoint is not None and (self.step % tc.checkpoint_every == 0 or self.step == tc.steps):
-                on_checkpoint(self.step, self.checkpoint_files())
-        self.model.eval()
-        return ClassifierTrainResult(self.step, False, time.perf_counter() - start, self.history)

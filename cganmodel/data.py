@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cganmodel.imaging import to_float
 from cganmodel.dataset_index import DataError, iter_tar, list_dir, parts, resolve, select
 
 class ImageData(Dataset):
@@ -38,7 +39,7 @@ class ImageData(Dataset):
         return self.images.shape[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x = self.images[index].permute(2, 0, 1).float() / 127.5 - 1
+        x = to_float(self.images[index].permute(2, 0, 1))
         return x, int(self.labels[index])
 
 

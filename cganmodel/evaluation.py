@@ -29,7 +29,7 @@ from cganmodel.fid import (
     feature_stats,
     frechet_distance,
 )
-from cganmodel.sampling import to_uint8
+from cganmodel.imaging import to_uint8
 
 GRID_SAMPLES_PER_CLASS = 8
 DEFAULT_Z_DIM = 128

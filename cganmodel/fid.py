@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cganmodel.classifier import images_to_input
+from cganmodel.imaging import nhwc_to_input
 
 INCEPTION_SIZE = (299, 299)
 INCEPTION_INPUT_RANGE = (-1.0, 0.9921875)
@@ -128,7 +128,7 @@ class ClassifierFeatures:
     @torch.inference_mode()
     def _batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        return self.model.features(images_to_input(images, device))
+        return self.model.features(nhwc_to_input(images, device))
 
     def features(
         self, images: np.ndarray | torch.Tensor, batch_size: int = 500, on_batch: Callable[[int], None] | None = None

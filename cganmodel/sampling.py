@@ -10,6 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from cganmodel.devices import module_device
+from cganmodel.imaging import nhwc_to_input, to_uint8
+from cganmodel.seeding import round_seed
+
 #: A class keeps being redrawn until it has been sampled this many times its requested count.
 MAX_CANDIDATES_PER_IMAGE = 50
 MAX_ROUNDS = 200
@@ -26,14 +30,6 @@ class Generated:
     stats: dict[int, dict[str, int]] = field(default_factory=dict)  # {class: {"generated", "accepted"}}
 
 
-def round_seed(seed: int, round_index: int) -> int:
-    """Seed of the noise for filtering round ``round_index`` (round 0 uses ``seed`` itself)."""
-    if round_index == 0:
-        return seed
-    state = np.random.SeedSequence([seed % 2**64, round_index]).generate_state(2, np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1  # < 2**63: valid for torch.Generator.manual_seed
-
-
 def sample_noise(n: int, z_dim: int, gen: torch.Generator, truncation: float | None = None) -> torch.Tensor:
     """``n`` standard-normal latents; with ``truncation``, entries with ``|z| > truncation`` are redrawn."""
     z = torch.randn(n, z_dim, generator=gen)
@@ -45,16 +41,6 @@ def sample_noise(n: int, z_dim: int, gen: torch.Generator, truncation: float | N
                 break
             z[bad] = torch.randn(count, generator=gen)
     return z
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Float NCHW in [-1, 1] -> uint8 NHWC (CPU)."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
-
-
-def _module_device(module: nn.Module) -> torch.device | None:
-    p = next(module.parameters(), None)
-    return None if p is None else p.device
 
 
 def generate(
@@ -105,7 +91,7 @@ def generate(
     modules = [m for m in (G, classifier) if m is not None]
     was_training = [m.training for m in modules]
     for m in modules:
-        if _module_device(m) not in (None, device):
+        if module_device(m) not in (None, device):
             m.to(device)
         m.eval()
 
@@ -127,7 +113,7 @@ def generate(
             if classifier is None:
                 ok = torch.ones(len(yb), dtype=torch.bool)
             else:
-                x = out.permute(0, 3, 1, 2).to(device=device, dtype=torch.float32) / 127.5 - 1
+                x = nhwc_to_input(out, device)
                 probs = torch.softmax(classifier(x).float(), dim=1).cpu()
                 ok = probs[torch.arange(len(yb)), yb] >= min_confidence
             for c in yb.unique().tolist():

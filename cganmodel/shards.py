@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import io
 import json
+import queue
 import re
 import tarfile
+import threading
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 SHARD_EXTENSIONS = {"webdataset": ".tar", "imagefolder": ".tar", "npz": ".npz"}
 
@@ -90,6 +90,57 @@ def write_shard(fileobj: BinaryIO, samples: Iterable[Sample], fmt: str) -> int:
     return count
 
 
+class ShardEncoder:
+    """Encodes samples into one shard's bytes on a writer thread, so PNG encoding overlaps the caller's
+    generation of the next batch. The bytes are those of :func:`write_shard` over the same samples.
+
+        with ShardEncoder("webdataset") as encoder:
+            for batch in batches:
+                encoder.add(batch)
+        data = encoder.data
+
+    An encoding error is raised in the caller's thread (at the latest on leaving the ``with``).
+    """
+
+    def __init__(self, fmt: str, max_pending: int = 4) -> None:
+        _extension(fmt)
+        self.fmt = fmt
+        self._batches: queue.Queue[list[Sample] | None] = queue.Queue(maxsize=max_pending)
+        self._buffer = io.BytesIO()
+        self._failure: list[BaseException] = []
+        self._thread = threading.Thread(target=self._write, name=f"shard-writer-{fmt}", daemon=True)
+        self.data: bytes | None = None
+
+    def _samples(self) -> Iterator[Sample]:
+        while (batch := self._batches.get()) is not None:
+            yield from batch
+
+    def _write(self) -> None:
+        try:
+            write_shard(self._buffer, self._samples(), self.fmt)
+        except BaseException as exc:  # re-raised on the caller's thread
+            self._failure.append(exc)
+            while self._batches.get() is not None:  # drain so the caller never blocks
+                pass
+
+    def __enter__(self) -> ShardEncoder:
+        self._thread.start()
+        return self
+
+    def add(self, samples: list[Sample]) -> None:
+        if self._failure:
+            raise self._failure[0]
+        self._batches.put(samples)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._batches.put(None)
+        self._thread.join()
+        if self._failure and exc is None:
+            raise self._failure[0]
+        if exc is None:
+            self.data = self._buffer.getvalue()
+
+
 def iter_shard(
     source: PathLike | IO[bytes], fmt: str, *, classes: Sequence[str] | None = None
 ) -> Iterator[Sample]:
@@ -115,7 +166,7 @@ def iter_shard(
                 yield Sample(key, image, int(files["cls"]), class_name, meta)
             else:
                 class_name, _, name = key.rpartition("/")
-                yield Sample(name, image, _class_index(classes, class_name), class_name)
+                yield Sample(name, image, class_index(classes, class_name), class_name)
 
 
 def unpack_to_imagefolder(shard_paths: Iterable[PathLike], dest_dir: PathLike, classes: Sequence[str]) -> int:
@@ -134,47 +185,6 @@ def unpack_to_imagefolder(shard_paths: Iterable[PathLike], dest_dir: PathLike, c
             target.write_bytes(png)
             written += 1
     return written
-
-
-class ShardDataset(Dataset[tuple[Any, int]]):
-    """Map-style dataset over webdataset / imagefolder tars and npz shards (a directory, searched
-    recursively, or a list of paths). Items are ``(float CHW tensor in [-1, 1], label)``, or
-    ``(transform(PIL image), label)`` with a ``transform``. Tar images are read lazily by offset; npz
-    arrays are loaded at construction. ``imagefolder`` labels index ``classes``, by default the sorted
-    class folders of all those shards (``ImageFolder`` order). The webdataset shards are also readable
-    by the ``webdataset`` library: ``webdataset.WebDataset(urls).decode("pil").to_tuple("png", "cls")``."""
-
-    def __init__(
-        self,
-        paths_or_dir: PathLike | Sequence[PathLike],
-        transform: Callable[[Image.Image], Any] | None = None,
-        *,
-        classes: Sequence[str] | None = None,
-    ) -> None:
-        self.transform = transform
-        paths = _shard_paths(paths_or_dir)
-        tars = {path: _tar_members(path) for path in paths if path.suffix != ".npz"}
-        if classes is None:
-            classes = sorted(
-                {name.rpartition("/")[0] for members in tars.values() if _is_imagefolder(members) for name in members}
-            )
-        self._items: list[_TarItem | _ArrayItem] = []
-        for path in paths:
-            if path.suffix == ".npz":
-                self._items += _npz_items(path)
-            else:
-                self._items += _tar_items(path, tars[path], classes)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        item = self._items[index]
-        image = item.pil()
-        if self.transform is not None:
-            return self.transform(image), item.label
-        array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-        return array.permute(2, 0, 1).float().div(127.5).sub(1.0), item.label
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -242,14 +252,14 @@ def _open_binary(source: PathLike | IO[bytes]) -> AbstractContextManager[IO[byte
     return open(source, "rb") if isinstance(source, str | Path) else nullcontext(source)
 
 
-def _check_member_name(name: str) -> str:
+def check_member_name(name: str) -> str:
     parts = PurePosixPath(name).parts
     if name.startswith(("/", "\\")) or ".." in parts or "\\" in name or re.match(r"^[A-Za-z]:", name):
         raise ValueError(f"unsafe tar member name {name!r}")
     return name
 
 
-def _split_member(name: str) -> tuple[str, str]:
+def split_member(name: str) -> tuple[str, str]:
     """``"cat/k1.png" -> ("cat/k1", "png")``: the key ends at the first dot of the base name."""
     folder, _, base = name.rpartition("/")
     stem, dot, ext = base.partition(".")
@@ -264,12 +274,12 @@ def _iter_tar_records(fileobj: IO[bytes]) -> Iterator[tuple[str, dict[str, bytes
     files: dict[str, bytes] = {}
     with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
         for member in tar:
-            _check_member_name(member.name)
+            check_member_name(member.name)
             if member.isdir():
                 continue
             if not member.isfile():
                 raise ValueError(f"tar member {member.name!r} is not a regular file")
-            member_key, ext = _split_member(member.name)
+            member_key, ext = split_member(member.name)
             if member_key != key and key is not None:
                 yield key, files
                 files = {}
@@ -293,11 +303,11 @@ def _iter_pngs(path: Path, classes: Sequence[str]) -> Iterator[tuple[str, str, b
                 yield _class_at(classes, int(files["cls"])), _check_key(key), files["png"]
             else:
                 class_name, _, name = key.rpartition("/")
-                _class_index(classes, class_name)
+                class_index(classes, class_name)
                 yield class_name, _check_key(name), files["png"]
 
 
-def _class_index(classes: Sequence[str] | None, class_name: str) -> int:
+def class_index(classes: Sequence[str] | None, class_name: str) -> int:
     assert classes is not None
     try:
         return list(classes).index(class_name)
@@ -314,78 +324,3 @@ def _class_at(classes: Sequence[str], index: int) -> str:
 def _decode_png(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
         return np.array(image.convert("RGB"))
-
-
-# --- ShardDataset indexing -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _TarItem:
-    path: Path
-    offset: int
-    size: int
-    label: int
-
-    def pil(self) -> Image.Image:
-        with open(self.path, "rb") as fileobj:
-            fileobj.seek(self.offset)
-            data = fileobj.read(self.size)
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
-
-
-@dataclass(frozen=True)
-class _ArrayItem:
-    image: np.ndarray
-    label: int
-
-    def pil(self) -> Image.Image:
-        return Image.fromarray(self.image)
-
-
-def _shard_paths(paths_or_dir: PathLike | Sequence[PathLike]) -> list[Path]:
-    if isinstance(paths_or_dir, str | Path) and Path(paths_or_dir).is_dir():
-        root = Path(paths_or_dir)
-        return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".tar", ".npz"})
-    if isinstance(paths_or_dir, str | Path):
-        return [Path(paths_or_dir)]
-    return [Path(p) for p in paths_or_dir]
-
-
-def _tar_members(path: Path) -> dict[str, tarfile.TarInfo]:
-    with tarfile.open(path, "r:") as tar:
-        members = {}
-        for member in tar.getmembers():
-            _check_member_name(member.name)
-            if member.isfile():
-                members[member.name] = member
-            elif not member.isdir():
-                raise ValueError(f"{path}: tar member {member.name!r} is not a regular file")
-    return members
-
-
-def _is_imagefolder(members: dict[str, tarfile.TarInfo]) -> bool:
-    return not any(name.endswith(".cls") for name in members)
-
-
-def _tar_items(path: Path, members: dict[str, tarfile.TarInfo], classes: Sequence[str]) -> list[_TarItem]:
-    imagefolder = _is_imagefolder(members)
-    items = []
-    with open(path, "rb") as fileobj:
-        for name, member in members.items():
-            key, ext = _split_member(name)
-            if ext != "png":
-                continue
-            if imagefolder:
-                label = _class_index(classes, key.rpartition("/")[0])
-            else:
-                fileobj.seek(members[f"{key}.cls"].offset_data)
-                label = int(fileobj.read(members[f"{key}.cls"].size))
-            items.append(_TarItem(path, member.offset_data, member.size, label))
-    return items
-
-
-def _npz_items(path: Path) -> list[_ArrayItem]:
-    with np.load(path, allow_pickle=False) as npz:
-        images, labels = npz["images"], npz["labels"]
-    return [_ArrayItem(image, int(label)) for image, label in zip(images, labels, strict=True)]

@@ -17,18 +17,21 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cganmodel import checkpoint as ckpt
 from cganmodel.checkpoint import CheckpointError
 from cganmodel.data import ImageData
+from cganmodel.devices import resolve_device
 from cganmodel.diffaug import diff_augment, parse_policy
 from cganmodel.gan import GANConfig, build_discriminator, build_generator
 from cganmodel.grid import labelled_grid_png, loss_curve_png
+from cganmodel.imaging import to_float
 from cganmodel.pretrained import save_generator
 from cganmodel.sampling import generate
+from cganmodel.seeding import TRAIN_STREAMS, mix_seed
+from cganmodel.training import TrainResult
 
 #: Training defaults per preset, used for ``None`` fields of :class:`TrainConfig`.
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -117,30 +120,6 @@ class TrainConfig:
         return cls(**d)
 
 
-@dataclass
-class TrainResult:
-    step: int  # generator updates done
-    steps: int  # the configured total
-    stopped: bool  # should_stop() ended the run early
-    d_loss: float | None  # mean over the last logged interval
-    g_loss: float | None
-    elapsed_s: float
-
-
-def _mix_seed(*values: int) -> int:
-    """A well-mixed seed below 2**63 derived from integers."""
-    state = np.random.SeedSequence([v % 2**64 for v in values]).generate_state(2, np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    return torch.device(name)
-
-
 class Trainer:
     """Trains a :class:`GANConfig` model on an :class:`ImageData`; see the module docstring."""
 
@@ -156,7 +135,7 @@ class Trainer:
             raise ValueError(f"data set has {len(data)} images, fewer than batch_size={train_cfg.batch_size}")
         self.gan_cfg = gan_cfg
         self.train_cfg = cfg = train_cfg
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.cuda = self.device.type == "cuda"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -178,8 +157,8 @@ class Trainer:
         self.pos = 0
         self.history: list[list[float]] = []  # [step, mean d_loss, mean g_loss] per log interval
         self._acc = [0.0, 0.0, 0]  # running sums of the current log interval
-        self._gen = torch.Generator().manual_seed(_mix_seed(cfg.seed, 1))
-        self._cpu_rng = torch.Generator().manual_seed(_mix_seed(cfg.seed, 2)).get_state()
+        self._gen = torch.Generator().manual_seed(mix_seed(cfg.seed, TRAIN_STREAMS["trainer"]))
+        self._cpu_rng = torch.Generator().manual_seed(mix_seed(cfg.seed, TRAIN_STREAMS["torch_cpu"])).get_state()
         self._cuda_rng: torch.Tensor | None = None
         self._perm: torch.Tensor | None = None
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -196,11 +175,11 @@ class Trainer:
         if self.pos + b > n:
             self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
         if self._perm is None:
-            perm_gen = torch.Generator().manual_seed(_mix_seed(self.train_cfg.seed, 3, self.epoch))
+            perm_gen = torch.Generator().manual_seed(mix_seed(self.train_cfg.seed, TRAIN_STREAMS["epoch_order"], self.epoch))
             self._perm = torch.randperm(n, generator=perm_gen).to(self.device)
         idx = self._perm[self.pos : self.pos + b]
         self.pos += b
-        x = self._images[idx].float() / 127.5 - 1
+        x = to_float(self._images[idx])
         flip = (torch.rand(b, generator=self._gen) < 0.5).to(self.device)[:, None, None, None]
         x = torch.where(flip, x.flip(3), x).contiguous(memory_format=torch.channels_last)
         return x, self._labels[idx]
@@ -292,7 +271,7 @@ class Trainer:
         torch.set_rng_state(self._cpu_rng)
         if self.cuda:
             if self._cuda_rng is None:
-                torch.cuda.manual_seed(_mix_seed(self.train_cfg.seed, 4))
+                torch.cuda.manual_seed(mix_seed(self.train_cfg.seed, TRAIN_STREAMS["torch_cuda"]))
             else:
                 torch.cuda.set_rng_state(self._cuda_rng, self.device)
 
@@ -353,9 +332,8 @@ class Trainer:
             step=self.step,
             steps=cfg.steps,
             stopped=stopped,
-            d_loss=last[1] if last else None,
-            g_loss=last[2] if last else None,
             elapsed_s=time.perf_counter() - start,
+            last={"d_loss": last[1], "g_loss": last[2]} if last else {},
         )
 
     # ----------------------------------------------------------------------------- checkpoints
@@ -449,6 +427,6 @@ class Trainer:
         self._perm = None
         self._pending.clear()
 
-    def export_generator(self) -> tuple[bytes, dict[str, Any]]:
+    def export(self) -> tuple[bytes, dict[str, Any]]:
         """The EMA generator as safetensors bytes plus its JSON metadata (see ``pretrained``)."""
         return save_generator(self.ema, self.gan_cfg, step=self.step, train_config=self.train_cfg.to_dict())

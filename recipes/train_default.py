@@ -31,7 +31,7 @@ import torch
 from cganmodel.checkpoint import CheckpointError
 from cganmodel.data import load_image_dataset
 from cganmodel.gan import GANConfig
-from cganmodel.train import REQUIRED_FILES, TrainConfig, Trainer
+from cganmodel.train import TrainConfig, Trainer
 
 RECIPE = "recipes/train_default.py"
 
@@ -66,7 +66,7 @@ def write_checkpoint(folder: Path, files: dict[str, bytes], facts: dict) -> None
 
 
 def export(trainer: Trainer, stem: Path, facts: dict) -> None:
-    weights, meta = trainer.export_generator()
+    weights, meta = trainer.export()
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".safetensors").write_bytes(weights)
     stem.with_suffix(".json").write_text(json.dumps(dict(meta, **facts), indent=2, sort_keys=True))

@@ -16,6 +16,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from .submission import EvaluateRequest, GenerateRequest, Request, TrainRequest
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Submit and manage conditional-GAN jobs: train, evaluate, generate.")
 submit_app = typer.Typer(no_args_is_help=True, help="Submit a job (validates, writes the job row, enqueues).")
 jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and control jobs.")
@@ -29,12 +31,6 @@ app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 
 EXIT_FOR_STATUS = {"succeeded": 0, "failed": 1, "cancelled": 4}
-
-
-class Format(str, Enum):
-    webdataset = "webdataset"
-    imagefolder = "imagefolder"
-    npz = "npz"
 
 
 class Layout(str, Enum):
@@ -63,10 +59,9 @@ def _emit_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def _submit(spec_builder, *, queue, priority, wait, as_json) -> None:
+def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, as_json: bool) -> None:
     service = _service()
-    spec = spec_builder(service)
-    job = service.submit(spec, queue=queue, priority=priority)
+    job = service.submit(service.spec_for(request), queue=queue, priority=priority)
     embedded = service.runtime.settings.embedded
     if not as_json:
         where = "running in-process (embedded default)" if embedded else f"queued on '{job.queue}'"
@@ -108,12 +103,12 @@ def submit_generate(
     per_class: Annotated[Optional[int], typer.Option("--per-class", help="Images per class.")] = None,
     fill_to: Annotated[Optional[int], typer.Option("--fill-to", help="Top every class of --dataset up to N images.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="ImageFolder directory or .tar/.tar.gz, with --fill-to.")] = None,
-    model: Annotated[str, typer.Option("--model", help="NAME[:VERSION] of a generator.")] = "default",
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    model: Annotated[str, typer.Option("--model", help="NAME[:VERSION] of a generator.")] = GenerateRequest.model,
+    seed: Annotated[int, typer.Option("--seed")] = GenerateRequest.seed,
     truncation: Annotated[Optional[float], typer.Option("--truncation", help="Resample noise beyond this magnitude.")] = None,
     min_confidence: Annotated[Optional[float], typer.Option("--min-confidence", help="Keep samples the classifier gives their label with p >= P.")] = None,
     classifier: Annotated[Optional[str], typer.Option("--classifier", help="NAME[:VERSION] used with --min-confidence.")] = None,
-    format: Annotated[str, typer.Option("--format", help="webdataset | imagefolder | npz")] = "webdataset",
+    format: Annotated[str, typer.Option("--format", help="webdataset | imagefolder | npz")] = GenerateRequest.format,
     shard_size: Annotated[Optional[int], typer.Option("--shard-size", help="Images per shard (default CGAN_SHARD_SIZE).")] = None,
     queue: QueueOpt = None,
     priority: PriorityOpt = 0,
@@ -121,24 +116,22 @@ def submit_generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate class-conditional images into sharded files in the object store."""
-    _submit(
-        lambda s: s.generate_spec(
-            labels=label, balanced=balanced, count=count, per_class=per_class, fill_to=fill_to, dataset=dataset,
-            model=model, seed=seed, truncation=truncation, min_confidence=min_confidence, classifier=classifier,
-            format=format, shard_size=shard_size,
-        ),
-        queue=queue, priority=priority, wait=wait, as_json=as_json,
+    request = GenerateRequest(
+        labels=tuple(label or ()), balanced=balanced, count=count, per_class=per_class, fill_to=fill_to, dataset=dataset,
+        model=model, seed=seed, truncation=truncation, min_confidence=min_confidence, classifier=classifier,
+        format=format, shard_size=shard_size,
     )
+    _submit(request, queue=queue, priority=priority, wait=wait, as_json=as_json)
 
 
 @submit_app.command("train")
 def submit_train(
-    preset: Annotated[str, typer.Option("--preset", help="resnet (strong GAN), mlp (baseline GAN) or classifier.")] = "resnet",
-    dataset: Annotated[str, typer.Option("--dataset", help="cifar10, an ImageFolder directory or a .tar/.tar.gz of one.")] = "cifar10",
-    steps: Annotated[int, typer.Option("--steps")] = 20_000,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 1000,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    preset: Annotated[str, typer.Option("--preset", help="resnet (strong GAN), mlp (baseline GAN) or classifier.")] = TrainRequest.preset,
+    dataset: Annotated[str, typer.Option("--dataset", help="cifar10, an ImageFolder directory or a .tar/.tar.gz of one.")] = TrainRequest.dataset,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (default: the preset's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Default: the preset's.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Steps between checkpoints (default: the preset's).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = TrainRequest.seed,
     name: Annotated[Optional[str], typer.Option("--name", help="Register the result as this model name.")] = None,
     queue: QueueOpt = None,
     priority: PriorityOpt = 0,
@@ -146,36 +139,30 @@ def submit_train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a conditional GAN (or the scoring classifier); checkpoints go to the object store."""
-    _submit(
-        lambda s: s.train_spec(
-            preset=preset, dataset=dataset, steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every, seed=seed, name=name
-        ),
-        queue=queue, priority=priority, wait=wait, as_json=as_json,
-    )
+    request = TrainRequest(preset=preset, dataset=dataset, steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every, seed=seed, name=name)
+    _submit(request, queue=queue, priority=priority, wait=wait, as_json=as_json)
 
 
 @submit_app.command("evaluate")
 def submit_evaluate(
-    model: Annotated[str, typer.Option("--model", help="NAME[:VERSION] of the generator.")] = "default",
-    classifier: Annotated[Optional[str], typer.Option("--classifier", help="NAME[:VERSION] of the scoring classifier.")] = None,
-    reference: Annotated[str, typer.Option("--reference", help="Dataset for FID statistics (cifar10, folder or tar).")] = "cifar10",
-    samples_per_class: Annotated[int, typer.Option("--samples-per-class")] = 5000,
+    model: Annotated[str, typer.Option("--model", help="NAME[:VERSION] of the generator.")] = EvaluateRequest.model,
+    classifier: Annotated[Optional[str], typer.Option("--classifier", help="NAME[:VERSION] of the scoring classifier (default: the shipped one).")] = None,
+    reference: Annotated[str, typer.Option("--reference", help="Dataset for FID statistics (cifar10, folder or tar).")] = EvaluateRequest.reference,
+    samples_per_class: Annotated[Optional[int], typer.Option("--samples-per-class", help="Default 5000 (the standard 50k protocol for 10 classes).")] = None,
     reference_limit: Annotated[Optional[int], typer.Option("--reference-limit", help="Use at most N reference images.")] = None,
-    inception: Annotated[bool, typer.Option("--inception/--no-inception", help="Standard Inception FID (slow on CPU).")] = True,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    inception: Annotated[bool, typer.Option("--inception/--no-inception", help="Standard Inception FID (slow on CPU).")] = EvaluateRequest.inception,
+    seed: Annotated[int, typer.Option("--seed")] = EvaluateRequest.seed,
     queue: QueueOpt = None,
     priority: PriorityOpt = 0,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Score a generator: FID, label accuracy per class, intra-FID, a sample grid."""
-    _submit(
-        lambda s: s.evaluate_spec(
-            model=model, classifier=classifier, reference=reference, samples_per_class=samples_per_class,
-            reference_limit=reference_limit, inception=inception, seed=seed,
-        ),
-        queue=queue, priority=priority, wait=wait, as_json=as_json,
+    request = EvaluateRequest(
+        model=model, classifier=classifier, reference=reference, samples_per_class=samples_per_class,
+        reference_limit=reference_limit, inception=inception, seed=seed,
     )
+    _submit(request, queue=queue, priority=priority, wait=wait, as_json=as_json)
 
 
 @jobs_app.command("list")
@@ -264,10 +251,9 @@ def results_download(
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
     """Shipped and registered models."""
-    from .model_registry import all_models
     from .views import print_models
 
-    records = all_models(_service().table)
+    records = _service().runtime.models.all()
     if as_json:
         _emit_json([{"ref": m.ref, "kind": m.kind, "job_id": m.job_id, "weights_key": m.weights_key, "meta": m.meta} for m in records])
     else:

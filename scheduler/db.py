@@ -39,6 +39,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def aware_utc(value: datetime | None) -> datetime | None:
+    """A timestamp read back from the table as timezone-aware UTC (SQLite returns naive values)."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
 class Base(DeclarativeBase):
     pass
 

@@ -1,4 +1,4 @@
-"""The job table: rows, atomic state transitions, progress, shards and the model registry.
+"""The job table: rows, atomic state transitions, progress and shards (models: ``model_registry``).
 
 Every transition is one conditional ``UPDATE ... WHERE status IN (...)``: whichever delivery of a task
 gets there first wins, and a duplicate or late delivery can never move a finished job backwards.
@@ -6,26 +6,21 @@ gets there first wins, and a duplicate or late delivery can never move a finishe
 from __future__ import annotations
 
 import dataclasses
+import enum
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterable
 
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .db import Job, Model, Shard, utcnow
+from .db import Job, Shard, aware_utc, utcnow
 from .errors import InvalidInput, NotFound, ServiceUnavailable
-from .specs import FINISHED, JobStatus, parse_spec
+from .specs import FINISHED, JobStatus, ShardStatus, parse_spec
 
 ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +52,7 @@ class JobRecord:
     def from_row(cls, row: Job) -> "JobRecord":
         values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
         for name in ("created_at", "started_at", "finished_at", "updated_at"):
-            values[name] = _aware(values[name])
+            values[name] = aware_utc(values[name])
         return cls(**values)
 
     @property
@@ -93,26 +88,26 @@ class ShardRecord:
 
     @classmethod
     def from_row(cls, row: Shard) -> "ShardRecord":
-        return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})
+        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
+        for name in ("started_at", "finished_at"):
+            values[name] = aware_utc(values[name])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for name in ("started_at", "finished_at"):
+            data[name] = data[name].isoformat() if data[name] else None
+        return data
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelRecord:
-    name: str
-    version: int
-    kind: str
-    job_id: str | None
-    weights_key: str
-    meta: dict
-    created_at: datetime | None
+class Claim(str, enum.Enum):
+    """Outcome of trying to start (a shard of) a job."""
 
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
-
-
-class Claim(str):
-    """Outcome of trying to start (a shard of) a job: 'ok', 'finished', 'cancelled', 'exhausted', 'missing'."""
+    ok = "ok"  # claimed: run it
+    finished = "finished"  # the job (or this shard) already ended
+    cancelled = "cancelled"  # a cancel was asked for: now marked cancelled
+    exhausted = "exhausted"  # the attempt cap is reached: the job is now failed
+    missing = "missing"  # no such job (or shard) row
 
 
 class JobTable:
@@ -165,7 +160,7 @@ class JobTable:
                 session.add(row)
                 session.flush()
                 session.add_all(
-                    Shard(job_id=row.id, index=i, status="pending", count=n, done=0, attempts=0)
+                    Shard(job_id=row.id, index=i, status=ShardStatus.pending.value, count=n, done=0, attempts=0)
                     for i, n in enumerate(shard_counts)
                 )
         except SQLAlchemyError as exc:
@@ -205,12 +200,12 @@ class JobTable:
         """The job, and why a delivery of its task must not run (None when it may)."""
         job = self._get_or_none(job_id)
         if job is None:
-            return None, Claim("missing")
+            return None, Claim.missing
         if job.finished:
-            return job, Claim("finished")
+            return job, Claim.finished
         if job.cancel_requested:
             self.mark_cancelled(job_id)
-            return job, Claim("cancelled")
+            return job, Claim.cancelled
         return job, None
 
     def claim(self, job_id: str, worker: str) -> Claim:
@@ -220,7 +215,7 @@ class JobTable:
             return blocked
         if job.attempts >= job.max_attempts:
             self.fail(job_id, f"gave up after {job.attempts} attempts (worker lost or task redelivered)")
-            return Claim("exhausted")
+            return Claim.exhausted
         now = utcnow()
         changed = self._write(
             update(Job)
@@ -234,7 +229,7 @@ class JobTable:
                 error=None,
             )
         )
-        return Claim("ok") if changed else self.claim(job_id, worker)
+        return Claim.ok if changed else self.claim(job_id, worker)
 
     def claim_shard(self, job_id: str, index: int, worker: str) -> Claim:
         """Like :meth:`claim` for one shard; the job turns running with its first shard."""
@@ -244,17 +239,17 @@ class JobTable:
         with self._session() as session:
             shard = session.get(Shard, (job_id, index))
         if shard is None:
-            return Claim("missing")
-        if shard.status == "succeeded":
-            return Claim("finished")
+            return Claim.missing
+        if shard.status == ShardStatus.succeeded.value:
+            return Claim.finished
         if shard.attempts >= job.max_attempts:
             self.fail(job_id, f"shard {index} gave up after {shard.attempts} attempts (worker lost or task redelivered)")
-            return Claim("exhausted")
+            return Claim.exhausted
         now = utcnow()
         changed = self._write(
             update(Shard)
-            .where(Shard.job_id == job_id, Shard.index == index, Shard.status != "succeeded", Shard.attempts == shard.attempts)
-            .values(status="running", attempts=Shard.attempts + 1, worker=worker, started_at=now, done=0, error=None)
+            .where(Shard.job_id == job_id, Shard.index == index, Shard.status != ShardStatus.succeeded.value, Shard.attempts == shard.attempts)
+            .values(status=ShardStatus.running.value, attempts=Shard.attempts + 1, worker=worker, started_at=now, done=0, error=None)
         )
         if not changed:
             return self.claim_shard(job_id, index, worker)
@@ -269,7 +264,7 @@ class JobTable:
                 updated_at=now,
             )
         )
-        return Claim("ok")
+        return Claim.ok
 
     @property
     def _sqlite(self) -> bool:
@@ -285,7 +280,7 @@ class JobTable:
 
     def shard_progress(self, job_id: str, index: int, done: int) -> None:
         """Record one shard's images done; the job's progress is the sum over its shards."""
-        self._write(update(Shard).where(Shard.job_id == job_id, Shard.index == index, Shard.status == "running").values(done=done))
+        self._write(update(Shard).where(Shard.job_id == job_id, Shard.index == index, Shard.status == ShardStatus.running.value).values(done=done))
         self._sync_job_progress(job_id)
 
     def _sync_job_progress(self, job_id: str) -> None:
@@ -299,8 +294,8 @@ class JobTable:
     def finish_shard(self, job_id: str, index: int, *, key: str, sha256: str, size: int, stats: dict) -> bool:
         changed = self._write(
             update(Shard)
-            .where(Shard.job_id == job_id, Shard.index == index, Shard.status == "running")
-            .values(status="succeeded", done=Shard.count, key=key, sha256=sha256, size=size, stats=stats, finished_at=utcnow())
+            .where(Shard.job_id == job_id, Shard.index == index, Shard.status == ShardStatus.running.value)
+            .values(status=ShardStatus.succeeded.value, done=Shard.count, key=key, sha256=sha256, size=size, stats=stats, finished_at=utcnow())
         )
         self._sync_job_progress(job_id)
         return bool(changed)
@@ -308,8 +303,8 @@ class JobTable:
     def fail_shard(self, job_id: str, index: int, error: str) -> None:
         self._write(
             update(Shard)
-            .where(Shard.job_id == job_id, Shard.index == index, Shard.status != "succeeded")
-            .values(status="failed", error=error, finished_at=utcnow())
+            .where(Shard.job_id == job_id, Shard.index == index, Shard.status != ShardStatus.succeeded.value)
+            .values(status=ShardStatus.failed.value, error=error, finished_at=utcnow())
         )
 
     def shards(self, job_id: str) -> list[ShardRecord]:
@@ -372,36 +367,3 @@ class JobTable:
         with self._session() as session:
             row = session.get(Job, job_id)
             return JobRecord.from_row(row) if row else None
-
-    # --- models -----------------------------------------------------------------------------------
-    def register_model(self, *, name: str, kind: str, job_id: str | None, weights_key: str, meta: dict) -> ModelRecord:
-        """Add the next version of ``name``. A job registers at most one version (a retried task reuses it)."""
-        for _ in range(5):
-            with self._session() as session:
-                existing = session.scalars(select(Model).where(Model.name == name, Model.job_id == job_id)).first()
-                if existing is not None and job_id is not None:
-                    return self._model_record(existing)
-                latest = session.scalar(select(func.max(Model.version)).where(Model.name == name)) or 0
-            row = Model(name=name, version=latest + 1, kind=kind, job_id=job_id, weights_key=weights_key, meta=meta, created_at=utcnow())
-            try:
-                with self._session() as session, session.begin():
-                    session.add(row)
-                return self._model_record(row)
-            except IntegrityError:
-                continue
-        raise ServiceUnavailable(f"could not register a new version of model {name!r}")
-
-    def get_model(self, name: str, version: int | None = None) -> ModelRecord | None:
-        query = select(Model).where(Model.name == name)
-        query = query.where(Model.version == version) if version else query.order_by(Model.version.desc())
-        with self._session() as session:
-            row = session.scalars(query.limit(1)).first()
-            return self._model_record(row) if row else None
-
-    def list_models(self) -> list[ModelRecord]:
-        with self._session() as session:
-            return [self._model_record(r) for r in session.scalars(select(Model).order_by(Model.name, Model.version))]
-
-    @staticmethod
-    def _model_record(row: Model) -> ModelRecord:
-        return ModelRecord(row.name, row.version, row.kind, row.job_id, row.weights_key, row.meta, _aware(row.created_at))

@@ -5,15 +5,37 @@ safetensors file, so the CLI validates labels before anything heavy is loaded.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+from datetime import datetime
 from pathlib import Path
 
-from .errors import InvalidInput
-from .jobs import JobTable, ModelRecord
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .db import Model, aware_utc, utcnow
+from .errors import InvalidInput, ServiceUnavailable
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_FILES = {"default": "default-generator", "default-classifier": "default-classifier"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    version: int
+    kind: str
+    job_id: str | None
+    weights_key: str
+    meta: dict
+    created_at: datetime | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
 
 
 def weights_dir() -> Path:
@@ -45,22 +67,63 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return name, int(version)
 
 
-def resolve(table: JobTable, ref: str, kind: str) -> ModelRecord:
-    """A model reference (``NAME``, ``NAME:VERSION``, ``NAME:latest``) -> one concrete version."""
-    name, version = parse_ref(ref)
-    record = builtin_model(name)
-    if record is not None and version in (None, 1):
-        found: ModelRecord | None = record
-    else:
-        found = table.get_model(name, version)
-    if found is None:
-        known = sorted({m.name for m in table.list_models()} | {n for n in BUILTIN_FILES if builtin_model(n)})
-        raise InvalidInput(f"unknown model {ref!r}; known models: {', '.join(known) or 'none'}")
-    if found.kind != kind:
-        raise InvalidInput(f"model {found.ref} is a {found.kind}, not a {kind}")
-    return found
+class ModelRegistry:
+    """Shipped models (read from ``cganmodel/weights``) and versions registered by train jobs (``models`` table)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def register(self, *, name: str, kind: str, job_id: str | None, weights_key: str, meta: dict) -> ModelRecord:
+        """Add the next version of ``name``. A job registers at most one version (a retried task reuses it)."""
+        for _ in range(5):
+            with self._session() as session:
+                existing = session.scalars(select(Model).where(Model.name == name, Model.job_id == job_id)).first()
+                if existing is not None and job_id is not None:
+                    return _record(existing)
+                latest = session.scalar(select(func.max(Model.version)).where(Model.name == name)) or 0
+            row = Model(name=name, version=latest + 1, kind=kind, job_id=job_id, weights_key=weights_key, meta=meta, created_at=utcnow())
+            try:
+                with self._session() as session, session.begin():
+                    session.add(row)
+                return _record(row)
+            except IntegrityError:
+                continue
+        raise ServiceUnavailable(f"could not register a new version of model {name!r}")
+
+    def get(self, name: str, version: int | None = None) -> ModelRecord | None:
+        """A registered version (the latest when ``version`` is None), or None."""
+        query = select(Model).where(Model.name == name)
+        query = query.where(Model.version == version) if version else query.order_by(Model.version.desc())
+        with self._session() as session:
+            row = session.scalars(query.limit(1)).first()
+            return _record(row) if row else None
+
+    def registered(self) -> list[ModelRecord]:
+        with self._session() as session:
+            return [_record(r) for r in session.scalars(select(Model).order_by(Model.name, Model.version))]
+
+    def resolve(self, ref: str, kind: str) -> ModelRecord:
+        """A model reference (``NAME``, ``NAME:VERSION``, ``NAME:latest``) -> one concrete version."""
+        name, version = parse_ref(ref)
+        record = builtin_model(name)
+        if record is not None and version in (None, 1):
+            found: ModelRecord | None = record
+        else:
+            found = self.get(name, version)
+        if found is None:
+            known = sorted({m.name for m in self.registered()} | {n for n in BUILTIN_FILES if builtin_model(n)})
+            raise InvalidInput(f"unknown model {ref!r}; known models: {', '.join(known) or 'none'}")
+        if found.kind != kind:
+            raise InvalidInput(f"model {found.ref} is a {found.kind}, not a {kind}")
+        return found
+
+    def all(self) -> list[ModelRecord]:
+        builtins = [m for m in (builtin_model(n) for n in BUILTIN_FILES) if m is not None]
+        return builtins + self.registered()
 
 
-def all_models(table: JobTable) -> list[ModelRecord]:
-    builtins = [m for m in (builtin_model(n) for n in BUILTIN_FILES) if m is not None]
-    return builtins + table.list_models()
+def _record(row: Model) -> ModelRecord:
+    return ModelRecord(row.name, row.version, row.kind, row.job_id, row.weights_key, row.meta, aware_utc(row.created_at))

@@ -1,4 +1,4 @@
-"""What a command or a worker needs at run time: settings, the job table and the object store."""
+"""What a command or a worker needs at run time: settings, the job table, the model registry and the object store."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,6 +6,7 @@ from functools import cached_property
 
 from .db import get_engine, require_schema
 from .jobs import JobTable
+from .model_registry import ModelRegistry
 from .settings import Settings, get_settings
 from .store import ObjectStore, open_store
 
@@ -22,6 +23,11 @@ class Runtime:
     def table(self) -> JobTable:
         require_schema(self.settings)
         return JobTable(get_engine(self.settings))
+
+    @cached_property
+    def models(self) -> ModelRegistry:
+        require_schema(self.settings)
+        return ModelRegistry(get_engine(self.settings))
 
     @cached_property
     def store(self) -> ObjectStore:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterator
 
-from . import requests
+from . import submission
 from .dispatch import Dispatcher, make_dispatcher
 from .errors import InvalidInput
 from .jobs import JobRecord
 from .runtime import Runtime
-from .specs import EvaluateSpec, GenerateSpec, JobStatus, TrainSpec
+from .specs import GenerateSpec, JobSpec, JobStatus, TrainSpec
 
 UNIT = {"train": "steps", "evaluate": "images", "generate": "images"}
 
@@ -35,20 +35,15 @@ class Service:
         return self._dispatcher
 
     # --- specs ------------------------------------------------------------------------------------
-    def generate_spec(self, **options) -> GenerateSpec:
-        return requests.generate_spec(self.table, self.runtime.settings, **options)
-
-    def train_spec(self, **options) -> TrainSpec:
-        return requests.train_spec(**options)
-
-    def evaluate_spec(self, **options) -> EvaluateSpec:
-        return requests.evaluate_spec(self.table, **options)
+    def spec_for(self, request: submission.Request) -> JobSpec:
+        """The resolved spec of a typed request (raises InvalidInput naming the flag)."""
+        return submission.resolve(request, self.runtime.models, self.runtime.settings)
 
     # --- jobs -------------------------------------------------------------------------------------
-    def submit(self, spec, *, queue: str | None = None, priority: int = 0, retry_of: str | None = None) -> JobRecord:
+    def submit(self, spec: JobSpec, *, queue: str | None = None, priority: int = 0, retry_of: str | None = None) -> JobRecord:
         settings = self.runtime.settings
         queue = queue or settings.queue_for(spec.kind)
-        requests.check_queue_priority(queue, priority)
+        submission.check_queue_priority(queue, priority)
         self.dispatcher.check()
         self.runtime.store.check()
         if isinstance(spec, GenerateSpec):

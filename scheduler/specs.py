@@ -7,7 +7,6 @@ user's dataset or re-resolves ``latest``.
 from __future__ import annotations
 
 import enum
-import hashlib
 import math
 from typing import Annotated, Literal, Union
 
@@ -30,6 +29,13 @@ class JobStatus(str, enum.Enum):
     @property
     def finished(self) -> bool:
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class ShardStatus(str, enum.Enum):
+    pending = "pending"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
 
 
 FINISHED = tuple(s.value for s in JobStatus if s.finished)
@@ -123,8 +129,9 @@ class GenerateSpec(_Spec):
 
     def shard_seed(self, index: int) -> int:
         """The noise seed of one shard: a pure function of the job seed and the shard index."""
-        digest = hashlib.sha256(f"cganctl-shard:{self.seed}:{index}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") >> 1
+        from cganmodel.seeding import shard_seed
+
+        return shard_seed(self.seed, index)
 
 
 JobSpec = Annotated[Union[TrainSpec, EvaluateSpec, GenerateSpec], Field(discriminator="kind")]

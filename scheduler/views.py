@@ -36,15 +36,7 @@ def job_details(service, job: JobRecord) -> dict:
     data = job.to_dict()
     if job.kind == "generate":
         shards = service.table.shards(job.id)
-        data["shards"] = [
-            {
-                "index": s.index, "status": s.status, "count": s.count, "done": s.done, "attempts": s.attempts,
-                "worker": s.worker, "key": s.key, "sha256": s.sha256, "error": s.error,
-                "started_at": s.started_at.isoformat() if s.started_at else None,
-                "finished_at": s.finished_at.isoformat() if s.finished_at else None,
-            }
-            for s in shards
-        ]
+        data["shards"] = [s.to_dict() for s in shards]
     return data
 
 

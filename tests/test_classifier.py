@@ -10,15 +10,8 @@ import safetensors.torch
 import torch
 
 from cganmodel.checkpoint import CheckpointError
-from cganmodel.classifier import (
-    ClassifierConfig,
-    ClassifierTrainConfig,
-    ClassifierTrainer,
-    build_classifier,
-    evaluate_accuracy,
-    load_classifier,
-    predict_proba,
-)
+from cganmodel.classifier import ClassifierConfig, build_classifier, evaluate_accuracy, load_classifier, predict_proba
+from cganmodel.train_classifier import ClassifierTrainConfig, ClassifierTrainer
 from cganmodel.data import ImageData
 
 torch.set_num_threads(1)

@@ -141,7 +141,9 @@ def test_lost_worker_task_is_redelivered_and_attempt_counted(fleet_env, start_wo
     done = _wait_for(lambda: (lambda j: j.finished and j)(table.get(job_id)), timeout=180)
     assert done.status == "succeeded", done.error
     assert done.attempts == 2 and done.worker.startswith("rescuer@")
-    model = table.get_model("mlp-gan")
+    from scheduler.model_registry import ModelRegistry
+
+    model = ModelRegistry(table.engine).get("mlp-gan")
     assert model is not None and model.job_id == job_id
 
 

@@ -162,7 +162,7 @@ def test_mismatched_checkpoint_refused(checkpoint_files) -> None:
 def test_export_and_load_generator(tmp_path) -> None:
     trainer = Trainer(tiny_gan("resnet"), tiny_train("resnet", 2, checkpoint_every=0), tiny_data())
     trainer.run()
-    weights, meta = trainer.export_generator()
+    weights, meta = trainer.export()
     meta = json.loads(json.dumps(meta))
     assert meta["kind"] == "generator" and meta["classes"] == CLASSES and meta["step"] == 2
     G = load_generator(weights, meta)

@@ -123,12 +123,15 @@ def test_get_by_prefix_and_list_filters(table):
 
 
 def test_model_versions(table):
+    from scheduler.model_registry import ModelRegistry
+
+    models = ModelRegistry(table.engine)
     job = _create(table)
-    first = table.register_model(name="frogs", kind="generator", job_id=job.id, weights_key="a", meta={"classes": ["x"]})
-    again = table.register_model(name="frogs", kind="generator", job_id=job.id, weights_key="a", meta={"classes": ["x"]})
+    first = models.register(name="frogs", kind="generator", job_id=job.id, weights_key="a", meta={"classes": ["x"]})
+    again = models.register(name="frogs", kind="generator", job_id=job.id, weights_key="a", meta={"classes": ["x"]})
     other = _create(table)
-    second = table.register_model(name="frogs", kind="generator", job_id=other.id, weights_key="b", meta={"classes": ["x"]})
+    second = models.register(name="frogs", kind="generator", job_id=other.id, weights_key="b", meta={"classes": ["x"]})
     assert (first.version, again.version, second.version) == (1, 1, 2)
-    assert table.get_model("frogs").version == 2
-    assert table.get_model("frogs", 1).weights_key == "a"
-    assert table.get_model("nope") is None
+    assert models.get("frogs").version == 2
+    assert models.get("frogs", 1).weights_key == "a"
+    assert models.get("nope") is None

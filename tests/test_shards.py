@@ -14,13 +14,13 @@ from torch.utils.data import DataLoader
 from cganmodel.shards import (
     SHARD_EXTENSIONS,
     Sample,
-    ShardDataset,
     encode_png,
     iter_shard,
     shard_name,
     unpack_to_imagefolder,
     write_shard,
 )
+from cganmodel.shard_dataset import ShardDataset
 
 CLASSES = ["airplane", "bird", "cat"]
 

@@ -13,7 +13,7 @@ from scheduler.errors import NotFound
 from scheduler.specs import EvaluateSpec
 
 from . import models
-from .execute import JobContext
+from .context import JobContext
 
 
 def _progress(ctx: JobContext):

@@ -1,30 +1,24 @@
 """Generate jobs: one shard per task, then a manifest and a contact sheet once every shard is in.
 
 A shard is a pure function of (model, job seed, shard index, spec): its labels come from
-``GenerateSpec.shard_labels`` and its noise from seeds derived from ``GenerateSpec.shard_seed``, so a
-retried shard writes the same bytes under the same key. Generation runs on this thread while a writer
-thread encodes PNGs into the shard file, so encoding overlaps the model's forward passes.
+``GenerateSpec.shard_labels`` and its noise from ``cganmodel.seeding`` (shard seed, then one seed per
+chunk of ``GENERATE_CHUNK`` images), so a retried shard writes the same bytes under the same key.
+``cganmodel.shards.ShardEncoder`` encodes PNGs on a writer thread while the next chunk is generated.
 """
 from __future__ import annotations
 
 import hashlib
 import io
-import json
-import queue
-import threading
 from collections import Counter
 
-from scheduler.specs import GenerateSpec
+from cganmodel.seeding import GENERATE_CHUNK, chunk_seed, describe_generate_seeding
+from scheduler.manifest import Manifest
+from scheduler.specs import GenerateSpec, ShardStatus
 
 from . import models
-from .execute import JobContext
+from .context import JobContext
 
-CHUNK = 500  # images per generate() call: part of what makes a shard's bytes reproducible
 SHEET_PER_CLASS = 8
-
-
-def chunk_seed(shard_seed: int, chunk: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{shard_seed}:{chunk}".encode()).digest()[:8], "big") >> 1
 
 
 def shard_key(ctx: JobContext, spec: GenerateSpec, index: int) -> str:
@@ -33,9 +27,10 @@ def shard_key(ctx: JobContext, spec: GenerateSpec, index: int) -> str:
     return ctx.key(f"shards/{shard_name(index, spec.format)}")
 
 
-def run_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
+def make_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
+    """Generate, encode and upload shard ``index``, then record it in the job table."""
     from cganmodel.sampling import generate
-    from cganmodel.shards import Sample, write_shard
+    from cganmodel.shards import Sample, ShardEncoder
 
     generator = models.load(ctx.runtime, spec.model, "generator")
     scorer = models.load(ctx.runtime, spec.classifier, "classifier").module if spec.min_confidence else None
@@ -44,29 +39,11 @@ def run_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
     start, _ = spec.shard_range(index)
     shard_seed = spec.shard_seed(index)
 
-    batches: queue.Queue = queue.Queue(maxsize=4)
-    buffer = io.BytesIO()
-    failure: list[BaseException] = []
-
-    def samples():
-        while (batch := batches.get()) is not None:
-            yield from batch
-
-    def write() -> None:
-        try:
-            write_shard(buffer, samples(), spec.format)
-        except BaseException as exc:  # reported on the generating thread
-            failure.append(exc)
-            while batches.get() is not None:
-                pass
-
-    writer = threading.Thread(target=write, name=f"shard-{index}-writer")
-    writer.start()
     stats: dict[str, Counter] = {}
-    try:
-        for chunk, offset in enumerate(range(0, len(names), CHUNK)):
+    with ShardEncoder(spec.format) as encoder:
+        for chunk, offset in enumerate(range(0, len(names), GENERATE_CHUNK)):
             ctx.check_cancelled()
-            chunk_names = names[offset : offset + CHUNK]
+            chunk_names = names[offset : offset + GENERATE_CHUNK]
             out = generate(
                 generator.module,
                 [classes.index(n) for n in chunk_names],
@@ -74,12 +51,12 @@ def run_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
                 truncation=spec.truncation,
                 classifier=scorer,
                 min_confidence=spec.min_confidence,
-                batch_size=CHUNK,
+                batch_size=GENERATE_CHUNK,
                 device=generator.device,
             )
             for class_index, counts in out.stats.items():
                 stats.setdefault(classes[int(class_index)], Counter()).update(counts)
-            batches.put(
+            encoder.add(
                 [
                     Sample(
                         key=f"{start + offset + i:08d}",
@@ -92,13 +69,9 @@ def run_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
                 ]
             )
             ctx.report(offset + len(chunk_names))
-    finally:
-        batches.put(None)
-        writer.join()
-    if failure:
-        raise failure[0]
+    data = encoder.data
+    assert data is not None
 
-    data = buffer.getvalue()
     key = shard_key(ctx, spec, index)
     ctx.store.put_bytes(key, data, "application/x-tar" if spec.format != "npz" else "application/zip")
     ctx.table.finish_shard(
@@ -121,7 +94,7 @@ def finalize_if_complete(ctx: JobContext, spec: GenerateSpec) -> bool:
     shard rows, so they write the same objects, and only one of them wins the job's transition.
     """
     shards = ctx.table.shards(ctx.job.id)
-    if not shards or any(s.status != "succeeded" for s in shards):
+    if not shards or any(s.status != ShardStatus.succeeded for s in shards):
         return False
     generator = models.load(ctx.runtime, spec.model, "generator")
     classes: list[str] = list(generator.record.meta["classes"])
@@ -136,20 +109,18 @@ def finalize_if_complete(ctx: JobContext, spec: GenerateSpec) -> bool:
         for name, c in sorted(candidates.items())
         if c.get("generated")
     }
-    manifest = {
-        "job_id": ctx.job.id,
-        "kind": "generate",
-        "format": spec.format,
-        "count": spec.total,
-        "count_per_class": {name: per_class[name] for name in classes if per_class[name]},
-        "classes": classes,
-        "model": {"ref": spec.model, "sha256": generator.sha256, "preset": generator.record.meta.get("config", {}).get("preset")},
-        "seed": spec.seed,
-        "seeding": "shard seed = sha256('cganctl-shard:<seed>:<shard>')[:8] >> 1; "
-        f"noise of chunk c ({CHUNK} images) seeded with sha256('<shard seed>:<c>')[:8] >> 1",
-        "spec": spec.model_dump(mode="json"),
-        "acceptance": acceptance if spec.min_confidence else None,
-        "files": [
+    manifest = Manifest(
+        job_id=ctx.job.id,
+        format=spec.format,
+        count=spec.total,
+        count_per_class={name: per_class[name] for name in classes if per_class[name]},
+        classes=classes,
+        model={"ref": spec.model, "sha256": generator.sha256, "preset": generator.record.meta.get("config", {}).get("preset")},
+        seed=spec.seed,
+        seeding=describe_generate_seeding(),
+        spec=spec.model_dump(mode="json"),
+        acceptance=acceptance if spec.min_confidence else None,
+        files=[
             {
                 "key": s.key,
                 "name": s.key.rsplit("/", 1)[-1],
@@ -161,12 +132,12 @@ def finalize_if_complete(ctx: JobContext, spec: GenerateSpec) -> bool:
             }
             for s in shards
         ],
-    }
-    manifest_key = ctx.put("manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode(), "application/json")
+    )
+    manifest_key = ctx.put("manifest.json", manifest.to_bytes(), "application/json")
     sheet_key = ctx.put("contact-sheet.png", contact_sheet(ctx, spec, [s.key for s in shards], classes), "image/png")
     ctx.table.succeed(
         ctx.job.id,
-        metrics={"images": spec.total, "count_per_class": manifest["count_per_class"], "shards": len(shards), "acceptance": manifest["acceptance"]},
+        metrics={"images": spec.total, "count_per_class": manifest.count_per_class, "shards": len(shards), "acceptance": acceptance if spec.min_confidence else None},
         artifacts={
             "manifest": manifest_key,
             "contact_sheet": sheet_key,

@@ -5,8 +5,7 @@ import hashlib
 import threading
 from dataclasses import dataclass
 
-from scheduler.jobs import ModelRecord
-from scheduler.model_registry import BUILTIN_PREFIX, resolve, weights_dir
+from scheduler.model_registry import BUILTIN_PREFIX, ModelRecord, weights_dir
 from scheduler.runtime import Runtime
 
 _lock = threading.Lock()
@@ -21,12 +20,6 @@ class LoadedModel:
     device: str
 
 
-def device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _weights(runtime: Runtime, record: ModelRecord) -> bytes:
     if record.weights_key.startswith(BUILTIN_PREFIX):
         return (weights_dir() / record.weights_key[len(BUILTIN_PREFIX) :]).read_bytes()
@@ -35,16 +28,18 @@ def _weights(runtime: Runtime, record: ModelRecord) -> bytes:
 
 def load(runtime: Runtime, ref: str, kind: str) -> LoadedModel:
     """The model ``ref`` ("NAME:VERSION") of ``kind`` ("generator" or "classifier"), cached."""
-    record = resolve(runtime.table, ref, kind)
+    record = runtime.models.resolve(ref, kind)
     cache_key = (kind, record.ref, record.weights_key)
     with _lock:
         if cache_key not in _cache:
+            from cganmodel.devices import resolve_device
+
             if kind == "generator":
                 from cganmodel.pretrained import load_generator as loader
             else:
                 from cganmodel.classifier import load_classifier as loader
             weights = _weights(runtime, record)
-            dev = device()
+            dev = str(resolve_device("auto"))
             module = loader(weights, record.meta).to(dev).eval()
             _cache[cache_key] = LoadedModel(record, module, hashlib.sha256(weights).hexdigest(), dev)
         return _cache[cache_key]

@@ -12,7 +12,7 @@ import time
 from scheduler.errors import JobCancelled, NotFound
 from scheduler.specs import TrainSpec
 
-from .execute import JobContext
+from .context import JobContext
 
 LATEST = "checkpoints/latest.json"
 
@@ -33,27 +33,13 @@ def _save_checkpoint(ctx: JobContext, step: int, files: dict[str, bytes]) -> Non
     ctx.put(LATEST, json.dumps(latest, sort_keys=True).encode(), "application/json")
 
 
-def _trainer(spec: TrainSpec, data):
-    if spec.preset == "classifier":
-        from cganmodel.classifier import ClassifierConfig, ClassifierTrainConfig, ClassifierTrainer
-
-        config = ClassifierConfig(num_classes=len(data.classes), classes=list(data.classes))
-        train = ClassifierTrainConfig(steps=spec.steps, batch_size=spec.batch_size, checkpoint_every=spec.checkpoint_every, seed=spec.seed)
-        return ClassifierTrainer(config, train, data)
-    from cganmodel.gan import GANConfig
-    from cganmodel.train import TrainConfig, Trainer
-
-    config = GANConfig(preset=spec.preset, num_classes=len(data.classes), classes=list(data.classes))
-    train = TrainConfig(preset=spec.preset, steps=spec.steps, batch_size=spec.batch_size, checkpoint_every=spec.checkpoint_every, seed=spec.seed)
-    return Trainer(config, train, data)
-
-
 def run(ctx: JobContext, spec: TrainSpec) -> tuple[dict, dict]:
     from cganmodel.data import load_image_dataset
+    from cganmodel.training import make_trainer
 
     settings = ctx.runtime.settings
     data = load_image_dataset(spec.dataset, split="train", root=str(settings.data_dir / "datasets"))
-    trainer = _trainer(spec, data)
+    trainer = make_trainer(spec.preset, data, steps=spec.steps, batch_size=spec.batch_size, checkpoint_every=spec.checkpoint_every, seed=spec.seed)
     files = _latest_checkpoint(ctx, ctx.job.id) or (spec.resume_from and _latest_checkpoint(ctx, spec.resume_from))
     if files:
         trainer.load_checkpoint(files)
@@ -70,16 +56,16 @@ def run(ctx: JobContext, spec: TrainSpec) -> tuple[dict, dict]:
         on_checkpoint=lambda step, files: _save_checkpoint(ctx, step, files),
         should_stop=ctx.should_stop,
     )
-    if getattr(result, "stopped", False):
+    if result.stopped:
         raise JobCancelled(ctx.job.id)
     ctx.report(spec.steps, total=spec.steps, info={k: v for k, v in last.items() if k not in ("step", "steps")}, force=True)
 
-    kind = "classifier" if spec.preset == "classifier" else "generator"
-    weights, meta = trainer.export() if kind == "classifier" else trainer.export_generator()
-    meta = dict(meta, kind=kind, dataset=spec.dataset, steps=spec.steps, job_id=ctx.job.id)
+    weights, meta = trainer.export()
+    kind = meta["kind"]
+    meta = dict(meta, dataset=spec.dataset, steps=spec.steps, job_id=ctx.job.id)
     weights_key = ctx.put(f"model/{kind}.safetensors", weights)
     ctx.put("model/model.json", json.dumps(meta, indent=2, sort_keys=True).encode(), "application/json")
-    record = ctx.table.register_model(name=spec.model_name, kind=kind, job_id=ctx.job.id, weights_key=weights_key, meta=meta)
+    record = ctx.runtime.models.register(name=spec.model_name, kind=kind, job_id=ctx.job.id, weights_key=weights_key, meta=meta)
 
     latest = json.loads(ctx.store.get_bytes(ctx.key(LATEST)))
     metrics = {

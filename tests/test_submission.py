@@ -1,4 +1,4 @@
-"""From CLI options to a resolved generate spec, and every bad input refused with one clear message."""
+"""From a typed generate request to a resolved generate spec, and every bad input refused with one clear message."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,8 @@ import pytest
 
 from scheduler import db
 from scheduler.errors import InvalidInput
-from scheduler.jobs import JobTable
-from scheduler.requests import generate_spec
+from scheduler.model_registry import ModelRegistry
+from scheduler.submission import GenerateRequest, generate_spec
 from scheduler.settings import Settings
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -18,15 +18,15 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 def ctx(tmp_path):
     settings = Settings(data_dir=tmp_path, max_count=100_000)
     db.upgrade(settings)
-    table = JobTable(db.get_engine(settings))
-    table.register_model(name="gen", kind="generator", job_id=None, weights_key="k", meta={"kind": "generator", "classes": CLASSES})
-    table.register_model(name="clf", kind="classifier", job_id=None, weights_key="c", meta={"kind": "classifier", "classes": CLASSES})
-    return table, settings
+    models = ModelRegistry(db.get_engine(settings))
+    models.register(name="gen", kind="generator", job_id=None, weights_key="k", meta={"kind": "generator", "classes": CLASSES})
+    models.register(name="clf", kind="classifier", job_id=None, weights_key="c", meta={"kind": "classifier", "classes": CLASSES})
+    return models, settings
 
 
 def spec(ctx, **options):
-    table, settings = ctx
-    return generate_spec(table, settings, model="gen", **options)
+    models, settings = ctx
+    return generate_spec(GenerateRequest(model="gen", **options), models, settings)
 
 
 def test_single_label_count(ctx):
@@ -75,15 +75,15 @@ def test_fill_to_generates_each_deficit(ctx, tmp_path):
         (dict(balanced=True, per_class=20_000), "above the maximum"),
         (dict(labels=["frog"], count=10, per_class=1), "exactly one of --count"),
         (dict(labels=["frog"]), "exactly one of --count"),
-        (dict(labels=["frog"], count=10, min_confidence=0), "--min-confidence must be in (0, 1]"),
-        (dict(labels=["frog"], count=10, min_confidence=1.5), "--min-confidence must be in (0, 1]"),
-        (dict(labels=["frog"], count=10, format="zip"), "unknown format 'zip'"),
+        (dict(labels=["frog"], count=10, min_confidence=0), "invalid --min-confidence 0: should be greater than 0"),
+        (dict(labels=["frog"], count=10, min_confidence=1.5), "invalid --min-confidence 1.5: should be less than or equal to 1"),
+        (dict(labels=["frog"], count=10, format="zip"), "invalid --format 'zip': should be 'webdataset', 'imagefolder' or 'npz'"),
         (dict(fill_to=10), "--fill-to needs --dataset"),
         (dict(fill_to=10, dataset="/nonexistent/data"), "cannot use --dataset data source '/nonexistent/data' does not exist"),
         (dict(fill_to=10, count=3, dataset="/x"), "drop --count"),
         (dict(labels=["frog"], count=10, dataset="/x"), "--dataset goes with --fill-to"),
-        (dict(labels=["frog"], count=10, truncation=-1.0), "--truncation must be positive"),
-        (dict(labels=["frog"], count=10, shard_size=0), "--shard-size must be between"),
+        (dict(labels=["frog"], count=10, truncation=-1.0), "invalid --truncation -1.0: should be greater than 0"),
+        (dict(labels=["frog"], count=10, shard_size=0), "invalid --shard-size 0: should be greater than 0"),
     ],
 )
 def test_bad_input_is_refused_clearly(ctx, options, message):
@@ -98,11 +98,11 @@ def test_unknown_label_lists_valid_names(ctx):
 
 
 def test_unknown_model(ctx):
-    table, settings = ctx
+    models, settings = ctx
     with pytest.raises(InvalidInput, match="unknown model 'nope'"):
-        generate_spec(table, settings, model="nope", labels=["frog"], count=1)
+        generate_spec(GenerateRequest(model="nope", labels=["frog"], count=1), models, settings)
     with pytest.raises(InvalidInput, match="is a classifier, not a generator"):
-        generate_spec(table, settings, model="clf", labels=["frog"], count=1)
+        generate_spec(GenerateRequest(model="clf", labels=["frog"], count=1), models, settings)
 
 
 def test_fill_to_refuses_unknown_classes_and_unreadable(ctx, tmp_path):

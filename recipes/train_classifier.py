@@ -1,7 +1,7 @@
 """Train the default CIFAR classifier (used for label accuracy, classifier-FID and filtering).
 
-    python bench/train_classifier.py --data ../shared/data/cifar10-jpeg.tar.gz --minutes 18
-    python bench/train_classifier.py --data cifar10 --steps 4000 --out cganmodel/weights/default-classifier
+    python recipes/train_classifier.py --data ../shared/data/cifar10-jpeg.tar.gz --minutes 18
+    python recipes/train_classifier.py --data cifar10 --steps 4000 --out cganmodel/weights/default-classifier
 
 Writes ``<out>.safetensors`` (weights) and ``<out>.json`` (``load_classifier`` metadata plus the run:
 steps, wall time, hardware, data, test accuracy overall and per class). With ``--minutes`` the step
@@ -15,22 +15,17 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cganmodel.classifier import ClassifierConfig, evaluate_accuracy
+from cganmodel.data import ImageData, load_image_dataset
+from cganmodel.train_classifier import ClassifierTrainConfig, ClassifierTrainer
 
-from cganmodel.classifier import (  # noqa: E402
-    ClassifierConfig,
-    ClassifierTrainConfig,
-    ClassifierTrainer,
-    evaluate_accuracy,
-)
-from cganmodel.data import ImageData, load_image_dataset  # noqa: E402
+RECIPE = "recipes/train_classifier.py"
 
 CALIBRATION_STEPS = 15
 
@@ -116,7 +111,8 @@ def main() -> None:
 
     weights, meta = trainer.export()
     meta.update(
-        wall_time_s=round(result.wall_time_s, 1),
+        recipe=RECIPE,
+        wall_time_s=round(result.elapsed_s, 1),
         epochs=round(epochs, 2),
         hardware=hardware(trainer.device),
         data=data_description(args.data),

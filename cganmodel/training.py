@@ -1,0 +1,56 @@
+"""What every trainer of this library shares: its result and its interface.
+
+The GAN's :class:`cganmodel.train.Trainer` and the classifier's
+:class:`cganmodel.train_classifier.ClassifierTrainer` both satisfy :class:`ModelTrainer`, so a caller
+(the worker's train job, the recipes) drives either the same way: load a checkpoint, run with
+progress / checkpoint / stop callbacks, export the model.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+CheckpointCallback = Callable[[int, dict[str, bytes]], None]
+StopCallback = Callable[[], bool]
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimiser steps done (generator updates for a GAN)
+    steps: int  # the configured total
+    stopped: bool  # should_stop() ended the run early
+    elapsed_s: float
+    last: dict[str, float] = field(default_factory=dict)  # the last logged means (losses, accuracy)
+
+
+class ModelTrainer(Protocol):
+    step: int
+
+    def load_checkpoint(self, files: Mapping[str, bytes]) -> None: ...
+
+    def run(
+        self,
+        on_progress: ProgressCallback | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
+        should_stop: StopCallback | None = None,
+    ) -> TrainResult: ...
+
+    def export(self) -> tuple[bytes, dict[str, Any]]:
+        """The trained model as safetensors bytes plus its JSON metadata (with ``kind``)."""
+        ...
+
+
+def make_trainer(preset: str, data: Any, **train_options: Any) -> ModelTrainer:
+    """The trainer of ``preset`` (a GAN preset or ``"classifier"``) on ``data``, its classes taken from the data."""
+    classes = list(data.classes)
+    if preset == "classifier":
+        from cganmodel.classifier import ClassifierConfig
+        from cganmodel.train_classifier import ClassifierTrainConfig, ClassifierTrainer
+
+        return ClassifierTrainer(ClassifierConfig(num_classes=len(classes), classes=classes), ClassifierTrainConfig(**train_options), data)
+    from cganmodel.gan import GANConfig
+    from cganmodel.train import TrainConfig, Trainer
+
+    return Trainer(GANConfig(preset=preset, num_classes=len(classes), classes=classes), TrainConfig(preset=preset, **train_options), data)

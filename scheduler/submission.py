@@ -1,0 +1,217 @@
+"""From what a user asked for (a typed request) to a resolved, typed job spec, or one clear :class:`InvalidInput`.
+
+The CLI builds one request dataclass per submit command; :func:`resolve` turns it into the spec a worker
+runs. Bounds on single values live in the specs (pydantic) and are reported here with the flag's name;
+this module checks only what needs the model registry, the settings or the dataset: labels, counts,
+class lists, the per-job maximum. Nothing here writes anything.
+
+Module level stays light (dataclasses only): ``cganctl --help`` imports it without pydantic or SQLAlchemy.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .model_registry import ModelRegistry
+    from .settings import Settings
+    from .specs import EvaluateSpec, GenerateSpec, TrainSpec
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+DEFAULT_MODEL = "default"
+DEFAULT_CLASSIFIER = "default-classifier"
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """``cganctl submit generate``: which classes (one of labels / balanced / fill_to), how many, how."""
+
+    labels: Sequence[str] = ()
+    balanced: bool = False
+    count: int | None = None
+    per_class: int | None = None
+    fill_to: int | None = None
+    dataset: str | None = None
+    model: str = DEFAULT_MODEL
+    seed: int = 0
+    truncation: float | None = None
+    min_confidence: float | None = None
+    classifier: str | None = None
+    format: str = "webdataset"
+    shard_size: int | None = None  # None: CGAN_SHARD_SIZE
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """``cganctl submit train``: a preset, its data, and the number of steps (None: the spec's default)."""
+
+    preset: str = "resnet"
+    dataset: str = "cifar10"
+    steps: int | None = None
+    batch_size: int | None = None
+    checkpoint_every: int | None = None
+    seed: int = 0
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """``cganctl submit evaluate``: the generator, the scoring classifier and the reference data."""
+
+    model: str = DEFAULT_MODEL
+    classifier: str | None = None  # None: the shipped default classifier
+    reference: str = "cifar10"
+    samples_per_class: int | None = None
+    reference_limit: int | None = None
+    inception: bool = True
+    seed: int = 0
+
+
+Request = GenerateRequest | TrainRequest | EvaluateRequest
+
+
+def resolve(request: Request, models: ModelRegistry, settings: Settings) -> TrainSpec | EvaluateSpec | GenerateSpec:
+    """The spec for ``request``; raises :class:`InvalidInput` with the offending flag named."""
+    if isinstance(request, GenerateRequest):
+        return generate_spec(request, models, settings)
+    if isinstance(request, TrainRequest):
+        return train_spec(request)
+    return evaluate_spec(request, models)
+
+
+def check_queue_priority(queue: str, priority: int) -> None:
+    if not QUEUE_NAME.match(queue):
+        raise InvalidInput(f"invalid queue name {queue!r}: letters, digits, '_', '.', '-' only")
+    if not 0 <= priority <= 9:
+        raise InvalidInput(f"--priority must be between 0 (lowest) and 9 (highest), got {priority}")
+
+
+def _dataset_counts(source: str) -> dict[str, int]:
+    from cganmodel.dataset_index import DataError, count_images
+
+    try:
+        return count_images(source)
+    except DataError as exc:
+        raise InvalidInput(f"cannot use --dataset {exc}") from None
+
+
+def _even_split(total: int, names: list[str]) -> dict[str, int]:
+    base, extra = divmod(total, len(names))
+    return {name: base + (1 if i < extra else 0) for i, name in enumerate(names)}
+
+
+def _counts(r: GenerateRequest, classes: list[str], model_ref: str) -> dict[str, int]:
+    """Images per class name, in the model's class order."""
+    if r.fill_to is not None:
+        if r.count is not None or r.per_class is not None:
+            raise InvalidInput("--fill-to computes the counts itself: drop --count/--per-class")
+        if r.fill_to <= 0:
+            raise InvalidInput(f"--fill-to must be at least 1, got {r.fill_to}")
+        if not r.dataset:
+            raise InvalidInput("--fill-to needs --dataset PATH (an ImageFolder directory or a .tar/.tar.gz of one)")
+        have = _dataset_counts(r.dataset)
+        unknown = sorted(set(have) - set(classes))
+        if unknown:
+            raise InvalidInput(f"dataset {r.dataset} has classes unknown to model {model_ref}: {', '.join(unknown)}; valid labels: {', '.join(classes)}")
+        counts = {name: max(r.fill_to - have.get(name, 0), 0) for name in classes}
+        if sum(counts.values()) == 0:
+            raise InvalidInput(f"nothing to generate: every class of {r.dataset} already has {r.fill_to} images or more")
+        return counts
+    if r.dataset:
+        raise InvalidInput("--dataset goes with --fill-to")
+    if (r.count is None) == (r.per_class is None):
+        raise InvalidInput("give exactly one of --count (total) or --per-class")
+    labels = list(dict.fromkeys(r.labels))
+    unknown = [name for name in labels if name not in classes]
+    if unknown:
+        raise InvalidInput(f"unknown label {unknown[0]!r} for model {model_ref}; valid labels: {', '.join(classes)}")
+    names = labels or classes
+    flag, amount = ("--count", r.count) if r.count is not None else ("--per-class", r.per_class)
+    if amount is None or amount <= 0:
+        raise InvalidInput(f"{flag} must be at least 1, got {amount}")
+    if r.count is not None and amount < len(names):
+        raise InvalidInput(f"--count {amount} is smaller than the number of classes ({len(names)})")
+    counts = _even_split(amount, names) if r.count is not None else {name: amount for name in names}
+    return {name: counts[name] for name in classes if name in counts}
+
+
+def generate_spec(r: GenerateRequest, models: ModelRegistry, settings: Settings) -> GenerateSpec:
+    from .specs import GenerateSpec
+
+    chosen = [flag for flag, given in (("--label", bool(r.labels)), ("--balanced", r.balanced), ("--fill-to", r.fill_to is not None)) if given]
+    if len(chosen) > 1:
+        raise InvalidInput(f"{' and '.join(chosen)} conflict: choose one of --label, --balanced or --fill-to")
+    if not chosen:
+        raise InvalidInput("say which classes to generate: --label NAME (repeatable), --balanced, or --fill-to N --dataset PATH")
+    generator = models.resolve(r.model, "generator")
+    classes: list[str] = list(generator.meta["classes"])
+    counts = _counts(r, classes, generator.ref)
+    total = sum(counts.values())
+    if total > settings.max_count:
+        raise InvalidInput(f"{total} images is above the maximum of {settings.max_count} per job (CGAN_MAX_COUNT)")
+    classifier_ref = None
+    if r.min_confidence is not None:
+        scorer = models.resolve(r.classifier or DEFAULT_CLASSIFIER, "classifier")
+        if list(scorer.meta["classes"]) != classes:
+            raise InvalidInput(f"classifier {scorer.ref} was trained on other classes than model {generator.ref}")
+        classifier_ref = scorer.ref
+    as_given = dict(
+        labels=list(dict.fromkeys(r.labels)) or None, balanced=r.balanced or None, count=r.count, per_class=r.per_class,
+        fill_to=r.fill_to, dataset=r.dataset, model=r.model, min_confidence=r.min_confidence, classifier=r.classifier,
+    )
+    return build(
+        GenerateSpec,
+        model=generator.ref, counts=counts, seed=r.seed, truncation=r.truncation, min_confidence=r.min_confidence,
+        classifier=classifier_ref, format=r.format, shard_size=settings.shard_size if r.shard_size is None else r.shard_size,
+        request={k: v for k, v in as_given.items() if v is not None},
+    )
+
+
+def train_spec(r: TrainRequest) -> TrainSpec:
+    from .specs import TrainSpec
+
+    spec = build(TrainSpec, preset=r.preset, dataset=r.dataset, steps=r.steps, batch_size=r.batch_size,
+                 checkpoint_every=r.checkpoint_every, seed=r.seed, name=r.name)
+    if spec.dataset != "cifar10" and not Path(spec.dataset).expanduser().exists():
+        raise InvalidInput(f"dataset {spec.dataset} does not exist (use cifar10, an ImageFolder directory or a .tar/.tar.gz of one)")
+    return spec
+
+
+def evaluate_spec(r: EvaluateRequest, models: ModelRegistry) -> EvaluateSpec:
+    from .specs import EvaluateSpec
+
+    generator = models.resolve(r.model, "generator")
+    scorer = models.resolve(r.classifier or DEFAULT_CLASSIFIER, "classifier")
+    if list(scorer.meta["classes"]) != list(generator.meta["classes"]):
+        raise InvalidInput(f"classifier {scorer.ref} was trained on other classes than model {generator.ref}")
+    spec = build(EvaluateSpec, model=generator.ref, classifier=scorer.ref, reference=r.reference, samples_per_class=r.samples_per_class,
+                 reference_limit=r.reference_limit, inception=r.inception, seed=r.seed)
+    if spec.reference != "cifar10":
+        found = list(_dataset_counts(spec.reference))
+        if found != list(generator.meta["classes"]):
+            raise InvalidInput(
+                f"reference {spec.reference} has classes {', '.join(found)}; model {generator.ref} has {', '.join(generator.meta['classes'])}"
+            )
+    return spec
+
+
+def build(cls: type, **fields: Any) -> Any:
+    """``cls(**fields)`` without the ``None`` ones (the spec's defaults apply); a validation error becomes
+    one :class:`InvalidInput` naming the flag, the value and the rule, e.g. ``invalid --seed -1: ...``."""
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in fields.items() if v is not None}
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        rule = first["msg"].removeprefix("Value error, ").replace("Input should be", "should be")
+        if name in given and name not in ("counts", "request"):
+            raise InvalidInput(f"invalid --{name.replace('_', '-')} {given[name]!r}: {rule}") from None
+        raise InvalidInput(f"invalid {cls.__name__}: {rule}") from None
