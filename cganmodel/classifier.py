@@ -9,7 +9,7 @@ Weights are safetensors + JSON only (nothing is ever unpickled).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from cganmodel.checkpoint import CheckpointError, bytes_to_tensors, load_state_d
 from cganmodel.devices import module_device
 from cganmodel.imaging import nhwc_to_input
 from cganmodel.nets.classifier import Classifier, build_classifier
+from cganmodel.presets import PRESETS, config_from_dict
 
 FORMAT_VERSION = 1
 MODEL_FILE = "classifier.safetensors"
@@ -29,19 +30,11 @@ MODEL_FILE = "classifier.safetensors"
 __all__ = ["Classifier", "ClassifierConfig", "build_classifier", "evaluate_accuracy", "load_classifier", "predict_proba"]
 
 
-def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
-    return cls(**data)
-
-
 @dataclass
 class ClassifierConfig:
     num_classes: int
     classes: list[str] = field(default_factory=list)
-    width: int = 16
+    width: int = PRESETS["classifier"].architecture["width"]
 
     def __post_init__(self) -> None:
         self.classes = list(self.classes)

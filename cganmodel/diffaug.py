@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from cganmodel.presets import DIFFAUG_OPS, parse_policy
+
 Aug = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
@@ -66,15 +68,7 @@ POLICIES: dict[str, list[Aug]] = {
     "translation": [translation],
     "cutout": [cutout],
 }
-
-
-def parse_policy(policy: str) -> list[str]:
-    """``"color,translation,cutout"`` -> names; ``""`` -> no augmentation. Raises ValueError."""
-    names = [p.strip() for p in policy.split(",") if p.strip()]
-    unknown = [p for p in names if p not in POLICIES]
-    if unknown:
-        raise ValueError(f"unknown DiffAugment policies {unknown}; expected some of {sorted(POLICIES)}")
-    return names
+assert tuple(POLICIES) == DIFFAUG_OPS, "cganmodel.presets.DIFFAUG_OPS names the operations implemented here"
 
 
 def diff_augment(x: torch.Tensor, policy: str, gen: torch.Generator) -> torch.Tensor:

@@ -11,19 +11,14 @@ from typing import Any
 
 from torch import nn
 
-#: Architecture defaults per preset. ``g_widths``/``d_widths`` are preset specific:
-#: - ``mlp``: hidden Dense sizes of G (256, 512, 1024) and D (512, 512, 512), as in the Keras CGAN.
-#: - ``resnet``: G channels at 4x4 then after each up-block (8x8, 16x16, 32x32); D channels of
-#:   each residual block (the first at full resolution; downsampling to 8x8, then kept).
-PRESETS: dict[str, dict[str, Any]] = {
-    "mlp": {"z_dim": 100, "g_widths": (256, 512, 1024), "d_widths": (512, 512, 512)},
-    "resnet": {"z_dim": 128, "g_widths": (256, 128, 64, 32), "d_widths": (32, 64, 128, 128)},
-}
+from cganmodel import presets
 
+#: Architecture defaults of the GAN presets (a view of ``cganmodel.presets.PRESETS``).
+PRESETS: dict[str, Any] = {name: p.architecture for name, p in presets.PRESETS.items() if p.kind == "generator"}
 
 @dataclass
 class GANConfig:
-    """Architecture of a class-conditional GAN. ``None`` fields take the preset's default."""
+    """Architecture of a class-conditional GAN. ``None`` fields take the preset's (``cganmodel.presets.PRESETS``)."""
 
     preset: str = "resnet"
     num_classes: int = 10

@@ -14,7 +14,6 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -24,26 +23,15 @@ from cganmodel import checkpoint as ckpt
 from cganmodel.checkpoint import CheckpointError
 from cganmodel.data import ImageData
 from cganmodel.devices import resolve_device
-from cganmodel.diffaug import diff_augment, parse_policy
+from cganmodel.diffaug import diff_augment
 from cganmodel.gan import GANConfig, build_discriminator, build_generator
 from cganmodel.grid import labelled_grid_png, loss_curve_png
 from cganmodel.imaging import to_float
 from cganmodel.pretrained import save_generator
+from cganmodel.presets import TrainConfig
 from cganmodel.sampling import generate
 from cganmodel.seeding import TRAIN_STREAMS, mix_seed
 from cganmodel.training import TrainResult
-
-#: Training defaults per preset, used for ``None`` fields of :class:`TrainConfig`.
-TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mlp": {"lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999), "n_dis": 1, "diffaug": ""},
-    "resnet": {
-        "lr_g": 2e-4,
-        "lr_d": 2e-4,
-        "betas": (0.0, 0.999),
-        "n_dis": 2,
-        "diffaug": "color,translation,cutout",
-    },
-}
 
 CHECKPOINT_FORMAT = "cganmodel-train-checkpoint"
 REQUIRED_FILES = (
@@ -53,71 +41,6 @@ REQUIRED_FILES = (
     "optim.safetensors",
     "state.json",
 )
-
-
-@dataclass
-class TrainConfig:
-    """Training hyper-parameters. ``None`` fields take the preset's default (:data:`TRAIN_DEFAULTS`).
-
-    ``diffaug`` is a DiffAugment policy such as ``"color,translation,cutout"`` (``""`` = off).
-    The EMA decay warms up as ``min(ema_decay, (1 + t) / (10 + t))`` at generator update ``t``.
-    """
-
-    preset: str = "resnet"
-    steps: int = 10_000
-    batch_size: int = 64
-    lr_g: float | None = None
-    lr_d: float | None = None
-    betas: tuple[float, float] | None = None
-    n_dis: int | None = None
-    ema_decay: float = 0.999
-    diffaug: str | None = None
-    checkpoint_every: int = 1000
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = False  # torch.compile G and D (CUDA only)
-    log_every: int = 10  # on_progress / loss-history interval, in steps
-    samples_per_class: int = 8  # columns of samples.png
-
-    def __post_init__(self) -> None:
-        if self.preset not in TRAIN_DEFAULTS:
-            raise ValueError(f"unknown preset {self.preset!r}; expected one of {sorted(TRAIN_DEFAULTS)}")
-        for key, value in TRAIN_DEFAULTS[self.preset].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-        self.betas = (float(self.betas[0]), float(self.betas[1]))  # type: ignore[index]
-        parse_policy(self.diffaug or "")
-        checks = {
-            "steps": self.steps >= 0,
-            "batch_size": self.batch_size >= 1,
-            "n_dis": (self.n_dis or 0) >= 1,
-            "lr_g": (self.lr_g or 0) > 0,
-            "lr_d": (self.lr_d or 0) > 0,
-            "betas": all(0 <= b < 1 for b in self.betas),
-            "ema_decay": 0 <= self.ema_decay < 1,
-            "checkpoint_every": self.checkpoint_every >= 0,
-            "log_every": self.log_every >= 1,
-            "samples_per_class": self.samples_per_class >= 1,
-            "device": self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError("invalid training config: " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["betas"] = list(self.betas or ())
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown training config keys: {unknown}")
-        d = dict(d)
-        if d.get("betas") is not None:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
 
 
 class Trainer:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -25,40 +24,16 @@ from cganmodel.checkpoint import (
     read_json,
     tensors_to_bytes,
 )
-from cganmodel.classifier import FORMAT_VERSION, MODEL_FILE, ClassifierConfig, config_from_dict
+from cganmodel.classifier import FORMAT_VERSION, MODEL_FILE, ClassifierConfig
 from cganmodel.devices import resolve_device
 from cganmodel.imaging import nhwc_to_input
 from cganmodel.nets.classifier import build_classifier
+from cganmodel.presets import ClassifierTrainConfig
 from cganmodel.seeding import stream_seed
 from cganmodel.training import TrainResult
 
 OPTIM_FILE = "optim.safetensors"
 STATE_FILE = "state.json"
-
-
-@dataclass
-class ClassifierTrainConfig:
-    """SGD (Nesterov) with a one-cycle (linear up, linear down) learning rate, label smoothing,
-    random crop (reflect pad 4) and horizontal flip. ~20 epochs of CIFAR-10 at the default."""
-
-    steps: int = 4000
-    batch_size: int = 256
-    lr: float = 0.08
-    warmup_fraction: float = 0.25
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.2
-    checkpoint_every: int = 500
-    progress_every: int = 25
-    seed: int = 0
-    device: str = "auto"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ClassifierTrainConfig:
-        return config_from_dict(cls, data)
 
 
 def _generator(seed: int, *keys: int) -> torch.Generator:

@@ -42,15 +42,19 @@ class ModelTrainer(Protocol):
         ...
 
 
-def make_trainer(preset: str, data: Any, **train_options: Any) -> ModelTrainer:
-    """The trainer of ``preset`` (a GAN preset or ``"classifier"``) on ``data``, its classes taken from the data."""
+def make_trainer(preset: str, data: Any, recipe: Mapping[str, Any]) -> ModelTrainer:
+    """The trainer of ``preset`` on ``data`` (its classes taken from the data) with a resolved ``recipe``
+    (``cganmodel.presets.resolve_recipe``)."""
+    from cganmodel.presets import ClassifierTrainConfig, TrainConfig, preset as preset_of
+
     classes = list(data.classes)
-    if preset == "classifier":
+    if preset_of(preset).kind == "classifier":
         from cganmodel.classifier import ClassifierConfig
-        from cganmodel.train_classifier import ClassifierTrainConfig, ClassifierTrainer
+        from cganmodel.train_classifier import ClassifierTrainer
 
-        return ClassifierTrainer(ClassifierConfig(num_classes=len(classes), classes=classes), ClassifierTrainConfig(**train_options), data)
+        config = ClassifierConfig(num_classes=len(classes), classes=classes)
+        return ClassifierTrainer(config, ClassifierTrainConfig.from_dict(recipe), data)
     from cganmodel.gan import GANConfig
-    from cganmodel.train import TrainConfig, Trainer
+    from cganmodel.train import Trainer
 
-    return Trainer(GANConfig(preset=preset, num_classes=len(classes), classes=classes), TrainConfig(preset=preset, **train_options), data)
+    return Trainer(GANConfig(preset=preset, num_classes=len(classes), classes=classes), TrainConfig.from_dict(recipe), data)

@@ -66,6 +66,9 @@ def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, a
     if not as_json:
         where = "running in-process (embedded default)" if embedded else f"queued on '{job.queue}'"
         typer.echo(f"job {job.id} {job.kind} {where}")
+        if job.kind == "train":
+            recipe = job.spec["recipe"]
+            typer.echo(f"recipe {job.spec['preset']}: " + " ".join(f"{k}={v}" for k, v in recipe.items() if k != "preset"))
     if wait or embedded:
         _follow(service, job.id, quiet=as_json or not wait, as_json=as_json)
     elif as_json:
@@ -126,12 +129,13 @@ def submit_generate(
 
 @submit_app.command("train")
 def submit_train(
-    preset: Annotated[str, typer.Option("--preset", help="resnet (strong GAN), mlp (baseline GAN) or classifier.")] = TrainRequest.preset,
+    preset: Annotated[str, typer.Option("--preset", help="resnet (CPU GAN default), mlp (baseline GAN) or classifier; see README 'Presets'.")] = TrainRequest.preset,
     dataset: Annotated[str, typer.Option("--dataset", help="cifar10, an ImageFolder directory or a .tar/.tar.gz of one.")] = TrainRequest.dataset,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (default: the preset's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Default: the preset's.")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Steps between checkpoints (default: the preset's).")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = TrainRequest.seed,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Default: the preset's (0).")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override of the preset's recipe (repeatable), e.g. --set lr_g=1e-4 --set n_dis=1.")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Register the result as this model name.")] = None,
     queue: QueueOpt = None,
     priority: PriorityOpt = 0,
@@ -139,7 +143,10 @@ def submit_train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a conditional GAN (or the scoring classifier); checkpoints go to the object store."""
-    request = TrainRequest(preset=preset, dataset=dataset, steps=steps, batch_size=batch_size, checkpoint_every=checkpoint_every, seed=seed, name=name)
+    request = TrainRequest(
+        preset=preset, dataset=dataset, overrides=tuple(overrides or ()), steps=steps, batch_size=batch_size,
+        checkpoint_every=checkpoint_every, seed=seed, name=name,
+    )
     _submit(request, queue=queue, priority=priority, wait=wait, as_json=as_json)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -48,18 +48,42 @@ class _Spec(BaseModel):
 
 class TrainSpec(_Spec):
     kind: Literal["train"] = "train"
-    preset: Literal["resnet", "mlp", "classifier"] = "resnet"
+    preset: str = "resnet"
     dataset: str = Field("cifar10", description="cifar10, an ImageFolder directory or a .tar/.tar.gz of one")
-    steps: int = Field(20_000, gt=0)
-    batch_size: int = Field(64, gt=0, le=4096)
-    checkpoint_every: int = Field(1000, gt=0)
-    seed: int = Field(0, ge=0)
+    recipe: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the complete training config, resolved at submit from the preset's defaults and the overrides "
+        "(cganmodel.presets.resolve_recipe); empty: the preset's defaults",
+    )
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="model name to register")
     resume_from: str | None = Field(None, description="job id whose latest checkpoint starts this run")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_of_older_rows(cls, data: Any) -> Any:
+        """Rows written before recipes: steps / batch_size / checkpoint_every / seed stood beside the preset."""
+        if isinstance(data, dict) and any(k in data for k in _PRE_RECIPE_KEYS):
+            data = dict(data)
+            data["recipe"] = {**{k: data.pop(k) for k in _PRE_RECIPE_KEYS if k in data}, **data.get("recipe", {})}
+        return data
+
+    @model_validator(mode="after")
+    def _complete_recipe(self) -> "TrainSpec":
+        from cganmodel.presets import resolve_recipe
+
+        object.__setattr__(self, "recipe", resolve_recipe(self.preset, self.recipe))
+        return self
+
+    @property
+    def steps(self) -> int:
+        return int(self.recipe["steps"])
 
     @property
     def model_name(self) -> str:
         return self.name or ("classifier" if self.preset == "classifier" else f"{self.preset}-gan")
+
+
+_PRE_RECIPE_KEYS = ("steps", "batch_size", "checkpoint_every", "seed")
 
 
 class EvaluateSpec(_Spec):
@@ -78,8 +102,8 @@ class GenerateSpec(_Spec):
     model: str = Field(..., description="NAME:VERSION, resolved at submit")
     counts: dict[str, int] = Field(..., description="images per class name, in the model's class order")
     seed: int = Field(0, ge=0)
-    truncation: float | None = Field(None, gt=0)
-    min_confidence: float | None = Field(None, gt=0, le=1)
+    truncation: float | None = Field(None, gt=0, allow_inf_nan=False)
+    min_confidence: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     classifier: str | None = Field(None, description="NAME:VERSION used with min_confidence")
     format: Literal["webdataset", "imagefolder", "npz"] = "webdataset"
     shard_size: int = Field(2500, gt=0, le=100_000)

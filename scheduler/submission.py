@@ -48,15 +48,31 @@ class GenerateRequest:
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """``cganctl submit train``: a preset, its data, and the number of steps (None: the spec's default)."""
+    """``cganctl submit train``: a preset, its data, and overrides of its recipe (``cganmodel.presets``).
+
+    ``overrides`` holds ``--set KEY=VALUE`` pairs as typed; ``steps``/``batch_size``/``checkpoint_every``/
+    ``seed`` are shortcuts for the same keys (None: the preset's value).
+    """
 
     preset: str = "resnet"
     dataset: str = "cifar10"
+    overrides: Sequence[str] = ()
     steps: int | None = None
     batch_size: int | None = None
     checkpoint_every: int | None = None
-    seed: int = 0
+    seed: int | None = None
     name: str | None = None
+
+    def recipe_overrides(self) -> dict[str, Any]:
+        """``--set`` pairs then the shortcut flags, as one mapping; a malformed pair is an InvalidInput."""
+        pairs: dict[str, Any] = {}
+        for item in self.overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise InvalidInput(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr_g=1e-4")
+            pairs[key.strip()] = value.strip()
+        shortcuts = dict(steps=self.steps, batch_size=self.batch_size, checkpoint_every=self.checkpoint_every, seed=self.seed)
+        return pairs | {k: v for k, v in shortcuts.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -173,10 +189,16 @@ def generate_spec(r: GenerateRequest, models: ModelRegistry, settings: Settings)
 
 
 def train_spec(r: TrainRequest) -> TrainSpec:
+    from cganmodel.presets import resolve_recipe
+
     from .specs import TrainSpec
 
-    spec = build(TrainSpec, preset=r.preset, dataset=r.dataset, steps=r.steps, batch_size=r.batch_size,
-                 checkpoint_every=r.checkpoint_every, seed=r.seed, name=r.name)
+    try:
+        recipe = resolve_recipe(r.preset, r.recipe_overrides())
+    except ValueError as exc:
+        flag = "" if str(exc).startswith("--set") else "--preset/--set: "
+        raise InvalidInput(f"{flag}{exc}") from None
+    spec = build(TrainSpec, preset=r.preset, dataset=r.dataset, recipe=recipe, name=r.name)
     if spec.dataset != "cifar10" and not Path(spec.dataset).expanduser().exists():
         raise InvalidInput(f"dataset {spec.dataset} does not exist (use cifar10, an ImageFolder directory or a .tar/.tar.gz of one)")
     return spec

@@ -172,3 +172,48 @@ def test_min_confidence_keeps_only_confident_samples(embedded_env, tmp_path):
         images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((dest / name).glob("*.png"))])
         assert len(images) == 20
         assert (predict_proba(classifier, images)[:, classes.index(name)] >= 0.3).all()
+
+
+def _tiny_folder(root, classes=("cat", "dog"), n=8):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "lr_gg=1"], "--set lr_gg: unknown key for preset 'resnet'"),
+        (["--set", "lr_g=fast"], "--set lr_g=fast: could not convert string to float"),
+        (["--set", "lr_g"], "--set 'lr_g': expected KEY=VALUE"),
+        (["--preset", "mlp", "--set", "n_dis=0"], "invalid training config: n_dis=0"),
+        (["--preset", "gpt"], "unknown preset 'gpt'"),
+        (["--steps", "0"], "invalid training config: steps=0") ,
+    ],
+)
+def test_bad_train_recipe_is_one_error_line_and_no_row(embedded_env, tmp_path, args, message):
+    data = _tiny_folder(tmp_path / "data")
+    result = cganctl(embedded_env, "submit", "train", "--dataset", str(data), *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert _job_rows(embedded_env) == []
+
+
+def test_train_shows_and_uses_the_resolved_recipe(embedded_env, tmp_path):
+    data = _tiny_folder(tmp_path / "data")
+    result = cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "2",
+                     "--set", "batch_size=8", "--set", "lr_g=1e-4", "--set", "checkpoint_every=1", "--wait")
+    assert result.returncode == 0, result.stderr
+    recipe_line = next(line for line in result.stdout.splitlines() if line.startswith("recipe mlp:"))
+    assert "steps=2" in recipe_line and "lr_g=0.0001" in recipe_line and "n_dis=1" in recipe_line and "batch_size=8" in recipe_line
+    job = _job_rows(embedded_env)[0]
+    assert job.status == "succeeded" and job.spec["recipe"]["lr_g"] == 1e-4
+    meta = json.loads((settings_from_env(embedded_env).local_store_dir / "jobs" / job.id / "model" / "model.json").read_text())
+    assert meta["train_config"]["lr_g"] == 1e-4 and meta["train_config"]["batch_size"] == 8

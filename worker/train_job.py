@@ -39,7 +39,7 @@ def run(ctx: JobContext, spec: TrainSpec) -> tuple[dict, dict]:
 
     settings = ctx.runtime.settings
     data = load_image_dataset(spec.dataset, split="train", root=str(settings.data_dir / "datasets"))
-    trainer = make_trainer(spec.preset, data, steps=spec.steps, batch_size=spec.batch_size, checkpoint_every=spec.checkpoint_every, seed=spec.seed)
+    trainer = make_trainer(spec.preset, data, spec.recipe)
     files = _latest_checkpoint(ctx, ctx.job.id) or (spec.resume_from and _latest_checkpoint(ctx, spec.resume_from))
     if files:
         trainer.load_checkpoint(files)
