@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from services import ROOT, usable_cores
+from harness.services import ROOT, usable_cores
 
 
 def cpu_model() -> str:

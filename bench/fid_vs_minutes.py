@@ -1,6 +1,6 @@
 """Score timed EMA snapshots of a training run (and a baseline) with the evaluate job's own code.
 
-    python bench/fid_vs_minutes.py --snapshots 'runs/resnet/ema-*.json' 'runs/mlp/ema-*.json' \
+    python -m bench.fid_vs_minutes --snapshots 'runs/resnet/ema-*.json' 'runs/mlp/ema-*.json' \
         --classifier cganmodel/weights/default-classifier --reference ../shared/data/cifar10-jpeg.tar.gz \
         --samples-per-class 500 --inception-samples-per-class 0 --out runs/fid_vs_minutes.json
 

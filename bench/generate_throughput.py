@@ -1,6 +1,6 @@
 """Generate throughput: the product's end-to-end path against the generator's own speed and a naive script.
 
-    python bench/generate_throughput.py --count 50000 --label frog --s3 --out runs/bench/generate-throughput.json
+    python -m bench.generate_throughput --count 50000 --label frog --s3 --out runs/bench/generate-throughput.json
 
 For ``--count`` images of one ``--label`` with the shipped default model
 (``cganmodel/weights/default-generator.*``):
@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import finish_facts, fmt, machine_facts, print_facts, print_table, write_json
-from services import base_env, keep_or_remove, real_services, start_s3, submit_and_wait, workers
+from bench.benchutil import finish_facts, fmt, machine_facts, print_facts, print_table, write_json
+from harness.services import base_env, keep_or_remove, real_services, start_s3, submit_and_wait, workers
 
 GOAL_VS_NAIVE = 10.0
 GOAL_VS_FLOOR = 2.0
@@ -75,9 +75,10 @@ def measure_naive(G, label: str, label_index: int, count: int, batch: int, devic
     """Generate -> one PNG file per image (PIL save) -> one put_object per file, against SeaweedFS."""
     import boto3
     import torch
-    from cganmodel.imaging import to_uint8
     from PIL import Image
-    from s3server import client_config
+
+    from cganmodel.imaging import to_uint8
+    from harness.s3server import client_config
 
     folder = tmp / "naive-images"
     folder.mkdir(parents=True)

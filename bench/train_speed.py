@@ -1,6 +1,6 @@
 """Training throughput of both GAN presets on this machine: steps/s and real images/s through D.
 
-    python bench/train_speed.py --data ../shared/data/cifar10-jpeg.tar.gz --steps 40 --threads 2 --out runs/train_speed.json
+    python -m bench.train_speed --data ../shared/data/cifar10-jpeg.tar.gz --steps 40 --threads 2 --out runs/train_speed.json
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from train_default import hardware
 from cganmodel.data import load_image_dataset
+from cganmodel.devices import describe_device
 from cganmodel.gan import GANConfig
 from cganmodel.train import TrainConfig, Trainer
 
@@ -49,7 +49,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     data = load_image_dataset(args.data, split="train")
     rows = [measure(p, data, args.steps, args.batch_size, args.warmup) for p in ("mlp", "resnet")]
-    report = {"hardware": hardware(), "torch": torch.__version__, "results": rows}
+    report = {"hardware": describe_device(), "torch": torch.__version__, "results": rows}
     print(f"{'preset':8} {'s/step':>8} {'G steps/s':>10} {'real img/s':>11}  ({report['hardware']})")
     for r in rows:
         print(f"{r['preset']:8} {r['s_per_step']:8.3f} {r['g_steps_per_s']:10.2f} {r['real_images_per_s']:11.0f}")

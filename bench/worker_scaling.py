@@ -1,6 +1,6 @@
 """Worker scaling: one generate job through the real services with 1, 2 and 3 worker processes.
 
-    python bench/worker_scaling.py --count 50000 --shard-size 2500 --out runs/bench/worker-scaling.json
+    python -m bench.worker_scaling --count 50000 --shard-size 2500 --out runs/bench/worker-scaling.json
 
 Services: SeaweedFS (``tests/s3server.start_weed``), a fresh PostgreSQL database ``cganctl_bench_<random>``
 (migrated with ``cganctl db upgrade``, dropped at the end), Redis db 7 (flushed before and after).
@@ -23,8 +23,8 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from benchutil import finish_facts, fmt, machine_facts, print_facts, print_table, write_json
-from services import keep_or_remove, real_services, run_cganctl, submit_and_wait, usable_cores, workers
+from bench.benchutil import finish_facts, fmt, machine_facts, print_facts, print_table, write_json
+from harness.services import cganctl, keep_or_remove, real_services, submit_and_wait, usable_cores, workers
 
 
 def _t(value) -> dt.datetime | None:
@@ -42,7 +42,7 @@ def run_config(env: dict[str, str], k: int, threads: int, args, tmp: Path) -> di
         job, wall = submit_and_wait(env, *submit, timeout=args.timeout)
         names = [w.name for w in started]
     job_id = job["id"]
-    details = json.loads(run_cganctl(env, "jobs", "show", job_id, "--json", timeout=120).stdout)
+    details = json.loads(cganctl(env, "jobs", "show", job_id, "--json", timeout=120, check=True).stdout)
 
     shards = []
     for s in details["shards"]:
@@ -116,6 +116,7 @@ def main() -> None:
         parser.error("--workers, --count and --shard-size must be positive")
 
     import torch
+
     from cganmodel.pretrained import default_model_files
 
     classes = json.loads(default_model_files("default-generator")[1].read_text())["classes"]

@@ -67,7 +67,7 @@ def load_classifier(weights: bytes | Path, meta: Mapping[str, Any]) -> Classifie
 @torch.inference_mode()
 def predict_proba(model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 500) -> np.ndarray:
     """Softmax probabilities (N, C) float32 for uint8 NHWC images; runs on the model's device."""
-    device = module_device(model)
+    device = module_device(model) or "cpu"
     out = [
         F.softmax(model(nhwc_to_input(images[i : i + batch_size], device)).float(), dim=1).cpu()
         for i in range(0, len(images), batch_size)

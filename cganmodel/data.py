@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cganmodel.imaging import to_float
 from cganmodel.dataset_index import DataError, iter_tar, list_dir, parts, resolve, select
+from cganmodel.imaging import to_float
+
 
 class ImageData(Dataset):
     """Decoded images: ``images`` uint8 (N, H, W, 3), ``labels`` int64 (N,), ``classes``.
@@ -86,7 +87,7 @@ def _decode_all(blobs: list[bytes], names: list[str], size: int) -> torch.Tensor
         chunk = jpegs[start : start + 4096]
         try:
             encoded = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in chunk]
-            decoded = decode_jpeg(encoded)
+            decoded = decode_jpeg(encoded)  # type: ignore[misc]  # not None: jpegs is empty otherwise
         except RuntimeError:
             others.update(chunk)
             continue

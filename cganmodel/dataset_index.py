@@ -80,7 +80,7 @@ def iter_tar(path: Path, read: bool) -> Iterator[tuple[str, bytes | None]]:
 
 
 def list_dir(path: Path) -> list[str]:
-    names = []
+    names: list[str] = []
     for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = Path(dirpath).relative_to(path)

@@ -201,6 +201,7 @@ def evaluate_generator(
         }
     extractors = _extractors(classifier, inception, device) if reference is not None else []
     for ex in extractors:
+        assert reference is not None
         report = _report(on_progress, f"features/{ex.name}", 0, len(labels))
         feats = ex.features(images, batch_size=batch_size, on_batch=report)
         metrics.update(_fid_metrics(ex.name, feats, labels, classes, reference))

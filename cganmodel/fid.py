@@ -122,13 +122,13 @@ class ClassifierFeatures:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.dim = int(model.feature_dim)
+        self.dim = int(model.feature_dim)  # type: ignore[arg-type]
         self.description = f"penultimate features of the CIFAR classifier ({self.dim}-d)"
 
     @torch.inference_mode()
     def _batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        return self.model.features(nhwc_to_input(images, device))
+        return self.model.features(nhwc_to_input(images, device))  # type: ignore[operator]
 
     def features(
         self, images: np.ndarray | torch.Tensor, batch_size: int = 500, on_batch: Callable[[int], None] | None = None

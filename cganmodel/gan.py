@@ -24,9 +24,9 @@ class GANConfig:
     num_classes: int = 10
     classes: list[str] = field(default_factory=list)
     image_size: int = 32
-    z_dim: int | None = None
-    g_widths: tuple[int, ...] | None = None
-    d_widths: tuple[int, ...] | None = None
+    z_dim: int = None  # type: ignore[assignment]  # None: the preset's
+    g_widths: tuple[int, ...] = None  # type: ignore[assignment]  # None: the preset's
+    d_widths: tuple[int, ...] = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

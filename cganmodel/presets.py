@@ -116,26 +116,27 @@ def config_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
 
 @dataclass
 class TrainConfig:
-    """GAN training hyper-parameters; ``None`` fields take the preset's recipe (``PRESETS[preset].recipe``).
+    """GAN training hyper-parameters; a field left ``None`` takes the preset's recipe (``PRESETS[preset].recipe``),
+    so after construction every field holds a value of its annotated type.
 
     ``diffaug`` is a DiffAugment policy such as ``"color,translation,cutout"`` (``""`` = off).
     """
 
     preset: str = "resnet"
-    steps: int | None = None
-    batch_size: int | None = None
-    lr_g: float | None = None
-    lr_d: float | None = None
-    betas: tuple[float, float] | None = None
-    n_dis: int | None = None
-    ema_decay: float | None = None
-    diffaug: str | None = None
-    checkpoint_every: int | None = None
-    seed: int | None = None
-    device: str | None = None
-    compile: bool | None = None
-    log_every: int | None = None
-    samples_per_class: int | None = None
+    steps: int = None  # type: ignore[assignment]
+    batch_size: int = None  # type: ignore[assignment]
+    lr_g: float = None  # type: ignore[assignment]
+    lr_d: float = None  # type: ignore[assignment]
+    betas: tuple[float, float] = None  # type: ignore[assignment]
+    n_dis: int = None  # type: ignore[assignment]
+    ema_decay: float = None  # type: ignore[assignment]
+    diffaug: str = None  # type: ignore[assignment]
+    checkpoint_every: int = None  # type: ignore[assignment]
+    seed: int = None  # type: ignore[assignment]
+    device: str = None  # type: ignore[assignment]
+    compile: bool = None  # type: ignore[assignment]
+    log_every: int = None  # type: ignore[assignment]
+    samples_per_class: int = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         recipe = preset(self.preset).recipe
@@ -144,20 +145,20 @@ class TrainConfig:
         for f in fields(self):
             if getattr(self, f.name) is None:
                 setattr(self, f.name, recipe[f.name])
-        self.betas = (float(self.betas[0]), float(self.betas[1]))  # type: ignore[index]
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
         parse_policy(self.diffaug or "")
         _check(self, {
-            "steps": self.steps >= 1,  # type: ignore[operator]
-            "batch_size": self.batch_size >= 1,  # type: ignore[operator]
-            "n_dis": self.n_dis >= 1,  # type: ignore[operator]
-            "lr_g": self.lr_g > 0,  # type: ignore[operator]
-            "lr_d": self.lr_d > 0,  # type: ignore[operator]
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 1,
+            "n_dis": self.n_dis >= 1,
+            "lr_g": self.lr_g > 0,
+            "lr_d": self.lr_d > 0,
             "betas": all(0 <= b < 1 for b in self.betas),
-            "ema_decay": 0 <= self.ema_decay < 1,  # type: ignore[operator]
-            "checkpoint_every": self.checkpoint_every >= 0,  # type: ignore[operator]
-            "log_every": self.log_every >= 1,  # type: ignore[operator]
-            "samples_per_class": self.samples_per_class >= 1,  # type: ignore[operator]
-            "device": _device_ok(self.device),  # type: ignore[arg-type]
+            "ema_decay": 0 <= self.ema_decay < 1,
+            "checkpoint_every": self.checkpoint_every >= 0,
+            "log_every": self.log_every >= 1,
+            "samples_per_class": self.samples_per_class >= 1,
+            "device": _device_ok(self.device),
         })
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,17 +179,17 @@ class ClassifierTrainConfig:
     """SGD (Nesterov) with a one-cycle (linear up, linear down) learning rate, label smoothing,
     random crop (reflect pad 4) and horizontal flip; ``None`` fields take ``PRESETS["classifier"].recipe``."""
 
-    steps: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    warmup_fraction: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    label_smoothing: float | None = None
-    checkpoint_every: int | None = None
-    progress_every: int | None = None
-    seed: int | None = None
-    device: str | None = None
+    steps: int = None  # type: ignore[assignment]
+    batch_size: int = None  # type: ignore[assignment]
+    lr: float = None  # type: ignore[assignment]
+    warmup_fraction: float = None  # type: ignore[assignment]
+    momentum: float = None  # type: ignore[assignment]
+    weight_decay: float = None  # type: ignore[assignment]
+    label_smoothing: float = None  # type: ignore[assignment]
+    checkpoint_every: int = None  # type: ignore[assignment]
+    progress_every: int = None  # type: ignore[assignment]
+    seed: int = None  # type: ignore[assignment]
+    device: str = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         recipe = PRESETS["classifier"].recipe
@@ -196,16 +197,16 @@ class ClassifierTrainConfig:
             if getattr(self, f.name) is None:
                 setattr(self, f.name, recipe[f.name])
         _check(self, {
-            "steps": self.steps >= 1,  # type: ignore[operator]
-            "batch_size": self.batch_size >= 1,  # type: ignore[operator]
-            "lr": self.lr > 0,  # type: ignore[operator]
-            "warmup_fraction": 0 <= self.warmup_fraction <= 1,  # type: ignore[operator]
-            "momentum": 0 <= self.momentum < 1,  # type: ignore[operator]
-            "weight_decay": self.weight_decay >= 0,  # type: ignore[operator]
-            "label_smoothing": 0 <= self.label_smoothing < 1,  # type: ignore[operator]
-            "checkpoint_every": self.checkpoint_every >= 1,  # type: ignore[operator]
-            "progress_every": self.progress_every >= 1,  # type: ignore[operator]
-            "device": _device_ok(self.device),  # type: ignore[arg-type]
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "warmup_fraction": 0 <= self.warmup_fraction <= 1,
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "checkpoint_every": self.checkpoint_every >= 1,
+            "progress_every": self.progress_every >= 1,
+            "device": _device_ok(self.device),
         })
 
     def to_dict(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def load_generator(weights: bytes | Path, meta: dict[str, Any]) -> nn.Module:
         kind = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"model metadata describes {kind!r}, not a 'generator'")
     try:
-        cfg = GANConfig.from_dict(meta.get("config"))
+        cfg = GANConfig.from_dict(meta.get("config"))  # type: ignore[arg-type]  # from_dict checks the type
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"model metadata has an invalid GAN config: {exc}") from None
     name = WEIGHTS_FILE

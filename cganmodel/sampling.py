@@ -71,8 +71,8 @@ def generate(
     training flags are restored afterwards. ``on_batch(n_done)`` is called after each batch with the
     number of positions filled so far.
     """
-    z_dim = int(G.z_dim)
-    num_classes = int(G.num_classes)
+    z_dim = int(G.z_dim)  # type: ignore[arg-type]
+    num_classes = int(G.num_classes)  # type: ignore[arg-type]
     y_all = torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1))
     n = len(y_all)
     if n and (int(y_all.min()) < 0 or int(y_all.max()) >= num_classes):
@@ -86,7 +86,7 @@ def generate(
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     device = torch.device(device)
-    size = int(G.image_size)
+    size = int(G.image_size)  # type: ignore[arg-type]
 
     modules = [m for m in (G, classifier) if m is not None]
     was_training = [m.training for m in modules]
@@ -115,7 +115,7 @@ def generate(
             else:
                 x = nhwc_to_input(out, device)
                 probs = torch.softmax(classifier(x).float(), dim=1).cpu()
-                ok = probs[torch.arange(len(yb)), yb] >= min_confidence
+                ok = probs[torch.arange(len(yb)), yb] >= float(min_confidence or 0.0)
             for c in yb.unique().tolist():
                 sel = yb == c
                 stats[c]["generated"] += int(sel.sum())

@@ -239,7 +239,7 @@ def _write_npz(fileobj: BinaryIO, samples: Iterable[Sample]) -> int:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             with archive.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, array, allow_pickle=False)
+                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
     fileobj.write(buf.getvalue())
     return len(rows)
 

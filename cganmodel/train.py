@@ -13,7 +13,7 @@ import contextlib
 import copy
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -27,8 +27,8 @@ from cganmodel.diffaug import diff_augment
 from cganmodel.gan import GANConfig, build_discriminator, build_generator
 from cganmodel.grid import labelled_grid_png, loss_curve_png
 from cganmodel.imaging import to_float
-from cganmodel.pretrained import save_generator
 from cganmodel.presets import TrainConfig
+from cganmodel.pretrained import save_generator
 from cganmodel.sampling import generate
 from cganmodel.seeding import TRAIN_STREAMS, mix_seed
 from cganmodel.training import TrainResult
@@ -66,7 +66,7 @@ class Trainer:
             self.D = build_discriminator(gan_cfg)
         self.ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         for m in (self.G, self.D, self.ema):  # channels_last: faster convs on CUDA and CPU (oneDNN)
-            m.to(self.device, memory_format=torch.channels_last)
+            m.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
         if cfg.compile and self.cuda:
@@ -296,7 +296,7 @@ class Trainer:
             "samples.png": self.samples_png(),
         }
 
-    def load_checkpoint(self, files: dict[str, bytes]) -> None:
+    def load_checkpoint(self, files: Mapping[str, bytes]) -> None:
         """Restore a state written by :meth:`checkpoint_files`; validates everything before loading.
 
         Raises :class:`CheckpointError` for missing files, unparsable content, or a checkpoint of

@@ -78,7 +78,7 @@ class ClassifierTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(train_cfg.seed)
             model = build_classifier(cfg.num_classes, cfg.width)
-        self.model = model.to(self.device, memory_format=torch.channels_last)
+        self.model = model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         decay = [p for p in self.model.parameters() if p.ndim > 1]
         no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
         self.optimizer = torch.optim.SGD(

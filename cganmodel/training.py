@@ -41,20 +41,3 @@ class ModelTrainer(Protocol):
         """The trained model as safetensors bytes plus its JSON metadata (with ``kind``)."""
         ...
 
-
-def make_trainer(preset: str, data: Any, recipe: Mapping[str, Any]) -> ModelTrainer:
-    """The trainer of ``preset`` on ``data`` (its classes taken from the data) with a resolved ``recipe``
-    (``cganmodel.presets.resolve_recipe``)."""
-    from cganmodel.presets import ClassifierTrainConfig, TrainConfig, preset as preset_of
-
-    classes = list(data.classes)
-    if preset_of(preset).kind == "classifier":
-        from cganmodel.classifier import ClassifierConfig
-        from cganmodel.train_classifier import ClassifierTrainer
-
-        config = ClassifierConfig(num_classes=len(classes), classes=classes)
-        return ClassifierTrainer(config, ClassifierTrainConfig.from_dict(recipe), data)
-    from cganmodel.gan import GANConfig
-    from cganmodel.train import Trainer
-
-    return Trainer(GANConfig(preset=preset, num_classes=len(classes), classes=classes), TrainConfig.from_dict(recipe), data)

@@ -11,7 +11,7 @@ is bit-identical to an uninterrupted one on the same CPU setup (``cganmodel.trai
 missing checkpoint starts fresh with a message; a corrupt one fails with the file named.
 
 Every ``--snapshot-minutes`` the EMA generator is exported to ``<runs>/ema-<cpu-seconds>cpus.safetensors``
-(+ .json) so `bench/fid_vs_minutes.py` can score the run against CPU time. The final export goes to
+(+ .json) so `python -m bench.fid_vs_minutes` can score the run against CPU time. The final export goes to
 ``<out>.safetensors`` / ``<out>.json`` with the training facts (preset, steps, hardware, CPU seconds
 summed over every session of the run) and the recipe that made it.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -30,17 +29,11 @@ import torch
 
 from cganmodel.checkpoint import CheckpointError
 from cganmodel.data import load_image_dataset
+from cganmodel.devices import describe_device
 from cganmodel.gan import GANConfig
 from cganmodel.train import TrainConfig, Trainer
 
 RECIPE = "recipes/train_default.py"
-
-
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    return f"CPU {cpu}"
 
 
 def read_checkpoint(folder: Path) -> dict[str, bytes] | None:
@@ -132,7 +125,7 @@ def main() -> None:
             "wall_s": round(prior["wall_s"] + elapsed, 1),
             "cpu_s": round(prior["cpu_s"] + cpu, 1),
             "sessions": prior["sessions"] + [dict(session, to_step=trainer.step, wall_s=round(elapsed, 1), cpu_s=round(cpu, 1))],
-            "hardware": hardware(),
+            "hardware": describe_device(),
             "torch": torch.__version__,
         }
 

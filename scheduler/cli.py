@@ -87,7 +87,7 @@ def _follow(service, job_id: str, *, quiet: bool = False, as_json: bool = False)
             service.finish_local()
         else:
             typer.echo(f"stopped following; job {job_id} goes on (cganctl jobs watch {job_id})", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     service.finish_local()
     if as_json:
         _emit_json(job.to_dict())

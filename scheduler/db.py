@@ -161,7 +161,9 @@ def upgrade(settings: Settings) -> str:
 def head_revision(settings: Settings) -> str:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+    assert head is not None, "the migrations have no head revision"
+    return head
 
 
 def current_revision(settings: Settings) -> str | None:

@@ -5,6 +5,7 @@ gets there first wins, and a duplicate or late delivery can never move a finishe
 """
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import enum
 import uuid
@@ -196,23 +197,23 @@ class JobTable:
             return [JobRecord.from_row(r) for r in session.scalars(query)]
 
     # --- transitions ------------------------------------------------------------------------------
-    def _blocked(self, job_id: str) -> tuple[JobRecord | None, Claim | None]:
-        """The job, and why a delivery of its task must not run (None when it may)."""
+    def _runnable(self, job_id: str) -> JobRecord | Claim:
+        """The job if a delivery of its task may run, else why not."""
         job = self._get_or_none(job_id)
         if job is None:
-            return None, Claim.missing
+            return Claim.missing
         if job.finished:
-            return job, Claim.finished
+            return Claim.finished
         if job.cancel_requested:
             self.mark_cancelled(job_id)
-            return job, Claim.cancelled
-        return job, None
+            return Claim.cancelled
+        return job
 
     def claim(self, job_id: str, worker: str) -> Claim:
         """A delivery of a job's task starts: queued/running -> running, one more attempt."""
-        job, blocked = self._blocked(job_id)
-        if blocked:
-            return blocked
+        job = self._runnable(job_id)
+        if isinstance(job, Claim):
+            return job
         if job.attempts >= job.max_attempts:
             self.fail(job_id, f"gave up after {job.attempts} attempts (worker lost or task redelivered)")
             return Claim.exhausted
@@ -233,9 +234,9 @@ class JobTable:
 
     def claim_shard(self, job_id: str, index: int, worker: str) -> Claim:
         """Like :meth:`claim` for one shard; the job turns running with its first shard."""
-        job, blocked = self._blocked(job_id)
-        if blocked:
-            return blocked
+        job = self._runnable(job_id)
+        if isinstance(job, Claim):
+            return job
         with self._session() as session:
             shard = session.get(Shard, (job_id, index))
         if shard is None:
@@ -307,7 +308,7 @@ class JobTable:
             .values(status=ShardStatus.failed.value, error=error, finished_at=utcnow())
         )
 
-    def shards(self, job_id: str) -> list[ShardRecord]:
+    def shards(self, job_id: str) -> builtins.list[ShardRecord]:
         with self._session() as session:
             rows = session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index))
             return [ShardRecord.from_row(r) for r in rows]

@@ -48,7 +48,7 @@ class Service:
         self.runtime.store.check()
         if isinstance(spec, GenerateSpec):
             shard_counts = [end - start for start, end in map(spec.shard_range, range(spec.num_shards))]
-            total = spec.total
+            total: int | None = spec.total
         else:
             shard_counts = []
             total = spec.steps if isinstance(spec, TrainSpec) else None

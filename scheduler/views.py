@@ -108,9 +108,10 @@ def print_outcome(service, job: JobRecord) -> None:
         return
     store = service.runtime.store
     artifacts = job.artifacts or {}
+    metrics = job.metrics or {}
     if job.kind == "generate":
         rate = f" ({job.progress_done / duration:.0f} images/s)" if duration else ""
-        typer.echo(f"{job.metrics['images']} images{rate} written to {artifacts['location']}")
+        typer.echo(f"{metrics['images']} images{rate} written to {artifacts['location']}")
         typer.echo(f"manifest: {store.location(artifacts['manifest'])}")
         typer.echo(f"contact sheet: {store.location(artifacts['contact_sheet'])}")
         typer.echo(f"fetch them: cganctl results download {job.id} --to DIR [--layout imagefolder]")

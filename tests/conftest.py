@@ -7,73 +7,46 @@ database number, and starts its own `weed mini` on free ports.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import uuid
-from pathlib import Path
 
 import pytest
-from worker_process import Worker
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = os.environ.get("CGAN_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_BASE = os.environ.get("CGAN_TEST_REDIS", "redis://127.0.0.1:6379")
+from harness.services import Worker, base_env, postgres_database, redis_database, start_s3
 
 
 @pytest.fixture(scope="session")
 def pg_url():
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    from sqlalchemy import create_engine, text
+    with postgres_database("cganctl_test") as url:
+        yield url
+        from scheduler.db import _engine_for
 
-    name = f"cganctl_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    from scheduler.db import _engine_for
-
-    _engine_for.cache_clear()
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+        _engine_for.cache_clear()
 
 
 @pytest.fixture(scope="session")
 def redis_url():
     """A Redis database number of its own (flushed before and after)."""
-    import redis
-
-    number = 10 + os.getpid() % 5
-    url = f"{REDIS_BASE}/{number}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
+    with redis_database(10 + os.getpid() % 5) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
-    from s3server import start_weed
-
-    server = start_weed(tmp_path_factory.mktemp("s3"), bucket="cganctl-test")
-    yield server
-    server.stop()
+    with start_s3(tmp_path_factory.mktemp("s3"), bucket="cganctl-test") as server:
+        yield server
 
 
 @pytest.fixture
 def embedded_env(tmp_path) -> dict[str, str]:
     """Environment for a `cganctl` process on the embedded default, in a fresh data folder."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CGAN_")}
-    env["CGAN_DATA_DIR"] = str(tmp_path / "data")
-    return env
+    return base_env(tmp_path / "data")
 
 
 @pytest.fixture
 def fleet_env(tmp_path, pg_url, redis_url, s3) -> dict[str, str]:
     """Environment for `cganctl` and workers on the real services: Redis, PostgreSQL, SeaweedFS."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CGAN_")}
+    env = base_env(tmp_path / "data")
     env.update(
-        CGAN_DATA_DIR=str(tmp_path / "data"),
         CGAN_DATABASE_URL=pg_url,
         CGAN_BROKER_URL=redis_url,
         CGAN_S3_ENDPOINT_URL=s3.endpoint_url,
@@ -82,21 +55,6 @@ def fleet_env(tmp_path, pg_url, redis_url, s3) -> dict[str, str]:
         CGAN_S3_SECRET_ACCESS_KEY="test-secret-do-not-print",
     )
     return env
-
-
-def settings_from_env(env: dict[str, str]):
-    from scheduler.settings import Settings
-
-    return Settings(**{k[len("CGAN_"):].lower(): v for k, v in env.items() if k.startswith("CGAN_")})
-
-
-def cganctl(env: dict[str, str], *args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "scheduler", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"cganctl {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture
@@ -112,3 +70,4 @@ def start_worker(fleet_env, tmp_path):
     yield start
     for worker in workers:
         worker.stop()
+

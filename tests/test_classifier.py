@@ -11,8 +11,8 @@ import torch
 
 from cganmodel.checkpoint import CheckpointError
 from cganmodel.classifier import ClassifierConfig, build_classifier, evaluate_accuracy, load_classifier, predict_proba
-from cganmodel.train_classifier import ClassifierTrainConfig, ClassifierTrainer
 from cganmodel.data import ImageData
+from cganmodel.train_classifier import ClassifierTrainConfig, ClassifierTrainer
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, cganctl, settings_from_env
+from harness.services import ROOT, cganctl, settings_from_env
 
 
 def _job_rows(env) -> list:
@@ -217,3 +217,13 @@ def test_train_shows_and_uses_the_resolved_recipe(embedded_env, tmp_path):
     assert job.status == "succeeded" and job.spec["recipe"]["lr_g"] == 1e-4
     meta = json.loads((settings_from_env(embedded_env).local_store_dir / "jobs" / job.id / "model" / "model.json").read_text())
     assert meta["train_config"]["lr_g"] == 1e-4 and meta["train_config"]["batch_size"] == 8
+
+
+def test_results_download_path_imports_no_torch():
+    code = (
+        "import sys\n"
+        "import scheduler.results, scheduler.manifest, cganmodel.shards, cganmodel.seeding, cganmodel.presets\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out, out

@@ -9,10 +9,10 @@ from torch import nn
 
 import cganmodel.evaluation as evaluation
 from cganmodel.classifier import ClassifierConfig
-from cganmodel.train_classifier import ClassifierTrainConfig, ClassifierTrainer
 from cganmodel.data import ImageData
 from cganmodel.evaluation import evaluate_generator, reference_stats
 from cganmodel.fid import stats_from_bytes, stats_to_bytes
+from cganmodel.train_classifier import ClassifierTrainConfig, ClassifierTrainer
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import cganctl, settings_from_env
+from harness.services import cganctl, settings_from_env
 from scheduler import db
 from scheduler.jobs import JobTable
 from scheduler.store import S3Store

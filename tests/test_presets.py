@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from cganmodel.presets import PRESETS, ClassifierTrainConfig, TrainConfig, resolve_recipe
+from scheduler.errors import InvalidInput
 from scheduler.specs import TrainSpec
 from scheduler.submission import TrainRequest, train_spec
-from scheduler.errors import InvalidInput
 
 
 def test_every_recipe_field_has_one_default_in_the_table():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.s3server import S3ServerError, start_weed, weed_binary
+from harness.s3server import S3ServerError, start_weed, weed_binary
 
 pytestmark = pytest.mark.integration
 

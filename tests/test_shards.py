@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from cganmodel.shard_dataset import ShardDataset
 from cganmodel.shards import (
     SHARD_EXTENSIONS,
     Sample,
@@ -20,7 +21,6 @@ from cganmodel.shards import (
     unpack_to_imagefolder,
     write_shard,
 )
-from cganmodel.shard_dataset import ShardDataset
 
 CLASSES = ["airplane", "bird", "cat"]
 

@@ -8,8 +8,8 @@ import pytest
 from scheduler import db
 from scheduler.errors import InvalidInput
 from scheduler.model_registry import ModelRegistry
-from scheduler.submission import GenerateRequest, generate_spec
 from scheduler.settings import Settings
+from scheduler.submission import GenerateRequest, generate_spec
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

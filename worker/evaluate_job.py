@@ -93,5 +93,5 @@ def _per_class(metrics: dict, classes: list[str]) -> dict[str, dict[str, float]]
         "classifier_intra_fid": metrics.get("classifier_intra_fid"),
         "inception_intra_fid": metrics.get("inception_intra_fid"),
     }
-    columns = {name: values for name, values in columns.items() if isinstance(values, dict)}
-    return {c: {name: values[c] for name, values in columns.items() if c in values} for c in classes}
+    tables: dict[str, dict] = {name: values for name, values in columns.items() if isinstance(values, dict)}
+    return {c: {name: values[c] for name, values in tables.items() if c in values} for c in classes}

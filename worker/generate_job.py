@@ -12,7 +12,7 @@ import io
 from collections import Counter
 
 from cganmodel.seeding import GENERATE_CHUNK, chunk_seed, describe_generate_seeding
-from scheduler.manifest import Manifest
+from scheduler.manifest import Acceptance, Manifest, ManifestFile, ManifestModel
 from scheduler.specs import GenerateSpec, ShardStatus
 
 from . import models
@@ -33,7 +33,7 @@ def make_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
     from cganmodel.shards import Sample, ShardEncoder
 
     generator = models.load(ctx.runtime, spec.model, "generator")
-    scorer = models.load(ctx.runtime, spec.classifier, "classifier").module if spec.min_confidence else None
+    scorer = models.load(ctx.runtime, spec.classifier, "classifier").module if spec.classifier and spec.min_confidence else None
     classes: list[str] = list(generator.record.meta["classes"])
     names = spec.shard_labels(index)
     start, _ = spec.shard_range(index)
@@ -105,7 +105,7 @@ def finalize_if_complete(ctx: JobContext, spec: GenerateSpec) -> bool:
         for name, counts in shard.stats["candidates"].items():
             candidates.setdefault(name, Counter()).update(counts)
     acceptance = {
-        name: {"generated": c["generated"], "accepted": c["accepted"], "rate": round(c["accepted"] / c["generated"], 4)}
+        name: Acceptance(generated=c["generated"], accepted=c["accepted"], rate=round(c["accepted"] / c["generated"], 4))
         for name, c in sorted(candidates.items())
         if c.get("generated")
     }
@@ -115,21 +115,21 @@ def finalize_if_complete(ctx: JobContext, spec: GenerateSpec) -> bool:
         count=spec.total,
         count_per_class={name: per_class[name] for name in classes if per_class[name]},
         classes=classes,
-        model={"ref": spec.model, "sha256": generator.sha256, "preset": generator.record.meta.get("config", {}).get("preset")},
+        model=ManifestModel(ref=spec.model, sha256=generator.sha256, preset=generator.record.meta.get("config", {}).get("preset")),
         seed=spec.seed,
         seeding=describe_generate_seeding(),
         spec=spec.model_dump(mode="json"),
         acceptance=acceptance if spec.min_confidence else None,
         files=[
-            {
-                "key": s.key,
-                "name": s.key.rsplit("/", 1)[-1],
-                "sha256": s.sha256,
-                "size": s.size,
-                "count": s.count,
-                "count_per_class": s.stats["count_per_class"],
-                "shard_seed": spec.shard_seed(s.index),
-            }
+            ManifestFile(
+                key=s.key,
+                name=s.key.rsplit("/", 1)[-1],
+                sha256=s.sha256,
+                size=s.size,
+                count=s.count,
+                count_per_class=s.stats["count_per_class"],
+                shard_seed=spec.shard_seed(s.index),
+            )
             for s in shards
         ],
     )
@@ -137,7 +137,7 @@ def finalize_if_complete(ctx: JobContext, spec: GenerateSpec) -> bool:
     sheet_key = ctx.put("contact-sheet.png", contact_sheet(ctx, spec, [s.key for s in shards], classes), "image/png")
     ctx.table.succeed(
         ctx.job.id,
-        metrics={"images": spec.total, "count_per_class": manifest.count_per_class, "shards": len(shards), "acceptance": acceptance if spec.min_confidence else None},
+        metrics={"images": spec.total, "count_per_class": manifest.count_per_class, "shards": len(shards), "acceptance": manifest.model_dump(mode="json")["acceptance"]},
         artifacts={
             "manifest": manifest_key,
             "contact_sheet": sheet_key,
@@ -151,6 +151,7 @@ def finalize_if_complete(ctx: JobContext, spec: GenerateSpec) -> bool:
 def contact_sheet(ctx: JobContext, spec: GenerateSpec, keys: list[str], classes: list[str]) -> bytes:
     """A labelled row of real output samples per class, read back from the first shards."""
     import numpy as np
+
     from cganmodel.grid import labelled_grid_png
     from cganmodel.shards import iter_shard
 

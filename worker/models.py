@@ -4,8 +4,12 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from scheduler.model_registry import BUILTIN_PREFIX, ModelRecord, weights_dir
+
+if TYPE_CHECKING:
+    from torch.nn import Module
 from scheduler.runtime import Runtime
 
 _lock = threading.Lock()
@@ -15,7 +19,7 @@ _cache: dict[tuple[str, str, str], "LoadedModel"] = {}
 @dataclass(frozen=True)
 class LoadedModel:
     record: ModelRecord
-    module: object  # torch.nn.Module in eval mode on `device`
+    module: Module  # in eval mode on `device`
     sha256: str
     device: str
 

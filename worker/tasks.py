@@ -52,7 +52,7 @@ def _run(task: Task, job_id: str, shard: int | None = None) -> str:
             execute.fail_after_retries(runtime(), job_id, exc, shard)
             return "failed"
         log.warning("job %s: %s; retrying", job_id, exc)
-        raise task.retry(exc=exc, countdown=min(2 ** task.request.retries * 5, 300))
+        raise task.retry(exc=exc, countdown=min(2 ** task.request.retries * 5, 300)) from exc
 
 
 @app.task(name=TASK_TRAIN, bind=True, max_retries=None)

@@ -35,7 +35,7 @@ def _save_checkpoint(ctx: JobContext, step: int, files: dict[str, bytes]) -> Non
 
 def run(ctx: JobContext, spec: TrainSpec) -> tuple[dict, dict]:
     from cganmodel.data import load_image_dataset
-    from cganmodel.training import make_trainer
+    from cganmodel.trainers import make_trainer
 
     settings = ctx.runtime.settings
     data = load_image_dataset(spec.dataset, split="train", root=str(settings.data_dir / "datasets"))

@@ -13,10 +13,13 @@ Initialisation follows Keras: Glorot-uniform Dense kernels, zero biases, Embeddi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from cganmodel.gan import GANConfig
+if TYPE_CHECKING:  # the builders in cganmodel.gan pass their config
+    from cganmodel.gan import GANConfig
 
 
 def _keras_init(module: nn.Module) -> None:

@@ -12,19 +12,22 @@ the class projection term ``<embed(y), h>`` (Miyato & Koyama 2018). Trained with
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from cganmodel.gan import GANConfig
+if TYPE_CHECKING:  # the builders in cganmodel.gan pass their config
+    from cganmodel.gan import GANConfig
 
 
 def _xavier(module: nn.Module) -> nn.Module:
     """Xavier-uniform init of a conv/linear/embedding weight, zero bias; returns the module."""
-    nn.init.xavier_uniform_(module.weight)
+    nn.init.xavier_uniform_(module.weight)  # type: ignore[arg-type]
     if getattr(module, "bias", None) is not None:
-        nn.init.zeros_(module.bias)
+        nn.init.zeros_(module.bias)  # type: ignore[arg-type]
     return module
 
 
@@ -45,7 +48,7 @@ class ConditionalBatchNorm2d(nn.Module):
         if self.training:
             return self.bn(x) * gain[:, :, None, None] + bias[:, :, None, None]
         # Inference: fold the running statistics into one per-sample affine map (one pass).
-        scale = gain * torch.rsqrt(self.bn.running_var + self.bn.eps)
+        scale = gain * torch.rsqrt(self.bn.running_var + self.bn.eps)  # type: ignore[operator, arg-type]
         shift = bias - self.bn.running_mean * scale
         return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
 

@@ -1,15 +1,14 @@
-"""Real services and worker processes for the bench scripts (no pytest, no torch).
+"""Real services and worker processes for the tests and the bench scripts (no pytest, no torch).
 
     with real_services(tmpdir) as env:          # SeaweedFS + a fresh PostgreSQL database + Redis db 7
         with workers(env, 2, tmpdir, threads=1) as ws:   # `cganctl worker` processes, ready
             run_cganctl(env, "submit", "generate", ...)
 
-``real_services`` starts ``weed mini`` (``tests/s3server.py``), creates the database
+``real_services`` starts ``weed mini`` (:mod:`harness.s3server`), creates the database
 ``cganctl_bench_<random>`` and runs ``cganctl db upgrade`` on it, flushes the Redis database, and
 yields the environment for ``cganctl`` (CLI and workers). On exit, even on error: the S3 server is
 stopped, the Redis database flushed and the PostgreSQL database dropped.
-Mirrors ``tests/conftest.py`` (``fleet_env``, ``Worker``); the only thing imported from ``tests/`` is
-``s3server``.
+``tests/conftest.py`` builds its fixtures from the same pieces.
 """
 from __future__ import annotations
 
@@ -24,15 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from harness import s3server
+from harness.worker_process import Worker
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
-
-import s3server  # noqa: E402  (tests/s3server.py)
-from worker_process import Worker  # noqa: E402  (tests/worker_process.py)
-
-PG_ADMIN_URL = os.environ.get("CGAN_BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_BASE = os.environ.get("CGAN_BENCH_REDIS", "redis://127.0.0.1:6379")
+PG_ADMIN_URL = os.environ.get("CGAN_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("CGAN_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = 7
 BUCKET = "cganctl-bench"
 
@@ -50,7 +46,15 @@ def base_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def run_cganctl(env: dict[str, str], *args: str, timeout: float | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def settings_from_env(env: dict[str, str]):
+    """The :class:`scheduler.settings.Settings` that a ``cganctl`` process with ``env`` would read."""
+    from scheduler.settings import Settings
+
+    return Settings(**{k[len("CGAN_"):].lower(): v for k, v in env.items() if k.startswith("CGAN_")})  # type: ignore[arg-type]
+
+
+def cganctl(env: dict[str, str], *args: str, timeout: float | None = 300, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``cganctl ARGS`` as a user would (a subprocess with ``env``); ``check`` raises on a non-zero exit."""
     result = subprocess.run([*cganctl_command(), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise RuntimeError(
@@ -62,7 +66,7 @@ def run_cganctl(env: dict[str, str], *args: str, timeout: float | None = None, c
 def submit_and_wait(env: dict[str, str], *args: str, timeout: float | None = None) -> tuple[dict, float]:
     """Run ``cganctl submit ... --wait --json``; returns the finished job's JSON and the wall seconds."""
     t0 = time.perf_counter()
-    result = run_cganctl(env, *args, timeout=timeout, check=False)
+    result = cganctl(env, *args, timeout=timeout)
     wall = time.perf_counter() - t0
     try:
         job = json.loads(result.stdout)
@@ -129,7 +133,7 @@ def real_services(tmpdir: str | Path, *, redis_db: int = REDIS_DB, bucket: str =
                 CGAN_S3_ACCESS_KEY_ID="bench-key",
                 CGAN_S3_SECRET_ACCESS_KEY="bench-secret",
             )
-            run_cganctl(env, "db", "upgrade", timeout=120)
+            cganctl(env, "db", "upgrade", timeout=120, check=True)
             yield env
     finally:
         server.stop()
