@@ -92,16 +92,19 @@ def test_dockerfile_paths_exist() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
     assert "pip install torch==2.14.1 torchvision==0.29.1" in text
-    assert text.index("torch==2.14.1") < text.index("pip install -e .")
+    assert "pip install -e" not in text  # the image runs the built wheel, not the source tree
+    assert re.search(r"^RUN pip wheel --no-deps --wheel-dir /dist \.$", text, re.M)
+    assert text.index("torch==2.14.1") < text.index('pip install "${wheel}')
+    assert re.search(r"^COPY --from=wheel /dist ", text, re.M)
     assert 'ENTRYPOINT ["cganctl"]' in text
     for line in text.splitlines():
-        if line.startswith(("COPY", "ADD")):
+        if line.startswith(("COPY", "ADD")) and "--from=" not in line:
             *sources, _dest = line.split()[1:]
             for src in sources:
                 assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
     ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
-    # `pip install -e .` needs what pyproject.toml names
+    # building the wheel needs what pyproject.toml names
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert (ROOT / project["readme"]).exists(), f"pyproject readme {project['readme']} is missing"
     assert "cganctl" in project["scripts"]
