@@ -120,3 +120,38 @@ def test_systemd_unit() -> None:
     assert "Environment=CUDA_VISIBLE_DEVICES=%i" in service
     assert "EnvironmentFile=" in service
     assert "WantedBy=multi-user.target" in text
+
+
+METRIC_SUFFIXES = ("_total", "_bucket", "_sum", "_count")
+
+
+def defined_metrics() -> set[str]:
+    """Every metric name the worker and the control plane define (literal names in their one module each)."""
+    names: set[str] = set()
+    for module in ("worker/metrics.py", "scheduler/metrics.py"):
+        names |= set(re.findall(r'"(cganctl_[a-z_]+)"', (ROOT / module).read_text()))
+    return names
+
+
+def test_metric_names_follow_prometheus_conventions() -> None:
+    names = defined_metrics()
+    assert len(names) >= 15
+    for name in names:
+        assert re.fullmatch(r"cganctl_[a-z][a-z0-9_]*", name) and not name.endswith("_total"), name  # _total is added by the client
+        assert not re.search(r"_(ms|milliseconds|minutes|hours|kb|mb|gb|percent)(_|$)", name), f"{name}: use base units"
+
+
+def test_grafana_dashboard_uses_defined_metrics() -> None:
+    import json
+
+    dashboard = json.loads((DEPLOY / "grafana" / "cganctl-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert exprs
+    defined = defined_metrics()
+    used = {name for expr in exprs for name in re.findall(r"cganctl_[a-z0-9_]+", expr)}
+    for name in used:
+        base = next((name[: -len(s)] for s in METRIC_SUFFIXES if name.endswith(s) and name[: -len(s)] in defined), name)
+        assert base in defined, f"dashboard uses undefined metric {name}"
+    assert {"cganctl_queue_length", "cganctl_worker_images_generated", "cganctl_worker_gpu_memory_allocated_bytes"} <= {
+        next((n[: -len(s)] for s in METRIC_SUFFIXES if n.endswith(s)), n) for n in used
+    }

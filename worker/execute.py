@@ -16,6 +16,7 @@ from scheduler.jobs import JobRecord
 from scheduler.runtime import Runtime
 
 log = logging.getLogger(__name__)
+progress_hooks: list = []  # called as hook(context, done) on every report; worker.metrics adds one
 
 
 def default_worker_name() -> str:
@@ -50,6 +51,8 @@ class JobContext:
         return key
 
     def report(self, done: int, *, total: int | None = None, info: dict | None = None, force: bool = False) -> None:
+        for hook in progress_hooks:
+            hook(self, done)
         now = time.monotonic()
         if not force and now - self._last_report < self.interval:
             return
