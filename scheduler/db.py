@@ -162,12 +162,19 @@ def head_revision(settings: Settings | None = None) -> str:
 
 
 def current_revision(settings: Settings) -> str | None:
+    """The database's Alembic revision, None on an empty database. One query on the hot path; the
+    schema is inspected only when that query fails (no table yet, or the database is unreachable)."""
+    from sqlalchemy.exc import DBAPIError
+
     try:
         with get_engine(settings).connect() as connection:
-            has_table = connection.dialect.has_table(connection, "alembic_version")
-            if not has_table:
+            try:
+                return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except DBAPIError:
+                connection.rollback()
+                if connection.dialect.has_table(connection, "alembic_version"):
+                    raise
                 return None
-            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError as exc:
         raise ServiceUnavailable(f"database {redact_url(settings.sqlalchemy_url)} is unreachable: {_reason(exc)}") from exc
 
