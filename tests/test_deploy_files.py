@@ -308,3 +308,9 @@ def test_keda_scaled_object_fields() -> None:
         lists.append(meta["listName"])
     # every priority list kombu keeps for the gpu queue (scheduler.metrics.priority_lists is the one place)
     assert lists == priority_lists("gpu")
+
+
+def test_readme_explains_every_metric() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(name for name in defined_metrics() if f"`{name}" not in readme)
+    assert not missing, f"README's metric table lacks {missing}"
