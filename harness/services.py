@@ -163,6 +163,17 @@ def workers(
             worker.stop()
 
 
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2):
+    """Poll ``predicate()`` until it returns something truthy (returned) or ``timeout`` seconds pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

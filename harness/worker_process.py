@@ -14,7 +14,8 @@ class Worker:
     """One ``cganctl worker --queues Q --hostname NAME@%h`` process, its log in a file."""
 
     def __init__(
-        self, env: dict[str, str], name: str, log: Path, *, queues: str = "gpu", threads: int | None = None, command: list[str] | None = None
+        self, env: dict[str, str], name: str, log: Path, *, queues: str = "gpu", threads: int | None = None, command: list[str] | None = None,
+        cwd: Path | None = None, extra_args: list[str] | None = None,
     ) -> None:
         self.name = name
         self.log = log
@@ -24,9 +25,10 @@ class Worker:
             worker_env["OMP_NUM_THREADS"] = str(threads)
         self.handle = open(log, "wb")
         self.process = subprocess.Popen(
-            [*(command or [sys.executable, "-m", "scheduler"]), "worker", "--queues", queues, "--hostname", f"{name}@%h", "--loglevel", "info"],
+            [*(command or [sys.executable, "-m", "scheduler"]), "worker", "--queues", queues, "--hostname", f"{name}@%h", "--loglevel", "info",
+             *(extra_args or [])],
             env=worker_env,
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             stdout=self.handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -285,18 +285,44 @@ def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 1,
     hostname: Annotated[Optional[str], typer.Option("--hostname", "-n", help="Worker name, e.g. gpu0@%h.")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
+    metrics_port: Annotated[
+        Optional[int], typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus /metrics on this port (default CGAN_METRICS_PORT; unset: none).")
+    ] = None,
 ) -> None:
     """Start a Celery worker (needs CGAN_BROKER_URL)."""
     from .settings import get_settings
 
-    if get_settings().embedded:
+    settings = get_settings()
+    if settings.embedded:
         _fail("no broker configured: set CGAN_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", 2)
+    metrics_port = metrics_port or settings.metrics_port
+    if metrics_port is not None:
+        if pool not in ("solo", "threads"):
+            _fail(f"--metrics-port needs --pool solo or threads (a {pool} child process would count in its own memory)", 2)
+        from worker import metrics
+
+        metrics.serve(metrics_port)
     from worker.celery_app import app as celery_app
 
     argv = ["worker", "-Q", queues, "--pool", pool, "-c", str(concurrency), "-l", loglevel, "--without-gossip", "--without-mingle"]
     if hostname:
         argv += ["-n", hostname]
     celery_app.worker_main(argv)
+
+
+@app.command("metrics")
+def metrics(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port of /metrics.")] = 9809,
+    addr: Annotated[str, typer.Option("--addr", help="Address to listen on.")] = "0.0.0.0",
+) -> None:
+    """Serve control-plane Prometheus metrics: queue lengths, jobs by status and kind, oldest queued job's age."""
+    from .metrics import serve_forever
+    from .settings import get_settings
+
+    try:
+        serve_forever(get_settings(), port, addr)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @app.command("status")

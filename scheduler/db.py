@@ -1,14 +1,15 @@
 """The job table's schema (SQLAlchemy) and the engine. The schema itself comes only from Alembic.
 
-``alembic/versions`` creates these tables; :func:`upgrade` runs Alembic to head and
-:func:`require_schema` refuses to work on a database that is not at head (on the embedded SQLite
-default it upgrades by itself, so a new user's first command just works).
+``scheduler/migrations/versions`` (shipped in the wheel) creates these tables; :func:`upgrade` runs
+Alembic to head and :func:`require_schema` refuses to work on a database that is not at head (on the
+embedded SQLite default it upgrades by itself, so a new user's first command just works). The check
+compares ``alembic_version`` with the head revision read from the version files: Alembic itself is
+imported only when a migration runs.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from functools import lru_cache
-from pathlib import Path
 
 from sqlalchemy import (
     JSON,
@@ -32,7 +33,6 @@ from .errors import ServiceUnavailable
 from .settings import Settings, redact_url
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def utcnow() -> datetime:
@@ -136,10 +136,13 @@ def get_engine(settings: Settings) -> Engine:
 
 
 def alembic_config(settings: Settings):
+    """Alembic's config for the packaged migrations (found next to this module, never via the cwd)."""
     from alembic.config import Config
 
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(REPO_ROOT / "alembic"))
+    from . import migrations
+
+    config = Config(str(migrations.INI_FILE))
+    config.set_main_option("script_location", str(migrations.DIRECTORY))
     config.attributes["sqlalchemy_url"] = settings.sqlalchemy_url
     return config
 
@@ -158,21 +161,27 @@ def upgrade(settings: Settings) -> str:
     return head_revision(settings)
 
 
-def head_revision(settings: Settings) -> str:
-    from alembic.script import ScriptDirectory
+def head_revision(settings: Settings | None = None) -> str:
+    """The newest migration's revision id (read from the packaged version files, no Alembic import)."""
+    from .migrations import head_revision as packaged_head
 
-    head = ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
-    assert head is not None, "the migrations have no head revision"
-    return head
+    return packaged_head()
 
 
 def current_revision(settings: Settings) -> str | None:
+    """The database's Alembic revision, None on an empty database. One query on the hot path; the
+    schema is inspected only when that query fails (no table yet, or the database is unreachable)."""
+    from sqlalchemy.exc import DBAPIError
+
     try:
         with get_engine(settings).connect() as connection:
-            has_table = connection.dialect.has_table(connection, "alembic_version")
-            if not has_table:
+            try:
+                return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except DBAPIError:
+                connection.rollback()
+                if connection.dialect.has_table(connection, "alembic_version"):
+                    raise
                 return None
-            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError as exc:
         raise ServiceUnavailable(f"database {redact_url(settings.sqlalchemy_url)} is unreachable: {_reason(exc)}") from exc
 

@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(default=5 * 3600, gt=0, description="Seconds before a task is asked to save and stop.")
     task_time_limit: int = Field(default=5 * 3600 + 600, gt=0, description="Seconds before a task is killed.")
     visibility_timeout: int = Field(default=6 * 3600, gt=0, description="Redis visibility timeout; longer than the longest task.")
+    metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Port of a worker's Prometheus /metrics; unset: no endpoint.")
 
-    @field_validator("database_url", "broker_url", "s3_bucket", "s3_endpoint_url", mode="before")
+    @field_validator("database_url", "broker_url", "s3_bucket", "s3_endpoint_url", "metrics_port", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from harness.datasets import tiny_image_folder
 from harness.services import ROOT, cganctl, settings_from_env
 
 
@@ -174,18 +175,6 @@ def test_min_confidence_keeps_only_confident_samples(embedded_env, tmp_path):
         assert (predict_proba(classifier, images)[:, classes.index(name)] >= 0.3).all()
 
 
-def _tiny_folder(root, classes=("cat", "dog"), n=8):
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -198,7 +187,7 @@ def _tiny_folder(root, classes=("cat", "dog"), n=8):
     ],
 )
 def test_bad_train_recipe_is_one_error_line_and_no_row(embedded_env, tmp_path, args, message):
-    data = _tiny_folder(tmp_path / "data")
+    data = tiny_image_folder(tmp_path / "data")
     result = cganctl(embedded_env, "submit", "train", "--dataset", str(data), *args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -207,7 +196,7 @@ def test_bad_train_recipe_is_one_error_line_and_no_row(embedded_env, tmp_path, a
 
 
 def test_train_shows_and_uses_the_resolved_recipe(embedded_env, tmp_path):
-    data = _tiny_folder(tmp_path / "data")
+    data = tiny_image_folder(tmp_path / "data")
     result = cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "2",
                      "--set", "batch_size=8", "--set", "lr_g=1e-4", "--set", "checkpoint_every=1", "--wait")
     assert result.returncode == 0, result.stderr

@@ -41,7 +41,7 @@ def test_compose_services_and_env() -> None:
     doc = compose()
     assert {"redis", "postgres", "seaweedfs", "migrate", "worker-gpu", "worker-cpu"} <= set(doc["services"])
     ours = cganctl_services(doc)
-    assert set(ours) == {"migrate", "worker-gpu", "worker-cpu"}
+    assert set(ours) == {"migrate", "worker-gpu", "worker-cpu", "metrics"}
     for name, svc in ours.items():
         env = set(svc["environment"])
         assert env <= SETTINGS_ENV, f"{name}: unknown settings {env - SETTINGS_ENV}"
@@ -55,6 +55,16 @@ def test_compose_services_and_env() -> None:
     devices = ours["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert ours["worker-gpu"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    for name in ("worker-gpu", "worker-cpu", "metrics"):
+        probe = " ".join(ours[name]["healthcheck"]["test"])
+        port = "9809" if name == "metrics" else ours[name]["environment"]["CGAN_METRICS_PORT"]
+        assert f"http://127.0.0.1:{port}/metrics" in probe, name
+    assert ours["metrics"]["command"] == ["metrics", "--port", "9809"]
+    for name in ("worker-gpu", "worker-cpu"):  # warm shutdown has time to finish the longest task
+        assert _seconds(ours[name]["stop_grace_period"]) > Settings().task_time_limit
+    redis = doc["services"]["redis"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"]) and "/data" in redis["command"]
     seaweed = " ".join(doc["services"]["seaweedfs"]["command"])
     assert "-s3.config=" in seaweed and "-master.telemetry=false" in seaweed
 
@@ -92,16 +102,19 @@ def test_dockerfile_paths_exist() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
     assert "pip install torch==2.14.1 torchvision==0.29.1" in text
-    assert text.index("torch==2.14.1") < text.index("pip install -e .")
+    assert "pip install -e" not in text  # the image runs the built wheel, not the source tree
+    assert re.search(r"^RUN pip wheel --no-deps --wheel-dir /dist \.$", text, re.M)
+    assert text.index("torch==2.14.1") < text.index('pip install "${wheel}')
+    assert re.search(r"^COPY --from=wheel /dist ", text, re.M)
     assert 'ENTRYPOINT ["cganctl"]' in text
     for line in text.splitlines():
-        if line.startswith(("COPY", "ADD")):
+        if line.startswith(("COPY", "ADD")) and "--from=" not in line:
             *sources, _dest = line.split()[1:]
             for src in sources:
                 assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
     ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
-    # `pip install -e .` needs what pyproject.toml names
+    # building the wheel needs what pyproject.toml names
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert (ROOT / project["readme"]).exists(), f"pyproject readme {project['readme']} is missing"
     assert "cganctl" in project["scripts"]
@@ -117,3 +130,187 @@ def test_systemd_unit() -> None:
     assert "Environment=CUDA_VISIBLE_DEVICES=%i" in service
     assert "EnvironmentFile=" in service
     assert "WantedBy=multi-user.target" in text
+
+
+METRIC_SUFFIXES = ("_total", "_bucket", "_sum", "_count")
+
+
+def defined_metrics() -> set[str]:
+    """Every metric name the worker and the control plane define (literal names in their one module each)."""
+    names: set[str] = set()
+    for module in ("worker/metrics.py", "scheduler/metrics.py"):
+        names |= set(re.findall(r'"(cganctl_[a-z_]+)"', (ROOT / module).read_text()))
+    return names
+
+
+def test_metric_names_follow_prometheus_conventions() -> None:
+    names = defined_metrics()
+    assert len(names) >= 15
+    for name in names:
+        assert re.fullmatch(r"cganctl_[a-z][a-z0-9_]*", name) and not name.endswith("_total"), name  # _total is added by the client
+        assert not re.search(r"_(ms|milliseconds|minutes|hours|kb|mb|gb|percent)(_|$)", name), f"{name}: use base units"
+
+
+def test_grafana_dashboard_uses_defined_metrics() -> None:
+    import json
+
+    dashboard = json.loads((DEPLOY / "grafana" / "cganctl-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert exprs
+    defined = defined_metrics()
+    used = {name for expr in exprs for name in re.findall(r"cganctl_[a-z0-9_]+", expr)}
+    for name in used:
+        base = next((name[: -len(s)] for s in METRIC_SUFFIXES if name.endswith(s) and name[: -len(s)] in defined), name)
+        assert base in defined, f"dashboard uses undefined metric {name}"
+    assert {"cganctl_queue_length", "cganctl_worker_images_generated", "cganctl_worker_gpu_memory_allocated_bytes"} <= {
+        next((n[: -len(s)] for s in METRIC_SUFFIXES if n.endswith(s)), n) for n in used
+    }
+
+
+def _seconds(duration: str) -> int:
+    assert duration.endswith("s"), duration
+    return int(duration[:-1])
+
+
+K8S = DEPLOY / "k8s"
+K8S_VERSION = "1.33"
+
+
+def k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    objects = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in objects, f"{key} twice"
+            assert "namespace" not in doc["metadata"], f"{path.name}: manifests stay namespace-agnostic"
+            objects[key] = doc
+    return objects
+
+
+def test_k8s_core_kinds_validate_against_the_api_schema() -> None:
+    import kubernetes_validate
+
+    objects = k8s_objects()
+    core = {key: doc for key, doc in objects.items() if not doc["apiVersion"].startswith("keda.sh/")}
+    assert {kind for kind, _ in core} == {"ConfigMap", "Secret", "Service", "StatefulSet", "Job", "Deployment"}
+    for _key, doc in core.items():
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)  # raises on any unknown or mistyped field
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _container(doc: dict[str, Any]) -> dict[str, Any]:
+    (container,) = doc["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_k8s_settings_split_between_configmap_and_secret(monkeypatch) -> None:
+    objects = k8s_objects()
+    config = objects[("ConfigMap", "cganctl-config")]["data"]
+    secret = objects[("Secret", "cganctl-secrets")]["stringData"]
+    assert set(config) <= SETTINGS_ENV and set(secret) <= SETTINGS_ENV
+    assert REQUIRED_ENV <= set(config) | set(secret)
+    secret_names = {"CGAN_DATABASE_URL", "CGAN_BROKER_URL", "CGAN_S3_ACCESS_KEY_ID", "CGAN_S3_SECRET_ACCESS_KEY"}
+    assert set(secret) == secret_names and not secret_names & set(config)
+    for name, value in {**config, **secret}.items():  # the values parse as the containers will read them
+        monkeypatch.setenv(name, value)
+    parsed = Settings()
+    assert parsed.metrics_port == 9808 and parsed.routes == {}
+    for (kind, name), doc in objects.items():
+        if kind in ("Deployment", "Job"):
+            container = _container(doc)
+            refs = [next(iter(ref.values()))["name"] for ref in container["envFrom"]]
+            assert refs == ["cganctl-config", "cganctl-secrets"], name
+            assert not any(e["name"].startswith("CGAN_") for e in container.get("env", [])), f"{name}: settings come from the ConfigMap/Secret"
+            assert container["image"] == "cganctl"
+
+
+def test_k8s_workers_migration_and_metrics() -> None:
+    objects = k8s_objects()
+    config = objects[("ConfigMap", "cganctl-config")]["data"]
+    assert _container(objects[("Job", "cganctl-migrate")])["args"] == ["db", "upgrade"]
+
+    gpu = objects[("Deployment", "cganctl-worker-gpu")]
+    args = _container(gpu)["args"]
+    assert args[:5] == ["worker", "--queues", "gpu", "--pool", "solo"]
+    assert _container(gpu)["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "replicas" not in gpu["spec"]  # KEDA owns it
+    cpu = objects[("Deployment", "cganctl-worker-cpu")]
+    assert _container(cpu)["args"][:5] == ["worker", "--queues", "cpu", "--pool", "solo"]
+    assert "nvidia.com/gpu" not in _container(cpu)["resources"].get("limits", {})
+    for worker in (gpu, cpu):
+        pod = worker["spec"]["template"]["spec"]
+        container = _container(worker)
+        # SIGTERM is Celery's warm shutdown; the grace period lets the longest task finish
+        assert pod["terminationGracePeriodSeconds"] > int(config["CGAN_TASK_TIME_LIMIT"])
+        port = int(container["args"][container["args"].index("--metrics-port") + 1])
+        assert port == int(config["CGAN_METRICS_PORT"]) == container["ports"][0]["containerPort"]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, probe
+        assert "$(POD_NAME)" in " ".join(container["args"]) and container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+    user = re.search(r"^USER (\d+):(\d+)$", (DEPLOY / "Dockerfile").read_text(), re.M)
+    for (kind, name), doc in objects.items():  # runAsNonRoot needs the image's numeric user
+        if kind in ("Deployment", "Job"):
+            context = doc["spec"]["template"]["spec"]["securityContext"]
+            assert context["runAsNonRoot"] and (str(context["runAsUser"]), str(context["runAsGroup"])) == user.groups(), name
+
+    metrics = objects[("Deployment", "cganctl-metrics")]
+    assert _container(metrics)["args"] == ["metrics", "--port", "9809"]
+    service = objects[("Service", "cganctl-metrics")]
+    assert service["spec"]["selector"] == metrics["spec"]["selector"]["matchLabels"] and service["spec"]["ports"][0]["port"] == 9809
+
+
+def test_k8s_redis_persists_append_only() -> None:
+    objects = k8s_objects()
+    redis = objects[("StatefulSet", "redis")]
+    container = _container(redis)
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    data_dir = args[args.index("--dir") + 1]
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == data_dir
+    (claim,) = redis["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == mount["name"]
+    assert objects[("Service", "redis")]["spec"]["selector"] == redis["spec"]["selector"]["matchLabels"]
+    broker = objects[("Secret", "cganctl-secrets")]["stringData"]["CGAN_BROKER_URL"]
+    assert broker.startswith("redis://redis:6379/")
+
+
+def test_keda_scaled_object_fields() -> None:
+    """Checked against KEDA's documented ScaledObject and redis-scaler fields (keda.sh/v1alpha1)."""
+    from scheduler.metrics import priority_lists
+
+    objects = k8s_objects()
+    (scaled,) = [doc for doc in objects.values() if doc["kind"] == "ScaledObject"]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    allowed = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
+               "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers"}
+    assert set(spec) <= allowed, set(spec) - allowed
+    target = spec["scaleTargetRef"]
+    assert target == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "cganctl-worker-gpu"}
+    assert ("Deployment", target["name"]) in objects
+    assert spec["minReplicaCount"] == 0 < spec["maxReplicaCount"]
+    assert all(isinstance(spec[k], int) for k in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod"))
+    redis_fields = {"address", "addressFromEnv", "host", "port", "hostFromEnv", "portFromEnv", "listName", "listLength",
+                    "activationListLength", "databaseIndex", "enableTLS", "unsafeSsl", "usernameFromEnv", "passwordFromEnv"}
+    lists = []
+    for trigger in spec["triggers"]:
+        assert trigger["type"] == "redis" and set(trigger) <= {"type", "metadata", "name", "authenticationRef", "metricType", "useCachedMetrics"}
+        meta = trigger["metadata"]
+        assert set(meta) <= redis_fields, set(meta) - redis_fields
+        assert all(isinstance(value, str) for value in meta.values())  # KEDA metadata values are strings
+        assert re.fullmatch(r"redis(\.[a-z0-9-]+)+:6379", meta["address"]), "FQDN: KEDA resolves it from its own namespace"
+        assert int(meta["listLength"]) > 0 and meta["databaseIndex"] == "0"
+        lists.append(meta["listName"])
+    # every priority list kombu keeps for the gpu queue (scheduler.metrics.priority_lists is the one place)
+    assert lists == priority_lists("gpu")
+
+
+def test_readme_explains_every_metric() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(name for name in defined_metrics() if f"`{name}" not in readme)
+    assert not missing, f"README's metric table lacks {missing}"

@@ -8,9 +8,9 @@ import signal
 import time
 
 import pytest
-from PIL import Image
 
-from harness.services import cganctl, settings_from_env
+from harness.datasets import tiny_image_folder
+from harness.services import cganctl, settings_from_env, wait_for
 from scheduler import db
 from scheduler.jobs import JobTable
 from scheduler.store import S3Store
@@ -28,25 +28,6 @@ def table(fleet_env) -> JobTable:
 @pytest.fixture
 def store(fleet_env) -> S3Store:
     return S3Store(settings_from_env(fleet_env))
-
-
-def _tiny_dataset(root, classes=("airplane", "cat", "frog"), per_class=8):
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            colour = (40 + 80 * c, 200 - 60 * c, (37 * i) % 255)
-            Image.new("RGB", (32, 32), colour).save(root / name / f"{i}.png")
-    return root
-
-
-def _wait_for(predicate, timeout=60, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def test_generate_through_redis_worker_s3_and_postgres(fleet_env, start_worker, table, store):
@@ -100,12 +81,12 @@ def test_queue_routing(fleet_env, start_worker, table):
     time.sleep(3)
     assert table.get(job_id).status == "queued"  # nobody consumes 'cpu' yet
     start_worker("cpuonly", queues="cpu")
-    _wait_for(lambda: table.get(job_id).status == "succeeded", timeout=90)
+    wait_for(lambda: table.get(job_id).status == "succeeded", timeout=90)
     assert table.get(job_id).worker.startswith("cpuonly@")
 
 
 def test_cancel_queued_and_running_then_retry_resumes(fleet_env, start_worker, table, store, tmp_path):
-    data = _tiny_dataset(tmp_path / "tiny")
+    data = tiny_image_folder(tmp_path / "tiny")
     submit = ["submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "1000000", "--batch-size", "8", "--checkpoint-every", "20", "--json"]
     queued = json.loads(cganctl(fleet_env, *submit, check=True).stdout)
     assert "cancelled" in cganctl(fleet_env, "jobs", "cancel", queued["id"], check=True).stdout
@@ -113,32 +94,32 @@ def test_cancel_queued_and_running_then_retry_resumes(fleet_env, start_worker, t
 
     start_worker("w1")
     running = json.loads(cganctl(fleet_env, *submit, check=True).stdout)
-    _wait_for(lambda: store.exists(f"jobs/{running['id']}/checkpoints/latest.json"), timeout=120)
+    wait_for(lambda: store.exists(f"jobs/{running['id']}/checkpoints/latest.json"), timeout=120)
     assert "next step boundary" in cganctl(fleet_env, "jobs", "cancel", running["id"], check=True).stdout
-    _wait_for(lambda: table.get(running["id"]).status == "cancelled", timeout=60)
+    wait_for(lambda: table.get(running["id"]).status == "cancelled", timeout=60)
     checkpoint = json.loads(store.get_bytes(f"jobs/{running['id']}/checkpoints/latest.json"))
 
     retried = json.loads(cganctl(fleet_env, "jobs", "retry", running["id"], "--json", check=True).stdout)
     assert retried["retry_of"] == running["id"] and retried["id"] != running["id"]
     assert retried["spec"]["resume_from"] == running["id"]
-    first = _wait_for(lambda: (lambda j: j.progress_done and j)(table.get(retried["id"])), timeout=120)
+    first = wait_for(lambda: (lambda j: j.progress_done and j)(table.get(retried["id"])), timeout=120)
     assert first.progress_done >= checkpoint["step"]  # resumed, did not start from step 0
     cganctl(fleet_env, "jobs", "cancel", retried["id"], check=True)
-    _wait_for(lambda: table.get(retried["id"]).status == "cancelled", timeout=60)
+    wait_for(lambda: table.get(retried["id"]).status == "cancelled", timeout=60)
     assert cganctl(fleet_env, "jobs", "retry", retried["id"] + "x").returncode == 2
 
 
 def test_lost_worker_task_is_redelivered_and_attempt_counted(fleet_env, start_worker, table, store, tmp_path):
     env = dict(fleet_env, CGAN_VISIBILITY_TIMEOUT="4")
-    data = _tiny_dataset(tmp_path / "tiny")
+    data = tiny_image_folder(tmp_path / "tiny")
     first = start_worker("doomed", env=env)
     out = cganctl(env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "400", "--batch-size", "8", "--checkpoint-every", "20", "--json", check=True).stdout
     job_id = json.loads(out)["id"]
-    _wait_for(lambda: store.exists(f"jobs/{job_id}/checkpoints/latest.json"), timeout=120)
+    wait_for(lambda: store.exists(f"jobs/{job_id}/checkpoints/latest.json"), timeout=120)
     first.stop(signal.SIGKILL)  # the worker dies mid-task: no ack was sent (late acks)
     assert table.get(job_id).status == "running"
     start_worker("rescuer", env=env)
-    done = _wait_for(lambda: (lambda j: j.finished and j)(table.get(job_id)), timeout=180)
+    done = wait_for(lambda: (lambda j: j.finished and j)(table.get(job_id)), timeout=180)
     assert done.status == "succeeded", done.error
     assert done.attempts == 2 and done.worker.startswith("rescuer@")
     from scheduler.model_registry import ModelRegistry
@@ -149,7 +130,7 @@ def test_lost_worker_task_is_redelivered_and_attempt_counted(fleet_env, start_wo
 
 def test_train_then_generate_and_evaluate_with_the_new_model(fleet_env, start_worker, table, store, tmp_path):
     start_worker("w1")
-    data = _tiny_dataset(tmp_path / "tiny")
+    data = tiny_image_folder(tmp_path / "tiny")
     out = cganctl(fleet_env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "30", "--batch-size", "8",
                   "--checkpoint-every", "10", "--name", "tinyfrogs", "--wait", "--json", timeout=300)
     assert out.returncode == 0, out.stderr
@@ -191,5 +172,5 @@ def test_priority_orders_waiting_jobs(fleet_env, start_worker, table):
     low = json.loads(cganctl(fleet_env, "submit", "generate", "--label", "frog", "--count", "5", "--priority", "0", "--json", check=True).stdout)
     high = json.loads(cganctl(fleet_env, "submit", "generate", "--label", "frog", "--count", "5", "--priority", "9", "--json", check=True).stdout)
     start_worker("w1")
-    _wait_for(lambda: table.get(low["id"]).finished and table.get(high["id"]).finished, timeout=120)
+    wait_for(lambda: table.get(low["id"]).finished and table.get(high["id"]).finished, timeout=120)
     assert table.get(high["id"]).started_at < table.get(low["id"]).started_at

@@ -135,3 +135,13 @@ def test_model_versions(table):
     assert models.get("frogs").version == 2
     assert models.get("frogs", 1).weights_key == "a"
     assert models.get("nope") is None
+
+
+def test_packaged_head_revision_matches_alembic():
+    """The hot path reads the head from the version files without Alembic; it must agree with Alembic."""
+    from alembic.script import ScriptDirectory
+
+    from scheduler.migrations import head_revision
+
+    settings = Settings(data_dir="/nonexistent")
+    assert head_revision() == ScriptDirectory.from_config(db.alembic_config(settings)).get_current_head()

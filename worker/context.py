@@ -11,6 +11,8 @@ from scheduler.errors import JobCancelled
 from scheduler.jobs import JobRecord
 from scheduler.runtime import Runtime
 
+progress_hooks: list = []  # called as hook(context, done) on every report; worker.metrics adds one
+
 
 class JobContext:
     def __init__(self, runtime: Runtime, job: JobRecord, *, shard: int | None = None, interval: float = 1.0) -> None:
@@ -38,6 +40,8 @@ class JobContext:
         return key
 
     def report(self, done: int, *, total: int | None = None, info: dict | None = None, force: bool = False) -> None:
+        for hook in progress_hooks:
+            hook(self, done)
         now = time.monotonic()
         if not force and now - self._last_report < self.interval:
             return

@@ -1,9 +1,9 @@
 """Alembic environment: the URL comes from cganctl's settings, never from alembic.ini."""
 from __future__ import annotations
 
+from alembic import context
 from sqlalchemy import create_engine
 
-from alembic import context
 from scheduler.db import Base
 from scheduler.settings import get_settings
 

@@ -1,0 +1,131 @@
+"""Control-plane metrics, ``cganctl metrics --port N``: the broker's queues and the job table, read at scrape time.
+
+One custom collector asks Redis and the database on every scrape (nothing is cached, nothing runs
+between scrapes). Labels are bounded: queue names the deployment knows (``CGAN_DEFAULT_QUEUE``,
+``CGAN_ROUTES`` and the queues kombu has bindings for), job kind and status. A service that does not
+answer gives ``cganctl_service_up{service=...} 0`` instead of failing the scrape.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from .errors import ServiceUnavailable
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+PRIORITY_LEVELS = 10  # kombu's priority_steps in worker/celery_app.py: one Redis list per step
+_INTERNAL_QUEUE_PREFIXES = ("celeryev", "celery.pidbox", "reply.celery")
+
+
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for ``queue``: ``queue`` (priority step 0) and ``queue:1`` .. ``queue:9``."""
+    return [queue] + [f"{queue}:{step}" for step in range(1, PRIORITY_LEVELS)]
+
+
+class ControlPlaneCollector(Collector):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._redis = None
+
+    def _client(self):
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(self.settings.broker_url, socket_timeout=3, socket_connect_timeout=3)
+        return self._redis
+
+    def known_queues(self, client) -> list[str]:
+        names = {self.settings.default_queue, *self.settings.routes.values()}
+        for key in client.scan_iter(match="_kombu.binding.*", count=100):
+            name = key.decode().removeprefix("_kombu.binding.")
+            if not name.startswith(_INTERNAL_QUEUE_PREFIXES):
+                names.add(name)
+        return sorted(names)
+
+    def collect(self):
+        up = GaugeMetricFamily("cganctl_service_up", "1 if the service answered this scrape, else 0.", labels=["service"])
+        if self.settings.broker_url:
+            try:
+                yield from self._broker()
+                up.add_metric(["broker"], 1)
+            except Exception as exc:  # the scrape reports the outage, it does not fail
+                log.warning("broker not scraped: %s", exc)
+                up.add_metric(["broker"], 0)
+        try:
+            yield from self._table()
+            up.add_metric(["database"], 1)
+        except Exception as exc:
+            log.warning("job table not scraped: %s", exc)
+            up.add_metric(["database"], 0)
+        yield up
+
+    def _broker(self):
+        client = self._client()
+        queues = self.known_queues(client)
+        with client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for name in priority_lists(queue):
+                    pipe.llen(name)
+            pipe.hlen("unacked")
+            lengths = pipe.execute()
+        depth = GaugeMetricFamily("cganctl_queue_length", "Task messages waiting in the queue (all priority lists), not yet delivered.", labels=["queue"])
+        for i, queue in enumerate(queues):
+            depth.add_metric([queue], sum(lengths[i * PRIORITY_LEVELS:(i + 1) * PRIORITY_LEVELS]))
+        yield depth
+        yield GaugeMetricFamily(
+            "cganctl_broker_unacked_messages",
+            "Messages delivered to workers and not yet acknowledged (tasks running or prefetched), all queues.",
+            value=lengths[-1],
+        )
+
+    def _table(self):
+        from sqlalchemy import func, select
+
+        from .db import Job, get_engine
+        from .specs import JobKind, JobStatus
+
+        now = datetime.now(timezone.utc)
+        with get_engine(self.settings).connect() as connection:
+            counts = {(kind, status): n for kind, status, n in connection.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))}
+            oldest = connection.execute(select(func.min(Job.created_at)).where(Job.status == JobStatus.queued.value)).scalar()
+        jobs = GaugeMetricFamily("cganctl_jobs", "Jobs in the job table by kind and status.", labels=["kind", "status"])
+        for kind in JobKind:
+            for status in JobStatus:
+                jobs.add_metric([kind.value, status.value], counts.get((kind.value, status.value), 0))
+        yield jobs
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=timezone.utc)
+        age = 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
+        yield GaugeMetricFamily("cganctl_oldest_queued_job_age_seconds", "Seconds since the oldest still-queued job was submitted; 0 when none waits.", value=age)
+
+
+def registry_for(settings: Settings) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(ControlPlaneCollector(settings))
+    return registry
+
+
+def listen(port: int, addr: str = "0.0.0.0", registry: CollectorRegistry | None = None) -> None:
+    """Serve ``registry`` (default: the process's own) on ``addr:port`` in a daemon thread.
+
+    A port that cannot be bound (taken, privileged) is :class:`ServiceUnavailable`: one error line, exit 3.
+    """
+    from prometheus_client import REGISTRY, start_http_server
+
+    try:
+        start_http_server(port, addr=addr, registry=registry or REGISTRY)
+    except OSError as exc:
+        raise ServiceUnavailable(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from None
+
+
+def serve_forever(settings: Settings, port: int, addr: str = "0.0.0.0") -> None:
+    """Serve the control-plane ``/metrics`` until the process is stopped."""
+    listen(port, addr, registry=registry_for(settings))
+    while True:
+        time.sleep(3600)

@@ -1,0 +1,161 @@
+"""Prometheus metrics scraped over HTTP from a real `cganctl metrics` process and a real worker process,
+against the real Redis and PostgreSQL (and SeaweedFS for the results)."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.datasets import tiny_image_folder
+from harness.services import ROOT, Worker, cganctl, settings_from_env, wait_for
+from scheduler import db
+from scheduler.jobs import JobTable
+
+pytestmark = pytest.mark.integration
+QUEUE = "metricsq"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> tuple[str, dict[tuple[str, tuple], float]]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return text, samples
+
+
+def _wait_http(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else "exited"
+        try:
+            _scrape(port)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing serves :{port}")
+
+
+@pytest.fixture
+def table(fleet_env) -> JobTable:
+    settings = settings_from_env(fleet_env)
+    db.upgrade(settings)
+    return JobTable(db.get_engine(settings))
+
+
+@pytest.fixture
+def control_plane(fleet_env, table):
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "scheduler", "metrics", "--port", str(port), "--addr", "127.0.0.1"],
+                               env=fleet_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_http(port, process)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _count(table: JobTable, kind: str, status: str) -> int:
+    return len(table.list(kind=kind, status=status, limit=100_000))
+
+
+def test_control_plane_and_worker_metrics(fleet_env, table, control_plane, tmp_path):
+    submitted = [
+        json.loads(cganctl(fleet_env, "submit", "generate", "--label", "frog", "--count", "6", "--shard-size", "3", "--queue", QUEUE, "--json", check=True).stdout),
+        json.loads(cganctl(fleet_env, "submit", "generate", "--label", "cat", "--count", "4", "--queue", QUEUE, "--priority", "9", "--json", check=True).stdout),
+    ]
+    data = tiny_image_folder(tmp_path / "tiny")
+    submitted.append(json.loads(cganctl(fleet_env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "30", "--batch-size", "8",
+                                        "--checkpoint-every", "30", "--queue", QUEUE, "--json", check=True).stdout))
+    text, samples = _scrape(control_plane)
+    assert samples[("cganctl_queue_length", (("queue", QUEUE),))] == 4  # 2 shards + 1 shard (another priority list) + 1 train
+    assert samples[("cganctl_jobs", (("kind", "generate"), ("status", "queued")))] == _count(table, "generate", "queued") >= 2
+    assert samples[("cganctl_jobs", (("kind", "train"), ("status", "queued")))] == _count(table, "train", "queued") >= 1
+    assert samples[("cganctl_jobs", (("kind", "evaluate"), ("status", "running")))] == _count(table, "evaluate", "running")
+    assert samples[("cganctl_oldest_queued_job_age_seconds", ())] > 0
+    assert samples[("cganctl_service_up", (("service", "broker"),))] == 1
+    assert samples[("cganctl_service_up", (("service", "database"),))] == 1
+    for secret in ("test-secret", "test-key", "frog", "tiny", *(job["id"] for job in submitted), *(job["id"][:8] for job in submitted)):
+        assert secret not in text
+
+    port = _free_port()
+    worker = Worker(fleet_env, "metered", tmp_path / "worker.log", queues=QUEUE, threads=1, extra_args=["--metrics-port", str(port)])
+    try:
+        worker.wait_ready()
+        for job in submitted:
+            wait_for(lambda job=job: table.get(job["id"]).finished, timeout=180)
+            assert table.get(job["id"]).status == "succeeded", worker.log_tail()
+        text, samples = _scrape(port)
+    finally:
+        worker.stop()
+    generate, train = (("kind", "generate"),), (("kind", "train"),)
+    assert samples[("cganctl_worker_tasks_started_total", generate)] == 3
+    assert samples[("cganctl_worker_tasks_succeeded_total", generate)] == 3
+    assert samples[("cganctl_worker_tasks_failed_total", generate)] == 0
+    assert samples[("cganctl_worker_tasks_retried_total", generate)] == 0
+    assert samples[("cganctl_worker_tasks_started_total", train)] == 1
+    assert samples[("cganctl_worker_tasks_succeeded_total", train)] == 1
+    assert samples[("cganctl_worker_tasks_running", generate)] == 0
+    assert samples[("cganctl_worker_task_started_timestamp_seconds", generate)] == 0
+    assert samples[("cganctl_worker_images_generated_total", ())] == 10
+    assert samples[("cganctl_worker_shard_duration_seconds_count", ())] == 3
+    assert samples[("cganctl_worker_task_duration_seconds_count", generate)] == 3
+    # reports come every 10 steps; the first interval (data loading, model set-up) is not a step time
+    assert samples[("cganctl_worker_train_step_duration_seconds_count", ())] == 20
+    assert 0 < samples[("cganctl_worker_train_step_duration_seconds_sum", ())] < 60
+    assert not any(name.startswith("cganctl_worker_gpu_") for name, _ in samples)  # no CUDA on this machine
+    for secret in ("test-secret", "test-key", "frog", "tiny", *(job["id"] for job in submitted)):
+        assert secret not in text
+
+    _, samples = _scrape(control_plane)
+    assert samples[("cganctl_queue_length", (("queue", QUEUE),))] == 0
+    assert samples[("cganctl_jobs", (("kind", "generate"), ("status", "succeeded")))] == _count(table, "generate", "succeeded") >= 2
+
+
+def test_control_plane_reports_an_unreachable_broker(fleet_env, table):
+    port = _free_port()
+    env = dict(fleet_env, CGAN_BROKER_URL=f"redis://127.0.0.1:{_free_port()}/0")
+    process = subprocess.Popen([sys.executable, "-m", "scheduler", "metrics", "--port", str(port), "--addr", "127.0.0.1"],
+                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_http(port, process)
+        _, samples = _scrape(port)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert samples[("cganctl_service_up", (("service", "broker"),))] == 0
+    assert samples[("cganctl_service_up", (("service", "database"),))] == 1
+
+
+@pytest.mark.parametrize("command", [["metrics", "--port"], ["worker", "--queues", QUEUE, "--metrics-port"]])
+def test_taken_port_is_one_error_line(fleet_env, command):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cganctl(fleet_env, *command, str(port), timeout=60)
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot serve metrics on") and str(port) in lines[0], result.stderr
+
+
+def test_metrics_port_needs_an_in_process_pool(fleet_env):
+    result = cganctl(fleet_env, "worker", "--queues", QUEUE, "--pool", "prefork", "--metrics-port", str(_free_port()), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --metrics-port needs --pool solo or threads (a prefork child process would count in its own memory)"
+    ]
