@@ -15,9 +15,12 @@ from torch import nn
 #: - ``mlp``: hidden Dense sizes of G (256, 512, 1024) and D (512, 512, 512), as in the Keras CGAN.
 #: - ``resnet``: G channels at 4x4 then after each up-block (8x8, 16x16, 32x32); D channels of
 #:   each residual block (the first at full resolution; downsampling to 8x8, then kept).
+#: - ``biggan`` (the GPU preset): same meaning as ``resnet``; BigGAN-CIFAR layout at 128 channels
+#:   (see :mod:`cganmodel.nets.biggan` for why not 256).
 PRESETS: dict[str, dict[str, Any]] = {
     "mlp": {"z_dim": 100, "g_widths": (256, 512, 1024), "d_widths": (512, 512, 512)},
     "resnet": {"z_dim": 128, "g_widths": (256, 128, 64, 32), "d_widths": (32, 64, 128, 128)},
+    "biggan": {"z_dim": 128, "g_widths": (128, 128, 128, 128), "d_widths": (64, 128, 128, 128)},
 }
 
 
@@ -61,15 +64,17 @@ class GANConfig:
                 raise ValueError(f"{name} must be a non-empty list of positive integers, got {widths!r}")
         if not isinstance(self.image_size, int) or self.image_size < 4:
             raise ValueError(f"image_size must be an integer >= 4, got {self.image_size!r}")
-        if self.preset == "resnet":
+        if self.preset in ("resnet", "biggan"):
             expected = 4 * 2 ** (len(self.g_widths) - 1)
             if self.image_size != expected:
                 raise ValueError(
-                    f"resnet generator with {len(self.g_widths)} widths makes {expected}x{expected} "
+                    f"{self.preset} generator with {len(self.g_widths)} widths makes {expected}x{expected} "
                     f"images, not {self.image_size}x{self.image_size}"
                 )
             if len(self.d_widths) < 2:
-                raise ValueError("resnet discriminator needs at least 2 widths")
+                raise ValueError(f"{self.preset} discriminator needs at least 2 widths")
+        if self.preset == "biggan" and self.z_dim < len(self.g_widths):
+            raise ValueError(f"biggan needs z_dim >= {len(self.g_widths)} (one latent chunk per block)")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
@@ -100,6 +105,10 @@ def build_generator(cfg: GANConfig) -> nn.Module:
         from cganmodel.nets.mlp import MLPGenerator
 
         return MLPGenerator(cfg)
+    if cfg.preset == "biggan":
+        from cganmodel.nets.biggan import BigGANGenerator
+
+        return BigGANGenerator(cfg)
     from cganmodel.nets.resnet import ResNetGenerator
 
     return ResNetGenerator(cfg)
@@ -111,6 +120,10 @@ def build_discriminator(cfg: GANConfig) -> nn.Module:
         from cganmodel.nets.mlp import MLPDiscriminator
 
         return MLPDiscriminator(cfg)
+    if cfg.preset == "biggan":
+        from cganmodel.nets.biggan import BigGANDiscriminator
+
+        return BigGANDiscriminator(cfg)
     from cganmodel.nets.resnet import ResNetDiscriminator
 
     return ResNetDiscriminator(cfg)

@@ -133,7 +133,7 @@ def submit_generate(
 
 @submit_app.command("train")
 def submit_train(
-    preset: Annotated[str, typer.Option("--preset", help="resnet (strong GAN), mlp (baseline GAN) or classifier.")] = "resnet",
+    preset: Annotated[str, typer.Option("--preset", help="resnet (strong GAN, CPU-sized), biggan (GPU-sized GAN, bf16 on CUDA; train it with --batch-size 256), mlp (baseline GAN) or classifier.")] = "resnet",
     dataset: Annotated[str, typer.Option("--dataset", help="cifar10, an ImageFolder directory or a .tar/.tar.gz of one.")] = "cifar10",
     steps: Annotated[int, typer.Option("--steps")] = 20_000,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,

@@ -42,7 +42,7 @@ class _Spec(BaseModel):
 
 class TrainSpec(_Spec):
     kind: Literal["train"] = "train"
-    preset: Literal["resnet", "mlp", "classifier"] = "resnet"
+    preset: Literal["resnet", "biggan", "mlp", "classifier"] = "resnet"
     dataset: str = Field("cifar10", description="cifar10, an ImageFolder directory or a .tar/.tar.gz of one")
     steps: int = Field(20_000, gt=0)
     batch_size: int = Field(64, gt=0, le=4096)
