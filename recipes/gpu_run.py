@@ -95,6 +95,14 @@ class Run:
     def left(self) -> float:
         return self.deadline - (time.perf_counter() - T0)
 
+    def reserve(self) -> float:
+        """Seconds kept for stages (d)-(f) after the training."""
+        return 25.0 if self.smoke else self.args.reserve_seconds
+
+    def spare(self) -> float:
+        """Seconds (a) and (b) may still use without cutting the training budget."""
+        return self.left() - self.args.train_minutes * 60 - self.reserve()
+
     def save_metrics(self) -> None:
         self.metrics["elapsed_s"] = round(time.perf_counter() - T0, 1)
         tmp = self.out / "metrics.json.tmp"
@@ -143,7 +151,7 @@ def find_data(args: argparse.Namespace) -> Path:
 
 # ------------------------------------------------------------------------------------------- (a) tests
 def stage_tests(run: Run) -> None:
-    timeout = max(30.0, min(240.0, run.left() - 300))
+    timeout = max(60.0, min(240.0, run.spare() - 30))
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_cuda.py"]
     log(f"(a) tests: {' '.join(cmd[2:])} (timeout {timeout:.0f} s)")
     start = time.perf_counter()
@@ -197,6 +205,36 @@ def measure_trainer(run: Run, data, preset: str, batch: int, variant: str) -> di
            "real_images_per_s": round(steps * batch * n_dis / seconds, 1), "d_loss": trainer.history[-1][1]}
     del trainer
     return row
+
+
+def measure_isolated(run: Run, preset: str, batch: int, variant: str) -> dict:
+    """``measure_trainer`` in a subprocess (``--bench-one``): a failed CUDA-graph capture cannot poison
+    this process's CUDA context, which the training still needs."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--bench-one", f"{preset},{batch},{variant}", "--data", str(run.metrics["data"]["source"]),
+           "--out", str(run.work / "bench-one"), "--bench-steps", str(run.args.bench_steps)] + (["--smoke"] if run.smoke else [])
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(min(120.0, run.spare()), 30.0))
+    except subprocess.TimeoutExpired:
+        return {"preset": preset, "batch": batch, "variant": variant, "error": "timed out (subprocess)"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    return {"preset": preset, "batch": batch, "variant": variant, "error": f"rc {proc.returncode}: {(proc.stderr or proc.stdout)[-400:]}"}
+
+
+def bench_one(args: argparse.Namespace) -> None:
+    """``--bench-one PRESET,BATCH,VARIANT``: one ``measure_trainer`` row as JSON on the last stdout line."""
+    import torch
+    from cganmodel.data import load_image_dataset
+
+    preset, batch, variant = args.bench_one.split(",")
+    if not args.smoke:
+        torch.backends.cudnn.benchmark = True
+    args.work = args.out
+    args.out.mkdir(parents=True, exist_ok=True)
+    run = Run(args)
+    data = load_image_dataset(str(args.data), split="train")
+    print(json.dumps(measure_trainer(run, data, preset, int(batch), variant)))
 
 
 def measure_plain(run: Run, data, preset: str, batch: int) -> dict:
@@ -284,11 +322,16 @@ def stage_bench(run: Run, data) -> None:
         if variant in ("compile", "cudagraphs") and run.device != "cuda":
             rows.append({"preset": preset, "batch": batch, "variant": variant, "skipped": "compile runs on CUDA only (TrainConfig.compile)"})
             continue
-        if time.perf_counter() - start > budget or run.left() < 240:
-            rows.append({"preset": preset, "batch": batch, "variant": variant, "skipped": "bench budget spent"})
+        if time.perf_counter() - start > budget or run.spare() < (60 if variant != "eager" else 15):
+            rows.append({"preset": preset, "batch": batch, "variant": variant, "skipped": "bench budget spent (or the training's time)"})
             continue
         try:
-            row = measure_plain(run, data, preset, batch) if variant == "plain-fp32" else measure_trainer(run, data, preset, batch, variant)
+            if variant == "plain-fp32":
+                row = measure_plain(run, data, preset, batch)
+            elif variant == "cudagraphs":
+                row = measure_isolated(run, preset, batch, variant)
+            else:
+                row = measure_trainer(run, data, preset, batch, variant)
         except Exception as exc:  # a variant that fails (e.g. CUDA graphs) is a finding, not the end of the run
             row = {"preset": preset, "batch": batch, "variant": variant, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         rows.append(row)
@@ -351,8 +394,7 @@ def stage_train(run: Run, data):
         except ValueError as exc:
             sys.exit(f"error: checkpoint {folder}: run.json: {exc}")
         log(f"(c) train: resumed from {folder} at step {trainer.step}")
-    reserve = 25.0 if run.smoke else run.args.reserve_seconds
-    budget = min(run.args.train_minutes * 60, run.left() - reserve)
+    budget = min(run.args.train_minutes * 60, run.left() - run.reserve())
     if budget < run.args.train_minutes * 60:
         log(f"(c) train: cut to {max(budget, 0):.0f} s to end within --deadline-minutes")
     budget = max(budget, 0.0)
@@ -625,6 +667,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="compile for (c); auto: what (b) measured faster")
     p.add_argument("--skip", default="", help="comma-separated stages to leave out: tests, bench, generate")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bench-one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--unpack", type=Path, default=None, metavar="DIR", help="restore a returned run's checkpoint into --checkpoint (its generator into --work, default runs/gpu-default/) and stop")
     args = p.parse_args()
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -647,6 +690,9 @@ def main() -> None:
         return
     if args.out is None:
         sys.exit("error: no output folder: pass --out DIR (or set $OUT)")
+    if args.bench_one:
+        bench_one(args)
+        return
     import torch
 
     if args.smoke:
