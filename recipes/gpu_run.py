@@ -62,6 +62,12 @@ MAX_FILES, MAX_FILE, MAX_TOTAL = 8, 16 * 2**20, 64 * 2**20
 T0 = time.perf_counter()
 
 
+def fail(message: str) -> None:
+    """Bad input or a missing device: one ``error:`` line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 def log(message: str) -> None:
     print(f"[{time.perf_counter() - T0:6.1f}s] {message}", flush=True)
 
@@ -146,7 +152,7 @@ def find_data(args: argparse.Namespace) -> Path:
     for candidate in (ROOT / "gpu-carry" / "cifar10-jpeg.tar.gz", ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"):
         if candidate.is_file():
             return candidate
-    sys.exit("error: no CIFAR-10 archive: pass --data, or run scripts/gpu-pack (it copies it into gpu-carry/)")
+    fail("no CIFAR-10 archive: pass --data, or run scripts/gpu-pack (it copies it into gpu-carry/)")
 
 
 # ------------------------------------------------------------------------------------------- (a) tests
@@ -390,9 +396,9 @@ def stage_train(run: Run, data):
             trainer.load_checkpoint(files)
             prior = json.loads(files["run.json"]) if "run.json" in files else prior
         except CheckpointError as exc:
-            sys.exit(f"error: checkpoint {folder}: {exc}")
+            fail(f"checkpoint {folder}: {exc}")
         except ValueError as exc:
-            sys.exit(f"error: checkpoint {folder}: run.json: {exc}")
+            fail(f"checkpoint {folder}: run.json: {exc}")
         log(f"(c) train: resumed from {folder} at step {trainer.step}")
     budget = min(run.args.train_minutes * 60, run.left() - run.reserve())
     if budget < run.args.train_minutes * 60:
@@ -629,7 +635,7 @@ def unpack(source: Path, checkpoint: Path, weights_to: Path) -> None:
     """Put a returned run's checkpoint tars back as the folder ``checkpoint``; the generator into ``weights_to``."""
     tars = sorted(source.glob("checkpoint-*.tar"))
     if not tars:
-        sys.exit(f"error: no checkpoint-*.tar in {source}")
+        fail(f"no checkpoint-*.tar in {source}")
     files: dict[str, bytes] = {}
     for path in tars:
         with tarfile.open(path) as tar:
@@ -637,7 +643,7 @@ def unpack(source: Path, checkpoint: Path, weights_to: Path) -> None:
                 if member.isfile() and "/" not in member.name:
                     files[member.name] = tar.extractfile(member).read()  # type: ignore[union-attr]
     if "state.json" not in files or "run.json" not in files:
-        sys.exit(f"error: {source}: the checkpoint tars hold no state.json/run.json")
+        fail(f"{source}: the checkpoint tars hold no state.json/run.json")
     facts = json.loads(files.pop("run.json"))
     write_checkpoint(checkpoint, files, facts)
     print(f"restored {len(files) + 1} files into {checkpoint} (step {json.loads(files['state.json'])['step']})")
@@ -689,7 +695,7 @@ def main() -> None:
         unpack(args.unpack, args.checkpoint, args.work or ROOT / "runs" / "gpu-default")
         return
     if args.out is None:
-        sys.exit("error: no output folder: pass --out DIR (or set $OUT)")
+        fail("no output folder: pass --out DIR (or set $OUT)")
     if args.bench_one:
         bench_one(args)
         return
@@ -702,7 +708,7 @@ def main() -> None:
             print("smoke: the tiny CPU version of the GPU run (same code, tiny sizes; its figures are not measurements)", flush=True)
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     elif not torch.cuda.is_available():
-        sys.exit("error: no CUDA device: the real GPU run needs one (scripts/gpu-run --smoke runs the tiny CPU version)")
+        fail("no CUDA device: the real GPU run needs one (scripts/gpu-run --smoke runs the tiny CPU version)")
     else:
         torch.backends.cudnn.benchmark = True
         print(f"real run on {torch.cuda.get_device_name(0)}: ends within {args.deadline_minutes} min", flush=True)
@@ -719,7 +725,7 @@ def main() -> None:
     t = time.perf_counter()
     data = load_image_dataset(str(source), split="train")
     if list(data.classes) != CIFAR:
-        sys.exit(f"error: {source}: classes {data.classes} are not CIFAR-10's (the shipped classifier scores those)")
+        fail(f"{source}: classes {data.classes} are not CIFAR-10's (the shipped classifier scores those)")
     run.metrics["data"] = {"source": str(source), "images": len(data), "load_s": round(time.perf_counter() - t, 1)}
     log(f"data: {len(data)} images from {source} in {run.metrics['data']['load_s']} s")
 
