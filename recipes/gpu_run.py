@@ -380,25 +380,32 @@ def stage_train(run: Run, data):
     from cganmodel.train import TrainConfig, Trainer
 
     use_compile = choose_compile(run)
-    gan_cfg = run.gan_config(GPU_PRESET, data.classes)
-    train_cfg = TrainConfig(preset=GPU_PRESET, steps=10**9, batch_size=run.train_batch, checkpoint_every=0,
-                            seed=run.args.seed, device=run.device, compile=use_compile, log_every=50 if not run.smoke else 2)
-    torch._dynamo.reset()
-    trainer = Trainer(gan_cfg, train_cfg, data)
-    prior = {"wall_s": 0.0, "sessions": []}
     folder = run.args.checkpoint
-    if folder is None:
-        log("(c) train: no --checkpoint given: starting fresh")
-    elif (files := read_checkpoint(folder)) is None:
-        log(f"(c) train: no checkpoint in {folder}: starting fresh")
-    else:
+    files = read_checkpoint(folder) if folder is not None else None
+
+    def make_trainer(compile: bool) -> tuple[Trainer, dict]:
+        gan_cfg = run.gan_config(GPU_PRESET, data.classes)
+        train_cfg = TrainConfig(preset=GPU_PRESET, steps=10**9, batch_size=run.train_batch, checkpoint_every=0,
+                                seed=run.args.seed, device=run.device, compile=compile, log_every=50 if not run.smoke else 2)
+        torch._dynamo.reset()
+        trainer = Trainer(gan_cfg, train_cfg, data)
+        if files is None:
+            return trainer, {"wall_s": 0.0, "sessions": []}
         try:
             trainer.load_checkpoint(files)
-            prior = json.loads(files["run.json"]) if "run.json" in files else prior
+            return trainer, json.loads(files["run.json"]) if "run.json" in files else {"wall_s": 0.0, "sessions": []}
         except CheckpointError as exc:
             fail(f"checkpoint {folder}: {exc}")
         except ValueError as exc:
             fail(f"checkpoint {folder}: run.json: {exc}")
+        raise AssertionError("unreachable")
+
+    trainer, prior = make_trainer(use_compile)
+    if folder is None:
+        log("(c) train: no --checkpoint given: starting fresh")
+    elif files is None:
+        log(f"(c) train: no checkpoint in {folder}: starting fresh")
+    else:
         log(f"(c) train: resumed from {folder} at step {trainer.step}")
     budget = min(run.args.train_minutes * 60, run.left() - run.reserve())
     if budget < run.args.train_minutes * 60:
@@ -414,7 +421,16 @@ def stage_train(run: Run, data):
             last_print[0] = now
             log(f"(c) step {info['step']} d_loss {info['d_loss']:.3f} g_loss {info['g_loss']:.3f} {info['images_per_s']:.0f} real img/s")
 
-    trainer.run(on_progress=on_progress, should_stop=lambda: time.perf_counter() - start >= budget)
+    try:
+        trainer.run(on_progress=on_progress, should_stop=lambda: time.perf_counter() - start >= budget)
+    except Exception as exc:  # one chance on the GPU: a failed compilation must not cost the training
+        if not use_compile:
+            raise
+        log(f"(c) train: compiled training failed ({type(exc).__name__}: {str(exc)[:300]}); again from the checkpoint, eager")
+        run.metrics["train_compile_error"] = f"{type(exc).__name__}: {str(exc)[:1000]}"
+        use_compile = False
+        trainer, prior = make_trainer(False)
+        trainer.run(on_progress=on_progress, should_stop=lambda: time.perf_counter() - start >= budget)
     sync(run.device)
     seconds = time.perf_counter() - start
     steps = trainer.step - from_step
@@ -565,6 +581,20 @@ def pack_tars(files: list[Path], stem: str, out: Path, limit: int = 15 * 2**20) 
     return names
 
 
+def guarded(run: Run, name: str, fn):
+    """Run a stage after the training; a failure is recorded in metrics.json and the run goes on to (f)."""
+    import traceback
+
+    try:
+        return fn()
+    except Exception as exc:
+        run.metrics[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+        log(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+        return None
+    finally:
+        run.save_metrics()
+
+
 def stage_files(run: Run, grid: bytes) -> None:
     ckpt = run.work / "checkpoint"
     run.metrics["files"] = {
@@ -613,12 +643,16 @@ def write_summary(run: Run) -> None:
         lines += ["## (c) training", "", f"{t['preset']} batch {t['batch_size']}, compile {t['compile']}: steps {t['from_step']} -> {t['to_step']} "
                   f"in {t['seconds']} s ({t['g_steps_per_s']} G steps/s, {t['real_images_per_s']} real images/s); "
                   f"{t['total_wall_s_all_sessions']} s of training over {t['sessions']} session(s)", ""]
-    if "generate" in m:
+    for name in ("train_compile_error", "generate", "score"):
+        if isinstance(m.get(name), str) or (isinstance(m.get(name), dict) and "error" in m[name]):
+            title = "compiled training failed: trained eager instead" if name == "train_compile_error" else f"{name}: FAILED"
+            lines += [f"## {title}", "", "```", str(m[name] if isinstance(m[name], str) else m[name]["error"])[:2000], "```", ""]
+    if "generate" in m and "error" not in m["generate"]:
         g = m["generate"]
         lines += ["## (d) generating", "", g["protocol"], "", f"{g['count']} images: forward alone {g['forward_alone_s']} s, "
                   f"PNG encode + upload alone {g['encode_upload_alone_s']} s, product embedded job {g['product_embedded_s']} s "
                   f"(status {g['product_status']}) = {g['product_vs_encode_upload']}x the encode + upload cost (goal <= 2x)", ""]
-    if "score" in m:
+    if "score" in m and "error" not in m["score"]:
         s = m["score"]
         lines += ["## (e) scores", "", s["protocol"], "", "| generator | label accuracy | classifier FID |", "| --- | --- | --- |"]
         lines += [f"| {k} | {v['label_accuracy']:.4f} | {v['classifier_fid']:.3f} |" for k, v in s.items() if isinstance(v, dict)]
@@ -738,10 +772,8 @@ def main() -> None:
     trainer = stage_train(run, data)
     run.save_metrics()
     if "generate" not in args.skip:
-        stage_generate(run)
-        run.save_metrics()
-    grid = stage_score(run, data, trainer)
-    run.save_metrics()
+        guarded(run, "generate", lambda: stage_generate(run))
+    grid = guarded(run, "score", lambda: stage_score(run, data, trainer)) or b""
     stage_files(run, grid)
     log(f"done in {time.perf_counter() - T0:.0f} s: {args.out}/summary.md")
 
