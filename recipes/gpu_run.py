@@ -19,7 +19,8 @@ Stages, in order (``--skip tests,bench,generate`` leaves some out):
     auto``), continuing from the full training state in ``--checkpoint`` (default
     ``recipes/checkpoints/gpu-default``) when it holds one; a missing one starts fresh with a message,
     a corrupt one fails naming the file. Trains for ``--train-minutes`` or less: the whole run ends
-    within ``--deadline-minutes`` (the later stages' time is reserved).
+    within ``--deadline-minutes`` (the later stages' time is reserved; (a) and (b) only use what the
+    training leaves). A compiled training that fails starts again, eager, from the same checkpoint.
 (d) generate: 50,000 frogs (``--gen-count``) with the shipped default model on this device: the
     generator's forward alone (batch 500, noise up front, timed between syncs), the product's embedded
     generate job (``python -m scheduler submit generate --label frog --count N --wait --json`` in a
