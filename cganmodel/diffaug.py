@@ -1,8 +1,9 @@
 """DiffAugment (Zhao et al. 2020): differentiable colour / translation / cutout augmentations.
 
 Applied identically in spirit to real and fake batches before the discriminator. All random
-numbers come from an explicit CPU ``torch.Generator`` (so training stays reproducible and
-resumable) and are then moved to the batch's device. Images are float NCHW in [-1, 1].
+numbers come from an explicit ``torch.Generator`` (so training stays reproducible and resumable),
+drawn on the generator's device (a CPU generator's draws are then moved to the batch's device; a
+CUDA generator's stay there: no host round trip). Images are float NCHW in [-1, 1].
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ Aug = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def _rand(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    return torch.rand(shape, generator=gen).to(device=like.device, dtype=like.dtype)
+    return torch.rand(shape, generator=gen, device=gen.device).to(device=like.device, dtype=like.dtype)
 
 
 def brightness(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -39,10 +40,10 @@ def translation(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.125) -> 
     """Shift each image by up to ``ratio`` of its size in x and y, filling with zeros."""
     n, _, h, w = x.shape
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    ty = torch.randint(-sh, sh + 1, (n, 1), generator=gen)
-    tx = torch.randint(-sw, sw + 1, (n, 1), generator=gen)
-    rows = (torch.arange(h)[None, :] + ty + 1).clamp(0, h + 1).to(x.device)  # index into padded
-    cols = (torch.arange(w)[None, :] + tx + 1).clamp(0, w + 1).to(x.device)
+    ty = torch.randint(-sh, sh + 1, (n, 1), generator=gen, device=gen.device)
+    tx = torch.randint(-sw, sw + 1, (n, 1), generator=gen, device=gen.device)
+    rows = (torch.arange(h, device=gen.device)[None, :] + ty + 1).clamp(0, h + 1).to(x.device)  # index into padded
+    cols = (torch.arange(w, device=gen.device)[None, :] + tx + 1).clamp(0, w + 1).to(x.device)
     padded = F.pad(x, [1, 1, 1, 1])
     batch = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
@@ -53,10 +54,10 @@ def cutout(x: torch.Tensor, gen: torch.Generator, ratio: float = 0.5) -> torch.T
     """Zero one square of ``ratio`` of the image size at a random centre per image."""
     n, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    oy = torch.randint(0, h + (1 - ch % 2), (n, 1), generator=gen) - ch // 2
-    ox = torch.randint(0, w + (1 - cw % 2), (n, 1), generator=gen) - cw // 2
-    r = torch.arange(h)[None, :]
-    c = torch.arange(w)[None, :]
+    oy = torch.randint(0, h + (1 - ch % 2), (n, 1), generator=gen, device=gen.device) - ch // 2
+    ox = torch.randint(0, w + (1 - cw % 2), (n, 1), generator=gen, device=gen.device) - cw // 2
+    r = torch.arange(h, device=gen.device)[None, :]
+    c = torch.arange(w, device=gen.device)[None, :]
     in_rows = (r >= oy) & (r < oy + ch)  # (N, H)
     in_cols = (c >= ox) & (c < ox + cw)  # (N, W)
     keep = ~(in_rows[:, :, None] & in_cols[:, None, :])

@@ -56,15 +56,17 @@ class GANConfig:
                 raise ValueError(f"{name} must be a non-empty list of positive integers, got {widths!r}")
         if not isinstance(self.image_size, int) or self.image_size < 4:
             raise ValueError(f"image_size must be an integer >= 4, got {self.image_size!r}")
-        if self.preset == "resnet":
+        if self.preset in ("resnet", "biggan"):
             expected = 4 * 2 ** (len(self.g_widths) - 1)
             if self.image_size != expected:
                 raise ValueError(
-                    f"resnet generator with {len(self.g_widths)} widths makes {expected}x{expected} "
+                    f"{self.preset} generator with {len(self.g_widths)} widths makes {expected}x{expected} "
                     f"images, not {self.image_size}x{self.image_size}"
                 )
             if len(self.d_widths) < 2:
-                raise ValueError("resnet discriminator needs at least 2 widths")
+                raise ValueError(f"{self.preset} discriminator needs at least 2 widths")
+        if self.preset == "biggan" and self.z_dim < len(self.g_widths):
+            raise ValueError(f"biggan needs z_dim >= {len(self.g_widths)} (one latent chunk per block)")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
@@ -95,6 +97,10 @@ def build_generator(cfg: GANConfig) -> nn.Module:
         from cganmodel.nets.mlp import MLPGenerator
 
         return MLPGenerator(cfg)
+    if cfg.preset == "biggan":
+        from cganmodel.nets.biggan import BigGANGenerator
+
+        return BigGANGenerator(cfg)
     from cganmodel.nets.resnet import ResNetGenerator
 
     return ResNetGenerator(cfg)
@@ -106,6 +112,10 @@ def build_discriminator(cfg: GANConfig) -> nn.Module:
         from cganmodel.nets.mlp import MLPDiscriminator
 
         return MLPDiscriminator(cfg)
+    if cfg.preset == "biggan":
+        from cganmodel.nets.biggan import BigGANDiscriminator
+
+        return BigGANDiscriminator(cfg)
     from cganmodel.nets.resnet import ResNetDiscriminator
 
     return ResNetDiscriminator(cfg)

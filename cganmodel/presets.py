@@ -54,6 +54,13 @@ PRESETS: dict[str, Preset] = {
         architecture={"z_dim": 128, "g_widths": (256, 128, 64, 32), "d_widths": (32, 64, 128, 128)},
         recipe={**_GAN_COMMON, "lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.0, 0.999), "n_dis": 2, "diffaug": "color,translation,cutout"},
     ),
+    "biggan": Preset(
+        kind="generator",
+        summary="GPU preset: BigGAN-CIFAR layout at 128 channels (shared class embedding, hierarchical z), bf16 on CUDA",
+        architecture={"z_dim": 128, "g_widths": (128, 128, 128, 128), "d_widths": (64, 128, 128, 128)},
+        # DiffAugment-BigGAN-CIFAR's optimiser settings at batch 256 (not yet tuned on a GPU).
+        recipe={**_GAN_COMMON, "batch_size": 256, "lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.0, 0.999), "n_dis": 2, "diffaug": "color,translation,cutout"},
+    ),
     "classifier": Preset(
         kind="classifier",
         summary="the scoring classifier: ResNet-9 style, SGD-Nesterov one-cycle, label smoothing, crop + flip",

@@ -18,7 +18,7 @@ import hashlib
 GENERATE_CHUNK = 500
 
 #: The GAN trainer's random streams, as the second argument of :func:`mix_seed`.
-TRAIN_STREAMS = {"trainer": 1, "torch_cpu": 2, "epoch_order": 3, "torch_cuda": 4}
+TRAIN_STREAMS = {"trainer": 1, "torch_cpu": 2, "epoch_order": 3, "torch_cuda": 4, "trainer_cuda": 5}
 
 
 def _sha_seed(text: str) -> int:

@@ -1,10 +1,15 @@
-"""Step-based, resumable GAN training (hinge + DiffAugment + EMA for "resnet", BCE for "mlp").
+"""Step-based, resumable GAN training (hinge + DiffAugment + EMA for "resnet"/"biggan", BCE for "mlp").
 
 One *step* is ``n_dis`` discriminator updates followed by one generator update. Every random draw
 (real-batch order, flips, noise, labels, DiffAugment) comes from trainer-owned generators whose
 states are checkpointed, and the global torch RNG (used by dropout) is forked and tracked too, so a
 run resumed from a checkpoint continues exactly as the uninterrupted run would (bit-identical on
 the same CPU setup).
+
+On CUDA the step issues no host synchronisation: the per-step draws (flips, noise, labels,
+DiffAugment) come from a generator on the device (checkpointed too), Adam is fused, G and D run
+in channels_last under bf16 autocast, optionally compiled (``TrainConfig.compile``); losses are
+copied to the host once per ``log_every`` steps. The CPU path draws exactly what it always drew.
 """
 
 from __future__ import annotations
@@ -67,8 +72,9 @@ class Trainer:
         self.ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         for m in (self.G, self.D, self.ema):  # channels_last: faster convs on CUDA and CPU (oneDNN)
             m.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+        fused = {"fused": True} if self.cuda else {}  # one kernel for all parameters
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas, **fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas, **fused)
         if cfg.compile and self.cuda:
             self.G.compile()
             self.D.compile()
@@ -81,6 +87,8 @@ class Trainer:
         self.history: list[list[float]] = []  # [step, mean d_loss, mean g_loss] per log interval
         self._acc = [0.0, 0.0, 0]  # running sums of the current log interval
         self._gen = torch.Generator().manual_seed(mix_seed(cfg.seed, TRAIN_STREAMS["trainer"]))
+        # CUDA: per-step draws on the device (no CPU draw + copy each step); CPU: from self._gen.
+        self._dgen = torch.Generator(self.device).manual_seed(mix_seed(cfg.seed, TRAIN_STREAMS["trainer_cuda"])) if self.cuda else None
         self._cpu_rng = torch.Generator().manual_seed(mix_seed(cfg.seed, TRAIN_STREAMS["torch_cpu"])).get_state()
         self._cuda_rng: torch.Tensor | None = None
         self._perm: torch.Tensor | None = None
@@ -91,6 +99,11 @@ class Trainer:
         if self.cuda:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    @property
+    def _step_gen(self) -> torch.Generator:
+        """Where the per-step random draws come from (on the device under CUDA)."""
+        return self._gen if self._dgen is None else self._dgen
 
     def _next_real(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Next real batch (epoch-wise permutation seeded by (seed, epoch)), randomly h-flipped."""
@@ -103,18 +116,19 @@ class Trainer:
         idx = self._perm[self.pos : self.pos + b]
         self.pos += b
         x = to_float(self._images[idx])
-        flip = (torch.rand(b, generator=self._gen) < 0.5).to(self.device)[:, None, None, None]
+        g = self._step_gen
+        flip = (torch.rand(b, generator=g, device=g.device) < 0.5).to(self.device)[:, None, None, None]
         x = torch.where(flip, x.flip(3), x).contiguous(memory_format=torch.channels_last)
         return x, self._labels[idx]
 
     def _noise(self) -> tuple[torch.Tensor, torch.Tensor]:
-        b = self.train_cfg.batch_size
-        z = torch.randn(b, self.gan_cfg.z_dim, generator=self._gen)
-        y = torch.randint(self.gan_cfg.num_classes, (b,), generator=self._gen)
+        b, g = self.train_cfg.batch_size, self._step_gen
+        z = torch.randn(b, self.gan_cfg.z_dim, generator=g, device=g.device)
+        y = torch.randint(self.gan_cfg.num_classes, (b,), generator=g, device=g.device)
         return z.to(self.device), y.to(self.device)
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        return diff_augment(x, self.train_cfg.diffaug, self._gen) if self.train_cfg.diffaug else x
+        return diff_augment(x, self.train_cfg.diffaug, self._step_gen) if self.train_cfg.diffaug else x
 
     def _d_loss(
         self, real: torch.Tensor, y_real: torch.Tensor, fake: torch.Tensor, y_fake: torch.Tensor
@@ -163,8 +177,7 @@ class Trainer:
         t = self.step
         decay = min(self.train_cfg.ema_decay, (1 + t) / (10 + t))
         torch._foreach_lerp_(list(self.ema.parameters()), list(self.G.parameters()), 1 - decay)
-        for e, b in zip(self.ema.buffers(), self.G.buffers()):
-            e.copy_(b)
+        torch._foreach_copy_(list(self.ema.buffers()), list(self.G.buffers()))
 
     def _flush_losses(self) -> None:
         """Move pending per-step loss tensors into the running sums (one device sync)."""
@@ -286,6 +299,8 @@ class Trainer:
                 "torch_cuda": None if self._cuda_rng is None else ckpt.rng_to_str(self._cuda_rng),
             },
         }
+        if self._dgen is not None:  # only on CUDA, so CPU checkpoints keep their exact bytes
+            state["rng"]["trainer_cuda"] = ckpt.rng_to_str(self._dgen.get_state())  # type: ignore[index]
         return {
             "generator.safetensors": ckpt.tensors_to_bytes(self.G.state_dict()),
             "discriminator.safetensors": ckpt.tensors_to_bytes(self.D.state_dict()),
@@ -317,6 +332,7 @@ class Trainer:
             trainer_rng = ckpt.rng_from_str("state.json", rng["trainer"])
             cpu_rng = ckpt.rng_from_str("state.json", rng["torch_cpu"])
             cuda_rng = ckpt.rng_from_str("state.json", rng["torch_cuda"]) if rng.get("torch_cuda") else None
+            dgen_rng = ckpt.rng_from_str("state.json", rng["trainer_cuda"]) if rng.get("trainer_cuda") else None
         except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -342,6 +358,8 @@ class Trainer:
         try:
             self._gen.set_state(trainer_rng)
             torch.Generator().set_state(cpu_rng)  # validate before keeping it
+            if self._dgen is not None and dgen_rng is not None:  # a CPU checkpoint keeps the seeded stream
+                self._dgen.set_state(dgen_rng)
         except (RuntimeError, ValueError) as exc:
             raise ckpt.corrupt("state.json", f"bad RNG state ({exc})") from None
         self._cpu_rng, self._cuda_rng = cpu_rng, (cuda_rng if self.cuda else None)

@@ -129,7 +129,9 @@ def submit_generate(
 
 @submit_app.command("train")
 def submit_train(
-    preset: Annotated[str, typer.Option("--preset", help="resnet (CPU GAN default), mlp (baseline GAN) or classifier; see README 'Presets'.")] = TrainRequest.preset,
+    preset: Annotated[
+        str, typer.Option("--preset", help="resnet (CPU GAN default), biggan (GPU-sized GAN, bf16 on CUDA), mlp (baseline GAN) or classifier; see README 'Presets'.")
+    ] = TrainRequest.preset,
     dataset: Annotated[str, typer.Option("--dataset", help="cifar10, an ImageFolder directory or a .tar/.tar.gz of one.")] = TrainRequest.dataset,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (default: the preset's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Default: the preset's.")] = None,

@@ -23,12 +23,24 @@ if TYPE_CHECKING:  # the builders in cganmodel.gan pass their config
     from cganmodel.gan import GANConfig
 
 
-def _xavier(module: nn.Module) -> nn.Module:
+def xavier_init(module: nn.Module) -> nn.Module:
     """Xavier-uniform init of a conv/linear/embedding weight, zero bias; returns the module."""
     nn.init.xavier_uniform_(module.weight)  # type: ignore[arg-type]
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)  # type: ignore[arg-type]
     return module
+
+
+def modulated_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``bn(x)`` (no affine) scaled by a per-sample ``gain`` and shifted by ``bias`` (both (N, C)).
+
+    In eval mode the running statistics are folded into one per-sample affine map (one pass).
+    """
+    if bn.training:
+        return bn(x) * gain[:, :, None, None] + bias[:, :, None, None]
+    scale = gain * torch.rsqrt(bn.running_var + bn.eps)  # type: ignore[operator, arg-type]
+    shift = bias - bn.running_mean * scale  # type: ignore[operator]
+    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -43,24 +55,17 @@ class ConditionalBatchNorm2d(nn.Module):
         nn.init.zeros_(self.bias.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        gain = 1 + self.gain(y)
-        bias = self.bias(y)
-        if self.training:
-            return self.bn(x) * gain[:, :, None, None] + bias[:, :, None, None]
-        # Inference: fold the running statistics into one per-sample affine map (one pass).
-        scale = gain * torch.rsqrt(self.bn.running_var + self.bn.eps)  # type: ignore[operator, arg-type]
-        shift = bias - self.bn.running_mean * scale
-        return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
+        return modulated_batch_norm(self.bn, x, 1 + self.gain(y), self.bias(y))
 
 
 class GBlock(nn.Module):
     def __init__(self, cin: int, cout: int, num_classes: int) -> None:
         super().__init__()
         self.bn1 = ConditionalBatchNorm2d(cin, num_classes)
-        self.conv1 = _xavier(nn.Conv2d(cin, cout, 3, padding=1))
+        self.conv1 = xavier_init(nn.Conv2d(cin, cout, 3, padding=1))
         self.bn2 = ConditionalBatchNorm2d(cout, num_classes)
-        self.conv2 = _xavier(nn.Conv2d(cout, cout, 3, padding=1))
-        self.shortcut = _xavier(nn.Conv2d(cin, cout, 1))
+        self.conv2 = xavier_init(nn.Conv2d(cout, cout, 3, padding=1))
+        self.shortcut = xavier_init(nn.Conv2d(cin, cout, 1))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = F.interpolate(F.relu(self.bn1(x, y), inplace=True), scale_factor=2.0, mode="nearest")
@@ -81,10 +86,10 @@ class ResNetGenerator(nn.Module):
         self.num_classes = cfg.num_classes
         self.image_size = cfg.image_size
         self.c0 = widths[0]
-        self.linear = _xavier(nn.Linear(cfg.z_dim, 16 * widths[0]))
+        self.linear = xavier_init(nn.Linear(cfg.z_dim, 16 * widths[0]))
         self.blocks = nn.ModuleList(GBlock(a, b, cfg.num_classes) for a, b in zip(widths[:-1], widths[1:]))
         self.bn = nn.BatchNorm2d(widths[-1])
-        self.to_rgb = _xavier(nn.Conv2d(widths[-1], 3, 3, padding=1))
+        self.to_rgb = xavier_init(nn.Conv2d(widths[-1], 3, 3, padding=1))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.linear(z).view(-1, self.c0, 4, 4)
@@ -100,9 +105,9 @@ class DBlock(nn.Module):
         super().__init__()
         self.down = down
         self.first = first
-        self.conv1 = spectral_norm(_xavier(nn.Conv2d(cin, cout, 3, padding=1)))
-        self.conv2 = spectral_norm(_xavier(nn.Conv2d(cout, cout, 3, padding=1)))
-        self.shortcut = spectral_norm(_xavier(nn.Conv2d(cin, cout, 1))) if (cin != cout or down) else None
+        self.conv1 = spectral_norm(xavier_init(nn.Conv2d(cin, cout, 3, padding=1)))
+        self.conv2 = spectral_norm(xavier_init(nn.Conv2d(cout, cout, 3, padding=1)))
+        self.shortcut = spectral_norm(xavier_init(nn.Conv2d(cin, cout, 1))) if (cin != cout or down) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.first else F.relu(x)
@@ -127,8 +132,8 @@ class ResNetDiscriminator(nn.Module):
             blocks.append(DBlock(cin, w, down=down, first=(i == 0)))
             cin, res = w, (res // 2 if down else res)
         self.blocks = nn.Sequential(*blocks)
-        self.linear = spectral_norm(_xavier(nn.Linear(cin, 1)))
-        self.embed = spectral_norm(_xavier(nn.Embedding(cfg.num_classes, cin)))
+        self.linear = spectral_norm(xavier_init(nn.Linear(cin, 1)))
+        self.embed = spectral_norm(xavier_init(nn.Embedding(cfg.num_classes, cin)))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.blocks(x)).sum(dim=(2, 3))
