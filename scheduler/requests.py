@@ -149,6 +149,9 @@ def evaluate_spec(table: JobTable, *, model: str, classifier: str | None, **opti
     scorer = resolve(table, classifier or DEFAULT_CLASSIFIER, "classifier")
     if list(scorer.meta["classes"]) != list(generator.meta["classes"]):
         raise InvalidInput(f"classifier {scorer.ref} was trained on other classes than model {generator.ref}")
+    extra = [k for k, v in options.items() if k.startswith("downstream_") and v is not None]
+    if extra and not options.get("downstream"):
+        raise InvalidInput(f"--{extra[0].replace('_', '-')} goes with --downstream")
     spec = _build(EvaluateSpec, dict(options, model=generator.ref, classifier=scorer.ref))
     if spec.reference != "cifar10":
         found = list(_dataset_counts(spec.reference))
@@ -156,7 +159,21 @@ def evaluate_spec(table: JobTable, *, model: str, classifier: str | None, **opti
             raise InvalidInput(
                 f"reference {spec.reference} has classes {', '.join(found)}; model {generator.ref} has {', '.join(generator.meta['classes'])}"
             )
+        if spec.downstream:
+            _check_test_split(spec.reference, list(generator.meta["classes"]))
     return spec
+
+
+def _check_test_split(reference: str, classes: list[str]) -> None:
+    """``--downstream`` tests classifiers on the reference's real test split: it must exist, same classes."""
+    from cganmodel.dataset_index import DataError, count_images
+
+    try:
+        found = list(count_images(reference, split="test", require_split=True))
+    except DataError as exc:
+        raise InvalidInput(f"--downstream needs a reference with a test split: {exc}") from None
+    if found != classes:
+        raise InvalidInput(f"the test split of {reference} has classes {', '.join(found)}; the model has {', '.join(classes)}")
 
 
 def _build(cls, options: dict):
