@@ -27,6 +27,8 @@ from cganmodel.data import ImageData
 
 PRECISION_RECALL_K = 3  # Kynkaanniemi et al. 2019
 DENSITY_COVERAGE_K = 5  # Naeem et al. 2020
+#: PRDC uses at most this many real and this many generated feature vectors (as Naeem et al.: 10k).
+PRDC_MAX_SAMPLES = 10_000
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -212,6 +214,13 @@ def _kth_radii(x: torch.Tensor, ks: Sequence[int], chunk: int) -> dict[int, torc
     return {k: nearest[:, k] for k in ks}
 
 
+def prdc_subset(features: np.ndarray, limit: int = PRDC_MAX_SAMPLES) -> np.ndarray:
+    """At most ``limit`` rows of ``features``: all of them, or a fixed (seed 0) random subset in row order."""
+    if len(features) <= limit:
+        return features
+    return features[np.sort(np.random.default_rng(0).permutation(len(features))[:limit])]
+
+
 def prdc(
     real: np.ndarray,
     fake: np.ndarray,
@@ -250,7 +259,8 @@ def prdc(
 def prdc_metrics(
     real: np.ndarray, fake: np.ndarray, *, space: str, description: str, real_desc: str, fake_desc: str
 ) -> dict[str, Any]:
-    """:func:`prdc` plus its ``prdc_protocol``."""
+    """:func:`prdc` of at most :data:`PRDC_MAX_SAMPLES` of each (:func:`prdc_subset`) plus its ``prdc_protocol``."""
+    real, fake = prdc_subset(real), prdc_subset(fake)
     out: dict[str, Any] = dict(prdc(real, fake))
     out["prdc_protocol"] = {
         "feature_space": space,
@@ -262,5 +272,6 @@ def prdc_metrics(
         "precision_recall": f"Kynkaanniemi et al. 2019, k={PRECISION_RECALL_K}",
         "density_coverage": f"Naeem et al. 2020, k={DENSITY_COVERAGE_K}",
         "distance": "Euclidean, float64",
+        "max_samples": f"{PRDC_MAX_SAMPLES} of each (seed-0 random subset beyond that)",
     }
     return out

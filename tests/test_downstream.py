@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from cganmodel.data import ImageData
-from cganmodel.downstream import downstream_metrics, prdc, stratified_subset
+from cganmodel.downstream import downstream_metrics, prdc, prdc_subset, stratified_subset
 from conftest import cganctl, settings_from_env
 
 torch.set_num_threads(1)
@@ -35,6 +35,8 @@ def test_prdc_of_a_set_against_itself_and_a_shifted_set():
     assert prdc(x, x, chunk=7) == same  # chunking changes nothing
     with pytest.raises(ValueError):
         prdc(x[:5], x)  # fewer points than k + 1
+    assert prdc_subset(x, 500) is x
+    assert np.array_equal(prdc_subset(x, 50), prdc_subset(x, 50)) and len(prdc_subset(x, 50)) == 50
 
 
 # --------------------------------------------------------------------------------------- CAS / gain

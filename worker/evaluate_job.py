@@ -68,7 +68,11 @@ def _reference(
         features_out=features,
     )
     ctx.store.put_bytes(key, stats_to_bytes(stats))
-    features = {space: f.astype("float32") for space, f in features.items()}
+    if not spec.downstream:
+        return stats, None
+    from cganmodel.downstream import prdc_subset
+
+    features = {space: prdc_subset(f).astype("float32") for space, f in features.items()}
     ctx.store.put_bytes(features_key, stats_to_bytes(features))
     return stats, features
 
