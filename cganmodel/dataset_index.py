@@ -29,11 +29,14 @@ def is_image(name: str) -> bool:
     return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def select(paths: list[tuple[str, ...]], split: str, source: str) -> dict[str, list[int]]:
+def select(
+    paths: list[tuple[str, ...]], split: str, source: str, *, require_split: bool = False
+) -> dict[str, list[int]]:
     """Map class name -> indices into ``paths`` (path parts) for ``split``.
 
     Leading folders shared by every file are skipped (e.g. ``cifar10-jpeg/``); if the tree then
-    starts with split folders (``train/``, ``test/``...), ``split`` picks one.
+    starts with split folders (``train/``, ``test/``...), ``split`` picks one. A tree without split
+    folders is all one split, unless ``require_split`` (then it has no ``split``: DataError).
     """
     if not paths:
         raise DataError(f"{source}: no image files found")
@@ -50,6 +53,8 @@ def select(paths: list[tuple[str, ...]], split: str, source: str) -> dict[str, l
             raise DataError(f"{source}: mixes split folders with other folders: {sorted(tops)}")
         keep = [i for i, p in enumerate(paths) if p[depth] == split]
         depth += 1
+    elif require_split:
+        raise DataError(f"{source}: no {split!r} split (no split folders such as train/ and test/)")
     else:
         keep = list(range(len(paths)))
     loose = [paths[i] for i in keep if len(paths[i]) <= depth + 1]
@@ -101,8 +106,10 @@ def resolve(source: str) -> Path:
     return path
 
 
-def count_images(source: str, split: str = "train") -> dict[str, int]:
-    """Images per class in an ImageFolder directory or tarball (``split`` where it has split folders)."""
+def count_images(source: str, split: str = "train", *, require_split: bool = False) -> dict[str, int]:
+    """Images per class in an ImageFolder directory or tarball (``split`` where it has split folders;
+    with ``require_split`` a tree without split folders is a DataError)."""
     path = resolve(source)
     names = list_dir(path) if path.is_dir() else [n for n, _ in iter_tar(path, read=False)]
-    return {c: len(idx) for c, idx in select([parts(n) for n in names], split, source).items()}
+    selected = select([parts(n) for n in names], split, source, require_split=require_split)
+    return {c: len(idx) for c, idx in selected.items()}

@@ -78,10 +78,12 @@ def reference_stats(
     batch_size: int = 250,
     device: torch.device | str = "cpu",
     on_progress: Progress | None = None,
+    features_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Feature statistics of an ImageData (``.images`` uint8 NHWC, ``.labels``, ``.classes``).
 
-    ``max_images`` keeps a fixed (seed 0) random subset. The classifier should be in eval mode."""
+    ``max_images`` keeps a fixed (seed 0) random subset. The classifier should be in eval mode.
+    ``features_out``, if given, receives the raw features of that subset per space (for PRDC)."""
     extractors = _extractors(classifier, inception, device)
     if not extractors:
         raise ValueError("reference_stats needs a classifier and/or inception=True")
@@ -98,6 +100,8 @@ def reference_stats(
     for ex in extractors:
         report = _report(on_progress, f"reference/{ex.name}", 0, len(labels))
         feats = ex.features(images, batch_size=batch_size, on_batch=report)
+        if features_out is not None:
+            features_out[ex.name] = feats
         per_class = ex.name != "inception" or inception_per_class
         stats.update(_space_stats(ex.name, feats, labels, num_classes, per_class))
     return stats
@@ -171,13 +175,15 @@ def evaluate_generator(
     batch_size: int = 250,
     device: torch.device | str = "cpu",
     on_progress: Progress | None = None,
+    features_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """Generate ``samples_per_class`` images of each class with ``G(z, y)`` (on ``device``) and score them.
 
     Metrics: ``label_accuracy`` (+ ``_per_class``: classifier argmax == conditioning label) when a
     classifier is given; ``classifier_fid`` / ``classifier_intra_fid`` (+ ``_mean``) when a reference is
     given too; ``inception_fid`` (+ intra-FID where the reference has per-class Inception stats) when
-    ``inception``; and ``protocol``. Returns the metrics and a labelled PNG grid (8 samples a class)."""
+    ``inception``; and ``protocol``. Returns the metrics and a labelled PNG grid (8 samples a class).
+    ``features_out``, if given, receives the generated images' features per space (for PRDC)."""
     from cganmodel.grid import labelled_grid_png
 
     if inception and reference is None:
@@ -204,6 +210,8 @@ def evaluate_generator(
         assert reference is not None
         report = _report(on_progress, f"features/{ex.name}", 0, len(labels))
         feats = ex.features(images, batch_size=batch_size, on_batch=report)
+        if features_out is not None:
+            features_out[ex.name] = feats
         metrics.update(_fid_metrics(ex.name, feats, labels, classes, reference))
 
     metrics["protocol"] = {

@@ -9,6 +9,7 @@ every shard, checkpoint and evaluation made with it: the formulas are frozen.
 - GAN training: every stream of the trainer is ``mix_seed(train seed, stream[, epoch])``
   (see :data:`TRAIN_STREAMS`).
 - Classifier training: batch order and augmentation streams are ``stream_seed(seed, *keys)``.
+- Downstream evaluation: ``mix_seed(job seed, DOWNSTREAM_STREAMS[...])``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ import hashlib
 
 #: Images per ``generate()`` call of a generate shard: part of what makes a shard's bytes reproducible.
 GENERATE_CHUNK = 500
+
+#: The evaluate job's downstream streams (``mix_seed(job seed, stream)``): the generated training images
+#: and the seeded real subset of the augmentation baseline.
+DOWNSTREAM_STREAMS = {"generated": 1, "real_subset": 2}
 
 #: The GAN trainer's random streams, as the second argument of :func:`mix_seed`.
 TRAIN_STREAMS = {"trainer": 1, "torch_cpu": 2, "epoch_order": 3, "torch_cuda": 4, "trainer_cuda": 5}

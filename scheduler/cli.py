@@ -161,15 +161,22 @@ def submit_evaluate(
     reference_limit: Annotated[Optional[int], typer.Option("--reference-limit", help="Use at most N reference images.")] = None,
     inception: Annotated[bool, typer.Option("--inception/--no-inception", help="Standard Inception FID (slow on CPU).")] = EvaluateRequest.inception,
     seed: Annotated[int, typer.Option("--seed")] = EvaluateRequest.seed,
+    downstream: Annotated[bool, typer.Option("--downstream", help="Also score usefulness: CAS, augmentation gain, precision/recall, density/coverage (needs a reference with a test split).")] = False,
+    downstream_fraction: Annotated[Optional[float], typer.Option("--downstream-fraction", help="Fraction (0, 1] of the real train split in the augmentation baseline.")] = None,
+    downstream_steps: Annotated[Optional[int], typer.Option("--downstream-steps", help="Optimiser steps of each downstream classifier.")] = None,
+    downstream_per_class: Annotated[Optional[int], typer.Option("--downstream-per-class", help="Generated training images per class.")] = None,
+    downstream_min_confidence: Annotated[Optional[float], typer.Option("--downstream-min-confidence", help="Train on generated images the scoring classifier gives their label with p >= P.")] = None,
     queue: QueueOpt = None,
     priority: PriorityOpt = 0,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Score a generator: FID, label accuracy per class, intra-FID, a sample grid."""
+    """Score a generator: FID, label accuracy per class, intra-FID, a sample grid (and usefulness with --downstream)."""
     request = EvaluateRequest(
         model=model, classifier=classifier, reference=reference, samples_per_class=samples_per_class,
-        reference_limit=reference_limit, inception=inception, seed=seed,
+        reference_limit=reference_limit, inception=inception, seed=seed, downstream=downstream,
+        downstream_fraction=downstream_fraction, downstream_steps=downstream_steps,
+        downstream_per_class=downstream_per_class, downstream_min_confidence=downstream_min_confidence,
     )
     _submit(request, queue=queue, priority=priority, wait=wait, as_json=as_json)
 

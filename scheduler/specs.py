@@ -95,6 +95,11 @@ class EvaluateSpec(_Spec):
     reference_limit: int | None = Field(None, gt=0, description="use at most this many reference images")
     inception: bool = True
     seed: int = Field(0, ge=0)
+    downstream: bool = Field(False, description="also score usefulness: CAS, augmentation gain, PRDC")
+    downstream_fraction: float = Field(0.1, gt=0, le=1, description="fraction of the real train split in the augmentation baseline")
+    downstream_steps: int = Field(400, gt=0, le=200_000, description="optimiser steps of every downstream classifier")
+    downstream_per_class: int = Field(500, gt=0, le=50_000, description="generated training images per class")
+    downstream_min_confidence: float | None = Field(None, gt=0, le=1, description="keep generated training images the scoring classifier gives their label with p >= P")
 
 
 class GenerateSpec(_Spec):

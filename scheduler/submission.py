@@ -86,6 +86,11 @@ class EvaluateRequest:
     reference_limit: int | None = None
     inception: bool = True
     seed: int = 0
+    downstream: bool = False  # also score usefulness (cganmodel.downstream): CAS, augmentation gain, PRDC
+    downstream_fraction: float | None = None
+    downstream_steps: int | None = None
+    downstream_per_class: int | None = None
+    downstream_min_confidence: float | None = None
 
 
 Request = GenerateRequest | TrainRequest | EvaluateRequest
@@ -211,15 +216,34 @@ def evaluate_spec(r: EvaluateRequest, models: ModelRegistry) -> EvaluateSpec:
     scorer = models.resolve(r.classifier or DEFAULT_CLASSIFIER, "classifier")
     if list(scorer.meta["classes"]) != list(generator.meta["classes"]):
         raise InvalidInput(f"classifier {scorer.ref} was trained on other classes than model {generator.ref}")
+    downstream = dict(downstream_fraction=r.downstream_fraction, downstream_steps=r.downstream_steps,
+                      downstream_per_class=r.downstream_per_class, downstream_min_confidence=r.downstream_min_confidence)
+    extra = [k for k, v in downstream.items() if v is not None]
+    if extra and not r.downstream:
+        raise InvalidInput(f"--{extra[0].replace('_', '-')} goes with --downstream")
     spec = build(EvaluateSpec, model=generator.ref, classifier=scorer.ref, reference=r.reference, samples_per_class=r.samples_per_class,
-                 reference_limit=r.reference_limit, inception=r.inception, seed=r.seed)
+                 reference_limit=r.reference_limit, inception=r.inception, seed=r.seed, downstream=r.downstream or None, **downstream)
     if spec.reference != "cifar10":
         found = list(_dataset_counts(spec.reference))
         if found != list(generator.meta["classes"]):
             raise InvalidInput(
                 f"reference {spec.reference} has classes {', '.join(found)}; model {generator.ref} has {', '.join(generator.meta['classes'])}"
             )
+        if spec.downstream:
+            _check_test_split(spec.reference, list(generator.meta["classes"]))
     return spec
+
+
+def _check_test_split(reference: str, classes: list[str]) -> None:
+    """``--downstream`` tests classifiers on the reference's real test split: it must exist, same classes."""
+    from cganmodel.dataset_index import DataError, count_images
+
+    try:
+        found = list(count_images(reference, split="test", require_split=True))
+    except DataError as exc:
+        raise InvalidInput(f"--downstream needs a reference with a test split: {exc}") from None
+    if found != classes:
+        raise InvalidInput(f"the test split of {reference} has classes {', '.join(found)}; the model has {', '.join(classes)}")
 
 
 def build(cls: type, **fields: Any) -> Any:

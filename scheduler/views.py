@@ -78,6 +78,7 @@ def print_job(service, job: JobRecord) -> None:
         summary = {k: v for k, v in job.metrics.items() if k != "per_class"}
         console.print("[bold]metrics[/bold]")
         console.print_json(json.dumps(summary, default=str))
+        print_usefulness(job.metrics)
         if per_class:
             print_per_class(per_class)
     if job.artifacts:
@@ -119,8 +120,24 @@ def print_outcome(service, job: JobRecord) -> None:
         for name, key in artifacts.items():
             if isinstance(key, str):
                 typer.echo(f"{name}: {store.location(key)}")
+        if job.metrics:
+            print_usefulness(job.metrics)
         if job.metrics and job.metrics.get("per_class"):
             print_per_class(job.metrics["per_class"])
+
+
+def print_usefulness(metrics: dict) -> None:
+    """One line of the `--downstream` headline figures (the protocols are in the metrics JSON)."""
+    if "cas_accuracy" not in metrics:
+        return
+    space = (metrics.get("prdc_protocol") or {}).get("feature_space", "?")
+    console.print(
+        f"[bold]usefulness[/bold] CAS {metrics['cas_accuracy']:.2%}; augmentation "
+        f"{metrics['augmentation_baseline_accuracy']:.2%} -> {metrics['augmentation_augmented_accuracy']:.2%} "
+        f"(gain {metrics['augmentation_gain']:+.2%}); precision {metrics['precision']:.3f}, recall "
+        f"{metrics['recall']:.3f}, density {metrics['density']:.3f}, coverage {metrics['coverage']:.3f} ({space} features)",
+        highlight=False,
+    )
 
 
 def print_models(records) -> None:

@@ -26,7 +26,10 @@ def _progress(ctx: JobContext):
     return report
 
 
-def _reference(ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedModel, classes: list[str]) -> dict:
+def _reference(
+    ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedModel, classes: list[str]
+) -> tuple[dict, dict | None]:
+    """Reference statistics, and with ``--downstream`` the raw reference features (for PRDC); both cached."""
     from cganmodel.data import load_image_dataset
     from cganmodel.evaluation import reference_stats
     from cganmodel.fid import stats_from_bytes, stats_to_bytes
@@ -43,13 +46,18 @@ def _reference(ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedMod
     }
     digest = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:32]
     key = f"cache/reference-stats/{digest}.safetensors"
+    features_key = f"cache/reference-features/{digest}.safetensors"
     try:
-        return stats_from_bytes(ctx.store.get_bytes(key))
+        stats = stats_from_bytes(ctx.store.get_bytes(key))
+        if not spec.downstream:
+            return stats, None
+        return stats, stats_from_bytes(ctx.store.get_bytes(features_key))
     except NotFound:
         pass
     data = load_image_dataset(spec.reference, split="train", root=str(ctx.runtime.settings.data_dir / "datasets"))
     if list(data.classes) != list(classes):
         raise ValueError(f"reference {spec.reference} has classes {data.classes}, the model has {classes}")
+    features: dict = {}
     stats = reference_stats(
         data,
         classifier=classifier.module,
@@ -57,9 +65,16 @@ def _reference(ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedMod
         max_images=spec.reference_limit,
         device=classifier.device,
         on_progress=_progress(ctx),
+        features_out=features,
     )
     ctx.store.put_bytes(key, stats_to_bytes(stats))
-    return stats
+    if not spec.downstream:
+        return stats, None
+    from cganmodel.downstream import prdc_subset
+
+    features = {space: prdc_subset(f).astype("float32") for space, f in features.items()}
+    ctx.store.put_bytes(features_key, stats_to_bytes(features))
+    return stats, features
 
 
 def run(ctx: JobContext, spec: EvaluateSpec) -> tuple[dict, dict]:
@@ -68,7 +83,8 @@ def run(ctx: JobContext, spec: EvaluateSpec) -> tuple[dict, dict]:
     generator = models.load(ctx.runtime, spec.model, "generator")
     classifier = models.load(ctx.runtime, spec.classifier, "classifier")
     classes = list(generator.record.meta["classes"])
-    reference = _reference(ctx, spec, classifier, classes)
+    reference, reference_features = _reference(ctx, spec, classifier, classes)
+    generated_features: dict = {}
     metrics, grid_png = evaluate_generator(
         generator.module,
         classes,
@@ -79,7 +95,13 @@ def run(ctx: JobContext, spec: EvaluateSpec) -> tuple[dict, dict]:
         inception=spec.inception,
         device=generator.device,
         on_progress=_progress(ctx),
+        features_out=generated_features,
     )
+    if spec.downstream:
+        from .downstream_job import downstream
+
+        assert reference_features is not None, "the reference's features are kept for --downstream"
+        metrics.update(downstream(ctx, spec, generator, classifier, classes, reference_features, generated_features, _progress(ctx)))
     metrics = dict(metrics, model=spec.model, classifier=spec.classifier, reference=spec.reference, per_class=_per_class(metrics, classes))
     metrics_key = ctx.put("metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=float).encode(), "application/json")
     grid_key = ctx.put("samples.png", grid_png, "image/png")
@@ -92,6 +114,14 @@ def _per_class(metrics: dict, classes: list[str]) -> dict[str, dict[str, float]]
         "label_accuracy": metrics.get("label_accuracy_per_class"),
         "classifier_intra_fid": metrics.get("classifier_intra_fid"),
         "inception_intra_fid": metrics.get("inception_intra_fid"),
+        "cas_accuracy": metrics.get("cas_accuracy_per_class"),
+        "augmentation_baseline": _column(metrics.get("augmentation_gain_per_class"), "baseline"),
+        "augmentation_augmented": _column(metrics.get("augmentation_gain_per_class"), "augmented"),
+        "augmentation_gain": _column(metrics.get("augmentation_gain_per_class"), "gain"),
     }
     tables: dict[str, dict] = {name: values for name, values in columns.items() if isinstance(values, dict)}
     return {c: {name: values[c] for name, values in tables.items() if c in values} for c in classes}
+
+
+def _column(table: dict | None, field: str) -> dict | None:
+    return {c: row[field] for c, row in table.items()} if isinstance(table, dict) else None
