@@ -233,6 +233,20 @@ def jobs_cancel(job_id: str) -> None:
         _fail(f"job {job.id} already {outcome}", 2)
 
 
+@jobs_app.command("purge")
+def jobs_purge(job_id: str) -> None:
+    """Delete every stored object of a failed or cancelled job (its row stays, for the record)."""
+    from . import cleanup
+
+    service = _service()
+    service.sweep()
+    job = service.get(job_id)
+    if job.status not in ("failed", "cancelled"):
+        _fail(f"job {job.id} is {job.status}: only failed or cancelled jobs can be purged", 2)
+    deleted = cleanup.purge(service.runtime, job)
+    typer.echo(f"job {job.id}: deleted {deleted} object(s) under {service.runtime.job_key(job.id, '')}")
+
+
 @jobs_app.command("retry")
 def jobs_retry(job_id: str, queue: QueueOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False) -> None:
     """Resubmit a job that did not succeed as a new job that points to the old one."""
