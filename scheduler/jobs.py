@@ -239,7 +239,7 @@ class JobTable:
             return job
         now = utcnow()
         same = job.lease_owner == token
-        if not same and job.status == JobStatus.running.value and lease_live(job.lease_expires_at, now):
+        if not same and lease_live(job.lease_expires_at, now):
             return Claim.busy
         if not same and job.attempts >= job.max_attempts:
             self.fail(job_id, f"gave up after {job.attempts} attempts (worker lost or task redelivered)")
@@ -280,7 +280,7 @@ class JobTable:
             return Claim.finished
         now = utcnow()
         same = shard.lease_owner == token
-        if not same and shard.status == ShardStatus.running.value and lease_live(shard.lease_expires_at, now):
+        if not same and lease_live(shard.lease_expires_at, now):
             return Claim.busy
         if not same and shard.attempts >= job.max_attempts:
             self.fail(job_id, f"shard {index} gave up after {shard.attempts} attempts (worker lost or task redelivered)")

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from contextlib import contextmanager
@@ -95,8 +96,8 @@ class PostgresServer:
 
     def __init__(self, tmp: Path) -> None:
         self.port = _free_port()
-        self.dir = tmp / f"pg-{self.port}"
-        self.dir.mkdir(parents=True)
+        # pytest's tmp folders are 0700 root: user postgres needs a folder of its own it can reach
+        self.dir = Path(tempfile.mkdtemp(prefix="cganctl-faults-pg-"))
         shutil.chown(self.dir, "postgres", "postgres")
         self._as_postgres("initdb", "-D", str(self.dir), "-U", "postgres", "--auth=trust")
         self.start()
@@ -116,6 +117,10 @@ class PostgresServer:
 
     def stop(self) -> None:
         subprocess.run(["runuser", "-u", "postgres", "--", "pg_ctl", "-D", str(self.dir), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _restart_weed(server: S3Server) -> None:
@@ -172,7 +177,7 @@ def fleet(tmp_path: Path, *, own_postgres: bool = False, extra: dict[str, str] |
         redis.stop()
         s3.stop()
         if pg is not None:
-            pg.stop()
+            pg.remove()
         from scheduler.db import _engine_for
 
         _engine_for.cache_clear()

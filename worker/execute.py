@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from scheduler import cleanup
 from scheduler.errors import JobCancelled, ServiceUnavailable
 from scheduler.runtime import Runtime
+from scheduler.specs import ShardStatus
 
 from . import evaluate_job, generate_job, train_job
 from .context import JobContext
@@ -110,12 +111,15 @@ def _run_shard(runtime: Runtime, job_id: str, index: int, worker: str, token: st
         context = JobContext(runtime, job, shard=index, heartbeat=heartbeat)
         try:
             generate_job.make_shard(context, spec, index)
-            generate_job.finalize_if_complete(context, spec)
+            if not generate_job.finalize_if_complete(context, spec):
+                ended = table.get(job_id)
+                if ended.finished and ended.status != "succeeded":  # it ended while this shard ran
+                    cleanup.close_unsuccessful(runtime, ended)
         except JobCancelled:
             if heartbeat.lost:
                 return "lease lost"
             ended = table.get(job_id)
-            table.fail_shard(job_id, index, "cancelled" if not ended.finished or ended.status == "cancelled" else f"stopped: job {ended.status}")
+            table.fail_shard(job_id, index, "cancelled" if not ended.finished or ended.status == "cancelled" else f"stopped: job {ended.status}", ShardStatus.cancelled)
             if not ended.finished:
                 table.mark_cancelled(job_id)
             cleanup.close_unsuccessful(runtime, table.get(job_id))
