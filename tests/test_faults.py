@@ -335,6 +335,41 @@ def test_submit_killed_after_the_row_commits_is_reconciled(tmp_path):
         assert recovery < RECOVERY_BOUND_S, recovery
 
 
+def test_worker_killed_while_writing_the_manifest_is_finalised(tmp_path):
+    with fleet(tmp_path) as f:
+        # a real process runs every shard and is SIGKILLed where the last one would write the manifest
+        script = textwrap.dedent(
+            """
+            import os, signal
+            from scheduler.service import Service
+            from scheduler.submission import GenerateRequest
+            from worker import execute, generate_job
+            service = Service()
+            service.dispatcher.enqueue = lambda job, n: None
+            job = service.submit(service.spec_for(GenerateRequest(count=40, shard_size=10, balanced=True)))
+            print(job.id, flush=True)
+            def dies_at_the_manifest(ctx, spec):
+                if all(s.status == "succeeded" for s in ctx.table.shards(ctx.job.id)):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return False
+            generate_job.finalize_if_complete = dies_at_the_manifest
+            for index in range(4):
+                execute.run_shard(service.runtime, job.id, index)
+            """
+        )
+        result = subprocess.run([sys.executable, "-c", script], env=f.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+        killed = time.monotonic()
+        job_id = result.stdout.split()[0]
+        rt = _table(f.env)
+        assert rt.table.get(job_id).status == "running"
+        assert all(s.status == "succeeded" for s in rt.table.shards(job_id))
+        f.start_worker("w1")
+        _wait_finished(rt, job_id, 120)
+        _report("killed while writing the manifest -> manifest written by the reconciler", time.monotonic() - killed)
+        _assert_consistent(rt, job_id)
+
+
 def test_cancel_generate_job_leaves_final_shards_and_no_objects(tmp_path):
     with fleet(tmp_path) as f:
         f.start_worker("w1")
