@@ -119,6 +119,20 @@ class Claim(str, enum.Enum):
     busy = "busy"  # another delivery holds a live lease on it: this duplicate is dropped
 
 
+def continues(owner: str | None, token: str) -> bool:
+    """True when ``token`` ("<delivery id>:<retry number>") is a later retry of the delivery holding ``owner``.
+
+    Celery's own retry keeps the task id and counts up ``retries``: it continues the same attempt. A
+    redelivery of the very same message (its worker died: same id, same retry number) does not: it is a
+    new attempt, and refused while the lease it would take over is live.
+    """
+    if not owner:
+        return False
+    owner_id, _, owner_n = owner.rpartition(":")
+    token_id, _, token_n = token.rpartition(":")
+    return bool(owner_id) and owner_id == token_id and owner_n.isdigit() and token_n.isdigit() and int(token_n) > int(owner_n)
+
+
 def lease_live(expires_at: datetime | None, now: datetime | None = None) -> bool:
     expires = aware_utc(expires_at)
     return expires is not None and expires > (now or utcnow())
@@ -229,16 +243,16 @@ class JobTable:
     def claim(self, job_id: str, worker: str, token: str | None = None) -> Claim:
         """A delivery of a job's task starts: queued/running -> running, one more attempt, a fresh lease.
 
-        ``token`` names the delivery (the Celery task id, kept across its own retries): the same delivery
-        coming back after a transient error re-claims without counting an attempt; another delivery is
-        refused while a live lease is held (``Claim.busy``).
+        ``token`` names the delivery (``<Celery task id>:<retries>``): the same task coming back through
+        its own retry after a transient error re-claims without counting an attempt (:func:`continues`);
+        any other delivery is refused while a live lease is held (``Claim.busy``) and counts an attempt.
         """
         token = token or worker
         job = self._runnable(job_id)
         if isinstance(job, Claim):
             return job
         now = utcnow()
-        same = job.lease_owner == token
+        same = continues(job.lease_owner, token)
         if not same and lease_live(job.lease_expires_at, now):
             return Claim.busy
         if not same and job.attempts >= job.max_attempts:
@@ -250,7 +264,7 @@ class JobTable:
                 Job.id == job_id,
                 Job.status.in_(ACTIVE),
                 Job.attempts == job.attempts,
-                or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= now, Job.lease_owner == token),
+                or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= now, Job.lease_owner == (job.lease_owner if same else None)),
             )
             .values(
                 status=JobStatus.running.value,
@@ -279,7 +293,7 @@ class JobTable:
         if shard.status in SHARD_FINAL:
             return Claim.finished
         now = utcnow()
-        same = shard.lease_owner == token
+        same = continues(shard.lease_owner, token)
         if not same and lease_live(shard.lease_expires_at, now):
             return Claim.busy
         if not same and shard.attempts >= job.max_attempts:
@@ -292,7 +306,7 @@ class JobTable:
                 Shard.index == index,
                 Shard.status.not_in(SHARD_FINAL),
                 Shard.attempts == shard.attempts,
-                or_(Shard.lease_expires_at.is_(None), Shard.lease_expires_at <= now, Shard.lease_owner == token),
+                or_(Shard.lease_expires_at.is_(None), Shard.lease_expires_at <= now, Shard.lease_owner == (shard.lease_owner if same else None)),
             )
             .values(
                 status=ShardStatus.running.value,

@@ -154,19 +154,21 @@ def test_model_versions(table):
 
 def test_lease_renewal_same_delivery_and_duty(table):
     job = _create(table, _generate(8, 4), shards=[4, 4])
-    assert table.claim_shard(job.id, 0, "w1", "task-a") == "ok"
+    assert table.claim_shard(job.id, 0, "w1", "task-a:0") == "ok"
     first = table.shards(job.id)[0]
-    assert first.lease_owner == "task-a" and first.lease_expires_at > first.heartbeat_at
-    assert table.renew_lease(job.id, "task-a", shard=0)
-    assert not table.renew_lease(job.id, "task-b", shard=0)  # not its lease
-    assert table.claim_shard(job.id, 0, "w2", "task-b") == "busy"
-    # the same delivery back after a transient error re-claims without counting an attempt
-    assert table.claim_shard(job.id, 0, "w1", "task-a") == "ok"
+    assert first.lease_owner == "task-a:0" and first.lease_expires_at > first.heartbeat_at
+    assert table.renew_lease(job.id, "task-a:0", shard=0)
+    assert not table.renew_lease(job.id, "task-b:0", shard=0)  # not its lease
+    assert table.claim_shard(job.id, 0, "w2", "task-b:0") == "busy"
+    # a redelivery of the same message (same id, same retry number) is refused while the lease lives
+    assert table.claim_shard(job.id, 0, "w2", "task-a:0") == "busy"
+    # the task's own retry after a transient error re-claims without counting an attempt
+    assert table.claim_shard(job.id, 0, "w1", "task-a:1") == "ok"
     assert table.shards(job.id)[0].attempts == 1
     assert table.live_leases(job.id)
     _expire_leases(table, job.id)
     assert not table.live_leases(job.id)
-    assert table.claim_shard(job.id, 0, "w2", "task-b") == "ok"
+    assert table.claim_shard(job.id, 0, "w2", "task-a:1") == "ok"  # redelivered after its worker died
     assert table.shards(job.id)[0].attempts == 2
     # the reconciler duty: one holder at a time, taken over once it lapses
     assert table.hold_duty("reconciler", "w1", 30)

@@ -95,7 +95,9 @@ def _worker_name(task: Task) -> str:
 
 
 def _run(task: Task, job_id: str, shard: int | None = None) -> str:
-    token = task.request.id  # kept by the task's own retries: they re-claim without a new attempt
+    # "<id>:<retries>": the task's own retries continue its attempt; a redelivery (same id, same
+    # retries: its worker died) is a new attempt (scheduler.jobs.continues)
+    token = f"{task.request.id}:{task.request.retries}"
     try:
         if shard is None:
             return execute.run_job(runtime(), job_id, _worker_name(task), token)
