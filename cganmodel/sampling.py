@@ -30,16 +30,34 @@ class Generated:
     stats: dict[int, dict[str, int]] = field(default_factory=dict)  # {class: {"generated", "accepted"}}
 
 
+MAX_NOISE_REDRAWS = 2000  # redraw rounds of sample_noise before a truncation is judged too small
+
+
 def sample_noise(n: int, z_dim: int, gen: torch.Generator, truncation: float | None = None) -> torch.Tensor:
-    """``n`` standard-normal latents; with ``truncation``, entries with ``|z| > truncation`` are redrawn."""
+    """``n`` standard-normal latents; with ``truncation``, entries with ``|z| > truncation`` are redrawn.
+
+    Each round redraws every entry still outside ``[-truncation, truncation]``; a round keeps a fresh
+    draw with probability ``p = erf(truncation / sqrt(2))``, so about ``ln(n * z_dim) / p`` rounds are
+    needed. A truncation that would need more than ``MAX_NOISE_REDRAWS`` rounds is refused at once
+    (``GenerationError``), and the loop itself stops there too: it can never spin forever.
+    """
     z = torch.randn(n, z_dim, generator=gen)
     if truncation is not None:
-        while True:
+        keep = math.erf(truncation / math.sqrt(2.0))
+        needed = math.log(max(n * z_dim, 2)) / keep if keep > 0 else math.inf
+        if needed > MAX_NOISE_REDRAWS:
+            raise GenerationError(
+                f"truncation {truncation:g} is too small: a draw lands inside it with probability {keep:.2g}, "
+                f"so about {needed:.3g} redraw rounds would be needed (at most {MAX_NOISE_REDRAWS}); use a larger truncation"
+            )
+        for _ in range(MAX_NOISE_REDRAWS):
             bad = z.abs() > truncation
             count = int(bad.sum())
             if count == 0:
                 break
             z[bad] = torch.randn(count, generator=gen)
+        else:
+            raise GenerationError(f"truncation {truncation:g} is too small: noise still outside it after {MAX_NOISE_REDRAWS} redraw rounds")
     return z
 
 

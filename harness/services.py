@@ -163,7 +163,7 @@ def workers(
             worker.stop()
 
 
-def wait_for(predicate, timeout: float = 60, interval: float = 0.2):
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
     """Poll ``predicate()`` until it returns something truthy (returned) or ``timeout`` seconds pass (AssertionError)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -171,7 +171,7 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2):
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError("condition not met in time")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def usable_cores() -> int:

@@ -196,7 +196,9 @@ def jobs_list(
         _fail(f"unknown status {status!r}; choose one of {', '.join(JobStatus.__members__)}", 2)
     if kind and kind not in JobKind.__members__:
         _fail(f"unknown kind {kind!r}; choose one of {', '.join(JobKind.__members__)}", 2)
-    jobs = _service().list(status=status, kind=kind, limit=limit)
+    service = _service()
+    service.sweep()
+    jobs = service.list(status=status, kind=kind, limit=limit)
     if as_json:
         _emit_json([j.to_dict() for j in jobs])
     else:
@@ -209,6 +211,7 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
     from .views import job_details, print_job
 
     service = _service()
+    service.sweep()
     job = service.get(job_id)
     if as_json:
         _emit_json(job_details(service, job))
@@ -220,6 +223,7 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
 def jobs_watch(job_id: str) -> None:
     """Follow a job with a progress bar until it ends."""
     service = _service()
+    service.sweep()
     _follow(service, service.get(job_id).id)
 
 
@@ -227,6 +231,7 @@ def jobs_watch(job_id: str) -> None:
 def jobs_cancel(job_id: str) -> None:
     """Cancel: a queued job at once, a running one at its next step boundary."""
     service = _service()
+    service.sweep()
     job = service.get(job_id)
     outcome = service.cancel(job.id)
     if outcome == "cancelled":
@@ -237,10 +242,25 @@ def jobs_cancel(job_id: str) -> None:
         _fail(f"job {job.id} already {outcome}", 2)
 
 
+@jobs_app.command("purge")
+def jobs_purge(job_id: str) -> None:
+    """Delete every stored object of a failed or cancelled job (its row stays, for the record)."""
+    from . import cleanup
+
+    service = _service()
+    service.sweep()
+    job = service.get(job_id)
+    if job.status not in ("failed", "cancelled"):
+        _fail(f"job {job.id} is {job.status}: only failed or cancelled jobs can be purged", 2)
+    deleted = cleanup.purge(service.runtime, job)
+    typer.echo(f"job {job.id}: deleted {deleted} object(s) under {service.runtime.job_key(job.id, '')}")
+
+
 @jobs_app.command("retry")
 def jobs_retry(job_id: str, queue: QueueOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False) -> None:
-    """Resubmit a failed or cancelled job as a new job that points to the old one."""
+    """Resubmit a job that did not succeed as a new job that points to the old one."""
     service = _service()
+    service.sweep()
     job = service.retry(job_id, queue=queue)
     if not as_json:
         typer.echo(f"job {job.id} {job.kind} submitted (retry of {job.retry_of})")

@@ -38,10 +38,14 @@ class CeleryDispatcher:
         return url
 
     def enqueue(self, job: JobRecord, shard_count: int) -> None:
+        self.send(job, list(range(shard_count)) if job.kind == "generate" else None)
+
+    def send(self, job: JobRecord, shards: list[int] | None) -> None:
+        """Send the job's message, or one per listed shard (also the reconciler's re-send)."""
         from worker.celery_app import TASK_FOR_KIND, broker_priority
 
         name = TASK_FOR_KIND[job.kind]
-        argsets = [(job.id, i) for i in range(shard_count)] if job.kind == "generate" else [(job.id,)]
+        argsets = [(job.id, i) for i in shards] if shards is not None else [(job.id,)]
         options = {"queue": job.queue, "priority": broker_priority(job.priority)}
         try:
             with self.app.producer_or_acquire() as producer:
@@ -72,18 +76,27 @@ class InlineDispatcher:
         return "none: jobs run in-process"
 
     def enqueue(self, job: JobRecord, shard_count: int) -> None:
+        import uuid
+
         from worker import execute
+        from worker.heartbeat import Heartbeat
 
         def run() -> None:
+            table = self.runtime.table
             try:
                 if job.kind == "generate":
-                    for index in range(shard_count):
-                        execute.run_shard(self.runtime, job.id, index)
+                    # the job's own lease says "this process is running it" between shards too
+                    token = f"inline-{uuid.uuid4().hex}"
+                    table.take_lease(job.id, token)
+                    with Heartbeat(table, job.id, token, self.runtime.settings.heartbeat_interval):
+                        for index in range(shard_count):
+                            execute.run_shard(self.runtime, job.id, index)
+                    table.release_lease(job.id, token)
                 else:
                     execute.run_job(self.runtime, job.id)
             except Exception as exc:  # the job row already says why; make sure it is not left running
                 log.exception("in-process job %s failed", job.id)
-                self.runtime.table.fail(job.id, f"{type(exc).__name__}: {exc}")
+                table.fail(job.id, f"{type(exc).__name__}: {exc}")
 
         thread = threading.Thread(target=run, name=f"job-{job.id[:8]}")
         thread.start()

@@ -9,17 +9,17 @@ import builtins
 import dataclasses
 import enum
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .db import Job, Shard, aware_utc, utcnow
+from .db import Job, ServiceLease, Shard, aware_utc, utcnow
 from .errors import InvalidInput, NotFound, ServiceUnavailable
-from .specs import FINISHED, JobStatus, ShardStatus, parse_spec
+from .specs import FINISHED, SHARD_FINAL, JobStatus, ShardStatus, parse_spec
 
 ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
 
@@ -48,11 +48,15 @@ class JobRecord:
     artifacts: dict | None
     cancel_requested: bool
     retry_of: str | None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    sent_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Job) -> "JobRecord":
         values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
-        for name in ("created_at", "started_at", "finished_at", "updated_at"):
+        for name in ("created_at", "started_at", "finished_at", "updated_at", "lease_expires_at", "heartbeat_at", "sent_at"):
             values[name] = aware_utc(values[name])
         return cls(**values)
 
@@ -65,7 +69,7 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for name in ("created_at", "started_at", "finished_at", "updated_at"):
+        for name in ("created_at", "started_at", "finished_at", "updated_at", "lease_expires_at", "heartbeat_at", "sent_at"):
             data[name] = data[name].isoformat() if data[name] else None
         return data
 
@@ -86,17 +90,20 @@ class ShardRecord:
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    heartbeat_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Shard) -> "ShardRecord":
         values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
-        for name in ("started_at", "finished_at"):
+        for name in ("started_at", "finished_at", "lease_expires_at", "heartbeat_at"):
             values[name] = aware_utc(values[name])
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for name in ("started_at", "finished_at"):
+        for name in ("started_at", "finished_at", "lease_expires_at", "heartbeat_at"):
             data[name] = data[name].isoformat() if data[name] else None
         return data
 
@@ -109,11 +116,35 @@ class Claim(str, enum.Enum):
     cancelled = "cancelled"  # a cancel was asked for: now marked cancelled
     exhausted = "exhausted"  # the attempt cap is reached: the job is now failed
     missing = "missing"  # no such job (or shard) row
+    busy = "busy"  # another delivery holds a live lease on it: this duplicate is dropped
+
+
+def continues(owner: str | None, token: str) -> bool:
+    """True when ``token`` ("<delivery id>:<retry number>") is a later retry of the delivery holding ``owner``.
+
+    Celery's own retry keeps the task id and counts up ``retries``: it continues the same attempt. A
+    redelivery of the very same message (its worker died: same id, same retry number) does not: it is a
+    new attempt, and refused while the lease it would take over is live.
+    """
+    if not owner:
+        return False
+    owner_id, _, owner_n = owner.rpartition(":")
+    token_id, _, token_n = token.rpartition(":")
+    return bool(owner_id) and owner_id == token_id and owner_n.isdigit() and token_n.isdigit() and int(token_n) > int(owner_n)
+
+
+def lease_live(expires_at: datetime | None, now: datetime | None = None) -> bool:
+    expires = aware_utc(expires_at)
+    return expires is not None and expires > (now or utcnow())
 
 
 class JobTable:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lease_timeout: float = 45.0) -> None:
         self.engine = engine
+        self.lease_timeout = lease_timeout
+
+    def _lease_until(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.lease_timeout)
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -209,31 +240,49 @@ class JobTable:
             return Claim.cancelled
         return job
 
-    def claim(self, job_id: str, worker: str) -> Claim:
-        """A delivery of a job's task starts: queued/running -> running, one more attempt."""
+    def claim(self, job_id: str, worker: str, token: str | None = None) -> Claim:
+        """A delivery of a job's task starts: queued/running -> running, one more attempt, a fresh lease.
+
+        ``token`` names the delivery (``<Celery task id>:<retries>``): the same task coming back through
+        its own retry after a transient error re-claims without counting an attempt (:func:`continues`);
+        any other delivery is refused while a live lease is held (``Claim.busy``) and counts an attempt.
+        """
+        token = token or worker
         job = self._runnable(job_id)
         if isinstance(job, Claim):
             return job
-        if job.attempts >= job.max_attempts:
+        now = utcnow()
+        same = continues(job.lease_owner, token)
+        if not same and lease_live(job.lease_expires_at, now):
+            return Claim.busy
+        if not same and job.attempts >= job.max_attempts:
             self.fail(job_id, f"gave up after {job.attempts} attempts (worker lost or task redelivered)")
             return Claim.exhausted
-        now = utcnow()
         changed = self._write(
             update(Job)
-            .where(Job.id == job_id, Job.status.in_(ACTIVE), Job.attempts == job.attempts)
+            .where(
+                Job.id == job_id,
+                Job.status.in_(ACTIVE),
+                Job.attempts == job.attempts,
+                or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= now, Job.lease_owner == (job.lease_owner if same else None)),
+            )
             .values(
                 status=JobStatus.running.value,
-                attempts=Job.attempts + 1,
+                attempts=Job.attempts + (0 if same else 1),
                 worker=worker,
                 started_at=func.coalesce(Job.started_at, now),
                 updated_at=now,
                 error=None,
+                lease_owner=token,
+                lease_expires_at=self._lease_until(now),
+                heartbeat_at=now,
             )
         )
-        return Claim.ok if changed else self.claim(job_id, worker)
+        return Claim.ok if changed else self.claim(job_id, worker, token)
 
-    def claim_shard(self, job_id: str, index: int, worker: str) -> Claim:
+    def claim_shard(self, job_id: str, index: int, worker: str, token: str | None = None) -> Claim:
         """Like :meth:`claim` for one shard; the job turns running with its first shard."""
+        token = token or worker
         job = self._runnable(job_id)
         if isinstance(job, Claim):
             return job
@@ -241,31 +290,106 @@ class JobTable:
             shard = session.get(Shard, (job_id, index))
         if shard is None:
             return Claim.missing
-        if shard.status == ShardStatus.succeeded.value:
+        if shard.status in SHARD_FINAL:
             return Claim.finished
-        if shard.attempts >= job.max_attempts:
+        now = utcnow()
+        same = continues(shard.lease_owner, token)
+        if not same and lease_live(shard.lease_expires_at, now):
+            return Claim.busy
+        if not same and shard.attempts >= job.max_attempts:
             self.fail(job_id, f"shard {index} gave up after {shard.attempts} attempts (worker lost or task redelivered)")
             return Claim.exhausted
-        now = utcnow()
         changed = self._write(
             update(Shard)
-            .where(Shard.job_id == job_id, Shard.index == index, Shard.status != ShardStatus.succeeded.value, Shard.attempts == shard.attempts)
-            .values(status=ShardStatus.running.value, attempts=Shard.attempts + 1, worker=worker, started_at=now, done=0, error=None)
+            .where(
+                Shard.job_id == job_id,
+                Shard.index == index,
+                Shard.status.not_in(SHARD_FINAL),
+                Shard.attempts == shard.attempts,
+                or_(Shard.lease_expires_at.is_(None), Shard.lease_expires_at <= now, Shard.lease_owner == (shard.lease_owner if same else None)),
+            )
+            .values(
+                status=ShardStatus.running.value,
+                attempts=Shard.attempts + (0 if same else 1),
+                worker=worker,
+                started_at=now,
+                done=0,
+                error=None,
+                lease_owner=token,
+                lease_expires_at=self._lease_until(now),
+                heartbeat_at=now,
+            )
         )
         if not changed:
-            return self.claim_shard(job_id, index, worker)
+            return self.claim_shard(job_id, index, worker, token)
+        attempts = shard.attempts + (0 if same else 1)
         self._write(
             update(Job)
             .where(Job.id == job_id, Job.status.in_(ACTIVE))
             .values(
                 status=JobStatus.running.value,
                 started_at=func.coalesce(Job.started_at, now),
-                attempts=func.max(Job.attempts, shard.attempts + 1) if self._sqlite else func.greatest(Job.attempts, shard.attempts + 1),
+                attempts=func.max(Job.attempts, attempts) if self._sqlite else func.greatest(Job.attempts, attempts),
                 worker=worker,
                 updated_at=now,
             )
         )
         return Claim.ok
+
+    # --- leases -----------------------------------------------------------------------------------
+    def renew_lease(self, job_id: str, token: str, shard: int | None = None) -> bool:
+        """The heartbeat: push the lease forward; False once this delivery no longer holds it."""
+        now = utcnow()
+        values = {"lease_expires_at": self._lease_until(now), "heartbeat_at": now}
+        if shard is None:
+            statement = update(Job).where(Job.id == job_id, Job.lease_owner == token, Job.status.in_(ACTIVE))
+        else:
+            statement = update(Shard).where(
+                Shard.job_id == job_id, Shard.index == shard, Shard.lease_owner == token, Shard.status == ShardStatus.running.value
+            )
+        return bool(self._write(statement.values(**values)))
+
+    def take_lease(self, job_id: str, token: str) -> None:
+        """The embedded dispatcher holds the job's lease while its thread runs the job's shards."""
+        now = utcnow()
+        self._write(update(Job).where(Job.id == job_id).values(lease_owner=token, lease_expires_at=self._lease_until(now), heartbeat_at=now))
+
+    def release_lease(self, job_id: str, token: str, shard: int | None = None) -> None:
+        if shard is None:
+            statement = update(Job).where(Job.id == job_id, Job.lease_owner == token)
+        else:
+            statement = update(Shard).where(Shard.job_id == job_id, Shard.index == shard, Shard.lease_owner == token)
+        self._write(statement.values(lease_expires_at=None))
+
+    def live_leases(self, job_id: str) -> bool:
+        """True while a delivery is known to be running the job (or one of its shards)."""
+        job = self.get(job_id)
+        now = utcnow()
+        if lease_live(job.lease_expires_at, now):
+            return True
+        return any(s.status == ShardStatus.running.value and lease_live(s.lease_expires_at, now) for s in self.shards(job.id))
+
+    def mark_sent(self, job_id: str) -> None:
+        self._write(update(Job).where(Job.id == job_id).values(sent_at=utcnow()))
+
+    def hold_duty(self, name: str, owner: str, seconds: float) -> bool:
+        """Take or keep the service lease ``name`` (e.g. the reconciler) for ``seconds``; False if another holds it."""
+        now = utcnow()
+        until = now + timedelta(seconds=seconds)
+        if self._write(
+            update(ServiceLease)
+            .where(ServiceLease.name == name, or_(ServiceLease.owner == owner, ServiceLease.expires_at <= now))
+            .values(owner=owner, expires_at=until)
+        ):
+            return True
+        try:
+            with self._session() as session, session.begin():
+                if session.get(ServiceLease, name) is not None:
+                    return False
+                session.add(ServiceLease(name=name, owner=owner, expires_at=until))
+        except SQLAlchemyError:  # another process inserted it first
+            return False
+        return True
 
     @property
     def _sqlite(self) -> bool:
@@ -296,16 +420,32 @@ class JobTable:
         changed = self._write(
             update(Shard)
             .where(Shard.job_id == job_id, Shard.index == index, Shard.status == ShardStatus.running.value)
-            .values(status=ShardStatus.succeeded.value, done=Shard.count, key=key, sha256=sha256, size=size, stats=stats, finished_at=utcnow())
+            .values(
+                status=ShardStatus.succeeded.value, done=Shard.count, key=key, sha256=sha256, size=size, stats=stats,
+                finished_at=utcnow(), lease_expires_at=None,
+            )
         )
         self._sync_job_progress(job_id)
         return bool(changed)
 
-    def fail_shard(self, job_id: str, index: int, error: str) -> None:
+    def fail_shard(self, job_id: str, index: int, error: str, status: ShardStatus = ShardStatus.failed) -> None:
         self._write(
             update(Shard)
-            .where(Shard.job_id == job_id, Shard.index == index, Shard.status != ShardStatus.succeeded.value)
-            .values(status=ShardStatus.failed.value, error=error, finished_at=utcnow())
+            .where(Shard.job_id == job_id, Shard.index == index, Shard.status.not_in(SHARD_FINAL))
+            .values(status=status.value, error=error, finished_at=utcnow(), lease_expires_at=None)
+        )
+
+    def end_open_shards(self, job_id: str, status: ShardStatus, error: str) -> int:
+        """A job ended: every shard not final (and not running under a live lease) becomes ``status``."""
+        now = utcnow()
+        return self._write(
+            update(Shard)
+            .where(
+                Shard.job_id == job_id,
+                Shard.status.not_in(SHARD_FINAL),
+                or_(Shard.status != ShardStatus.running.value, Shard.lease_expires_at.is_(None), Shard.lease_expires_at <= now),
+            )
+            .values(status=status.value, error=error, finished_at=now, lease_expires_at=None)
         )
 
     def shards(self, job_id: str) -> builtins.list[ShardRecord]:
@@ -319,7 +459,7 @@ class JobTable:
             self._write(
                 update(Job)
                 .where(Job.id == job_id, Job.status == JobStatus.running.value)
-                .values(status=JobStatus.succeeded.value, finished_at=now, updated_at=now, metrics=metrics, artifacts=artifacts)
+                .values(status=JobStatus.succeeded.value, finished_at=now, updated_at=now, metrics=metrics, artifacts=artifacts, lease_expires_at=None)
             )
         )
 
@@ -329,7 +469,7 @@ class JobTable:
             self._write(
                 update(Job)
                 .where(Job.id == job_id, Job.status.in_(ACTIVE))
-                .values(status=JobStatus.failed.value, error=error[:4000], finished_at=now, updated_at=now)
+                .values(status=JobStatus.failed.value, error=error[:4000], finished_at=now, updated_at=now, lease_expires_at=None)
             )
         )
 
@@ -354,7 +494,7 @@ class JobTable:
             self._write(
                 update(Job)
                 .where(Job.id == job_id, Job.status.in_(ACTIVE))
-                .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now, updated_at=now)
+                .values(status=JobStatus.cancelled.value, cancel_requested=True, finished_at=now, updated_at=now, lease_expires_at=None)
             )
         )
 

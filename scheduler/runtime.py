@@ -22,7 +22,7 @@ class Runtime:
     @cached_property
     def table(self) -> JobTable:
         require_schema(self.settings)
-        return JobTable(get_engine(self.settings))
+        return JobTable(get_engine(self.settings), lease_timeout=self.settings.lease_timeout)
 
     @cached_property
     def models(self) -> ModelRegistry:

@@ -6,6 +6,7 @@ so there is never a row without a task. A task whose row is gone is dropped by t
 """
 from __future__ import annotations
 
+import builtins
 import time
 from typing import Callable, Iterator
 
@@ -76,17 +77,47 @@ class Service:
     def list(self, **filters) -> list[JobRecord]:
         return self.table.list(**filters)
 
+    def sweep(self) -> "builtins.list[str]":
+        """On the embedded default, fail jobs whose process died (``reconcile.embedded_pass``).
+
+        With a broker the workers reconcile; then this does nothing.
+        """
+        if not self.runtime.settings.embedded:
+            return []
+        from .reconcile import embedded_pass
+
+        return embedded_pass(self.runtime)
+
     def cancel(self, job_id: str) -> str:
-        return self.table.request_cancel(self.get(job_id).id)
+        """Cancel: at once when nothing runs it (queued, or its worker is gone), else at its next check."""
+        from . import cleanup
+
+        job_id = self.get(job_id).id
+        outcome = self.table.request_cancel(job_id)
+        if outcome == "cancelling" and not self.table.live_leases(job_id):
+            self.table.mark_cancelled(job_id)
+            outcome = JobStatus.cancelled.value
+        if outcome == JobStatus.cancelled.value:
+            cleanup.close_unsuccessful(self.runtime, self.table.get(job_id))
+        return outcome
 
     def retry(self, job_id: str, *, queue: str | None = None, priority: int | None = None) -> JobRecord:
-        """Resubmit a failed or cancelled job as a new job pointing at the old one.
+        """Resubmit a job that did not succeed as a new job pointing at the old one.
 
+        A job still active is first failed, unless a worker holds a live lease on it (then: refused).
         A train job's retry resumes from the old job's latest checkpoint.
         """
+        from . import cleanup
+
         old = self.get(job_id)
-        if old.status not in (JobStatus.failed.value, JobStatus.cancelled.value):
-            raise InvalidInput(f"job {old.id} is {old.status}: only failed or cancelled jobs can be retried")
+        if old.status == JobStatus.succeeded.value:
+            raise InvalidInput(f"job {old.id} succeeded: there is nothing to retry")
+        if not old.finished:
+            if self.table.live_leases(old.id):
+                raise InvalidInput(f"job {old.id} is {old.status} and its worker is alive (lease renewed): cancel it first or wait for it")
+            self.table.fail(old.id, "abandoned: retried while no worker was running it")
+            cleanup.close_unsuccessful(self.runtime, self.table.get(old.id))
+            old = self.get(old.id)
         spec = old.parsed_spec()
         if isinstance(spec, TrainSpec):
             spec = spec.model_copy(update={"resume_from": old.id})
@@ -95,7 +126,11 @@ class Service:
     def follow(self, job_id: str, interval: float = 0.5) -> Iterator[JobRecord]:
         """Yield the job's row each time it changes, until it has finished."""
         last = None
+        swept = time.monotonic()
         while True:
+            if time.monotonic() - swept > 2:
+                swept = time.monotonic()
+                self.sweep()
             job = self.get(job_id)
             if job.updated_at != last or job.finished:
                 last = job.updated_at

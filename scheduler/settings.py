@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     task_time_limit: int = Field(default=5 * 3600 + 600, gt=0, description="Seconds before a task is killed.")
     visibility_timeout: int = Field(default=6 * 3600, gt=0, description="Redis visibility timeout; longer than the longest task.")
     metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Port of a worker's Prometheus /metrics; unset: no endpoint.")
+    heartbeat_interval: float = Field(default=10.0, gt=0, description="Seconds between lease renewals of a running task.")
+    lease_timeout: float = Field(default=45.0, gt=0, description="Seconds without a renewal after which a running task's worker counts as gone.")
+    reconcile_interval: float = Field(default=15.0, gt=0, description="Seconds between reconciliation passes (one worker at a time).")
+    requeue_grace: float = Field(default=30.0, ge=0, description="Age after which queued work the broker does not hold is sent again.")
+    transient_retry_budget: float = Field(default=600.0, gt=0, description="Seconds of back-off a task spends on an unavailable service before its job fails.")
 
     @field_validator("database_url", "broker_url", "s3_bucket", "s3_endpoint_url", "metrics_port", mode="before")
     @classmethod

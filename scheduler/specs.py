@@ -36,8 +36,11 @@ class ShardStatus(str, enum.Enum):
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
+    cancelled = "cancelled"
 
 
+SHARD_FINAL = (ShardStatus.succeeded.value, ShardStatus.failed.value, ShardStatus.cancelled.value)
+MIN_TRUNCATION = 0.05  # GenerateSpec.truncation's lower bound (ge=): ~300 noise redraw rounds at most
 FINISHED = tuple(s.value for s in JobStatus if s.finished)
 OUTPUT_FORMATS = ("webdataset", "imagefolder", "npz")
 
@@ -107,7 +110,10 @@ class GenerateSpec(_Spec):
     model: str = Field(..., description="NAME:VERSION, resolved at submit")
     counts: dict[str, int] = Field(..., description="images per class name, in the model's class order")
     seed: int = Field(0, ge=0)
-    truncation: float | None = Field(None, gt=0, allow_inf_nan=False)
+    truncation: float | None = Field(
+        None, ge=MIN_TRUNCATION, allow_inf_nan=False,
+        description="noise magnitude cut-off; at least MIN_TRUNCATION (smaller values need unbounded redraws)",
+    )
     min_confidence: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     classifier: str | None = Field(None, description="NAME:VERSION used with min_confidence")
     format: Literal["webdataset", "imagefolder", "npz"] = "webdataset"

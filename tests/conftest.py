@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from harness.services import Worker, base_env, postgres_database, redis_database, start_s3
+from harness.services import Worker, base_env, postgres_database, redis_database, settings_from_env, start_s3
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +55,17 @@ def fleet_env(tmp_path, pg_url, redis_url, s3) -> dict[str, str]:
         CGAN_S3_SECRET_ACCESS_KEY="test-secret-do-not-print",
     )
     return env
+
+
+@pytest.fixture
+def table(fleet_env):
+    """The fleet's job table (PostgreSQL), migrated."""
+    from scheduler import db
+    from scheduler.jobs import JobTable
+
+    settings = settings_from_env(fleet_env)
+    db.upgrade(settings)
+    return JobTable(db.get_engine(settings))
 
 
 @pytest.fixture

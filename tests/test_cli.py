@@ -128,7 +128,7 @@ def test_same_seed_same_bytes(embedded_env):
 
 
 def test_db_upgrade_and_status(embedded_env):
-    assert "at revision 0001" in cganctl(embedded_env, "db", "upgrade", check=True).stdout
+    assert "at revision 0002" in cganctl(embedded_env, "db", "upgrade", check=True).stdout
     status = json.loads(cganctl(embedded_env, "status", "--json", check=True).stdout)
     assert all(part["ok"] for part in status["services"].values()) and status["workers"] is None
 

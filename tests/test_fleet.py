@@ -11,18 +11,9 @@ import pytest
 
 from harness.datasets import tiny_image_folder
 from harness.services import cganctl, settings_from_env, wait_for
-from scheduler import db
-from scheduler.jobs import JobTable
 from scheduler.store import S3Store
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def table(fleet_env) -> JobTable:
-    settings = settings_from_env(fleet_env)
-    db.upgrade(settings)
-    return JobTable(db.get_engine(settings))
 
 
 @pytest.fixture

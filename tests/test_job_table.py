@@ -20,7 +20,7 @@ def table(request, tmp_path) -> JobTable:
     assert db.upgrade(settings) == db.head_revision(settings)
     engine = db.get_engine(settings)
     with engine.begin() as connection:  # a clean slate on the shared session database
-        for name in ("models", "job_shards", "jobs"):
+        for name in ("models", "job_shards", "jobs", "service_leases"):
             connection.exec_driver_sql(f"DELETE FROM {name}")
     return JobTable(engine)
 
@@ -59,10 +59,25 @@ def test_lifecycle_and_late_delivery_never_moves_back(table):
     assert done.finished_at >= done.started_at >= done.created_at
 
 
+def _expire_leases(table: JobTable, job_id: str) -> None:
+    """What a dead worker leaves behind: its lease is in the past."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    past = db.utcnow() - timedelta(seconds=1)
+    with table.engine.begin() as c:
+        c.execute(update(db.Job).where(db.Job.id == job_id).values(lease_expires_at=past))
+        c.execute(update(db.Shard).where(db.Shard.job_id == job_id).values(lease_expires_at=past))
+
+
 def test_attempt_cap_fails_the_job(table):
     job = _create(table, max_attempts=2)
     assert table.claim(job.id, "w1") == "ok"
+    assert table.claim(job.id, "w2") == "busy"  # a duplicate while w1's lease is live: dropped
+    _expire_leases(table, job.id)
     assert table.claim(job.id, "w2") == "ok"  # redelivered after a lost worker
+    _expire_leases(table, job.id)
     assert table.claim(job.id, "w3") == "exhausted"
     failed = table.get(job.id)
     assert failed.status == "failed" and "gave up after 2 attempts" in failed.error
@@ -145,3 +160,29 @@ def test_packaged_head_revision_matches_alembic():
 
     settings = Settings(data_dir="/nonexistent")
     assert head_revision() == ScriptDirectory.from_config(db.alembic_config(settings)).get_current_head()
+
+
+def test_lease_renewal_same_delivery_and_duty(table):
+    job = _create(table, _generate(8, 4), shards=[4, 4])
+    assert table.claim_shard(job.id, 0, "w1", "task-a:0") == "ok"
+    first = table.shards(job.id)[0]
+    assert first.lease_owner == "task-a:0" and first.lease_expires_at > first.heartbeat_at
+    assert table.renew_lease(job.id, "task-a:0", shard=0)
+    assert not table.renew_lease(job.id, "task-b:0", shard=0)  # not its lease
+    assert table.claim_shard(job.id, 0, "w2", "task-b:0") == "busy"
+    # a redelivery of the same message (same id, same retry number) is refused while the lease lives
+    assert table.claim_shard(job.id, 0, "w2", "task-a:0") == "busy"
+    # the task's own retry after a transient error re-claims without counting an attempt
+    assert table.claim_shard(job.id, 0, "w1", "task-a:1") == "ok"
+    assert table.shards(job.id)[0].attempts == 1
+    assert table.live_leases(job.id)
+    _expire_leases(table, job.id)
+    assert not table.live_leases(job.id)
+    assert table.claim_shard(job.id, 0, "w2", "task-a:1") == "ok"  # redelivered after its worker died
+    assert table.shards(job.id)[0].attempts == 2
+    # the reconciler duty: one holder at a time, taken over once it lapses
+    assert table.hold_duty("reconciler", "w1", 30)
+    assert table.hold_duty("reconciler", "w1", 30)
+    assert not table.hold_duty("reconciler", "w2", 30)
+    assert table.hold_duty("reconciler", "w1", -1)
+    assert table.hold_duty("reconciler", "w2", 30)

@@ -13,8 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.datasets import tiny_image_folder
-from harness.services import ROOT, Worker, cganctl, settings_from_env, wait_for
-from scheduler import db
+from harness.services import ROOT, Worker, cganctl, wait_for
 from scheduler.jobs import JobTable
 
 pytestmark = pytest.mark.integration
@@ -47,13 +46,6 @@ def _wait_http(port: int, process: subprocess.Popen, timeout: float = 60) -> Non
         except OSError:
             time.sleep(0.2)
     raise AssertionError(f"nothing serves :{port}")
-
-
-@pytest.fixture
-def table(fleet_env) -> JobTable:
-    settings = settings_from_env(fleet_env)
-    db.upgrade(settings)
-    return JobTable(db.get_engine(settings))
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ def test_fill_to_generates_each_deficit(ctx, tmp_path):
         (dict(fill_to=10, dataset="/nonexistent/data"), "cannot use --dataset data source '/nonexistent/data' does not exist"),
         (dict(fill_to=10, count=3, dataset="/x"), "drop --count"),
         (dict(labels=["frog"], count=10, dataset="/x"), "--dataset goes with --fill-to"),
-        (dict(labels=["frog"], count=10, truncation=-1.0), "invalid --truncation -1.0: should be greater than 0"),
+        (dict(labels=["frog"], count=10, truncation=-1.0), "invalid --truncation -1.0: should be greater than or equal to 0.05"),
         (dict(labels=["frog"], count=10, shard_size=0), "invalid --shard-size 0: should be greater than 0"),
     ],
 )

@@ -14,9 +14,18 @@ from scheduler.runtime import Runtime
 progress_hooks: list = []  # called as hook(context, done) on every report; worker.metrics adds one
 
 
+class TaskDeadlineExceeded(Exception):
+    """A task ran past ``task_soft_time_limit``: its job fails with this message."""
+
+
 class JobContext:
-    def __init__(self, runtime: Runtime, job: JobRecord, *, shard: int | None = None, interval: float = 1.0) -> None:
+    def __init__(
+        self, runtime: Runtime, job: JobRecord, *, shard: int | None = None, interval: float = 1.0, heartbeat=None
+    ) -> None:
         self.runtime = runtime
+        self.heartbeat = heartbeat  # worker.heartbeat.Heartbeat: .lost once another delivery took the lease
+        self.started = time.monotonic()
+        self.deadline = self.started + runtime.settings.task_soft_time_limit
         self.job = job
         self.shard = shard
         self.interval = interval
@@ -36,7 +45,7 @@ class JobContext:
 
     def put(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         key = self.key(name)
-        self.store.put_bytes(key, data, content_type)
+        self.put_retrying(key, data, content_type)
         return key
 
     def report(self, done: int, *, total: int | None = None, info: dict | None = None, force: bool = False) -> None:
@@ -52,13 +61,52 @@ class JobContext:
             self.table.shard_progress(self.job.id, self.shard, done)
 
     def should_stop(self) -> bool:
-        """Polled at step boundaries: a cancel was asked for or the job ended elsewhere."""
+        """Polled at step boundaries: a cancel was asked for, the job ended elsewhere or the lease was lost."""
         now = time.monotonic()
+        if (self.heartbeat is not None and self.heartbeat.lost) or now > self.deadline:
+            return True
         if now - self._last_check < self.interval:
             return False
         self._last_check = now
         return self.table.should_stop(self.job.id)
 
     def check_cancelled(self) -> None:
+        """Raise ``JobCancelled`` on a cancel; ``TaskDeadlineExceeded`` past ``task_soft_time_limit``.
+
+        Runs in the task's own thread between batches, so it works under ``--pool solo`` too, where
+        Celery's time limits are not enforced.
+        """
+        if time.monotonic() > self.deadline:
+            raise TaskDeadlineExceeded(
+                f"the task ran past its deadline of {self.runtime.settings.task_soft_time_limit} s (CGAN_TASK_SOFT_TIME_LIMIT)"
+            )
         if self.should_stop():
             raise JobCancelled(self.job.id)
+
+    def raise_stopped(self) -> None:
+        """A runner stopped at a boundary: raise why (deadline, else a cancel or a lost lease)."""
+        self._last_check = 0.0
+        self.check_cancelled()
+        raise JobCancelled(self.job.id)
+
+    def put_retrying(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Upload bytes already made, retrying an unavailable store with back-off (never regenerating them).
+
+        Retries for up to ``transient_retry_budget`` seconds, checking cancellation and the deadline
+        between tries; then the last ``ServiceUnavailable`` propagates (the task is retried by Celery).
+        """
+        from scheduler.errors import ServiceUnavailable
+
+        budget_end = time.monotonic() + self.runtime.settings.transient_retry_budget
+        delay = 1.0
+        while True:
+            try:
+                self.store.put_bytes(key, data, content_type)
+                return
+            except ServiceUnavailable:
+                if time.monotonic() + delay > budget_end:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+            self._last_check = 0.0
+            self.check_cancelled()

@@ -1,79 +1,138 @@
 """Running one task of a job: claim it in the table, call the job kind's runner, record the outcome.
 
-Shared by the Celery tasks and by the embedded in-process dispatcher. Errors from the broker, the
-database or the object store (:class:`ServiceUnavailable`) propagate to the caller, which retries the
-delivery (Celery's own retry); every other error fails the job with its message.
+Shared by the Celery tasks and by the embedded in-process dispatcher. While the runner works, a
+:class:`~worker.heartbeat.Heartbeat` thread renews the task's lease in the table. Errors from the
+broker, the database (``OperationalError`` and other connection errors, turned into
+:class:`ServiceUnavailable`) or the object store propagate to the caller, which retries the delivery
+(Celery's own retry, with back-off); every other error fails the job with its message.
 """
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import uuid
 
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from scheduler import cleanup
 from scheduler.errors import JobCancelled, ServiceUnavailable
 from scheduler.runtime import Runtime
+from scheduler.specs import ShardStatus
 
 from . import evaluate_job, generate_job, train_job
 from .context import JobContext
+from .heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """Another delivery took over this task's lease: stop without recording anything."""
 
 
 def default_worker_name() -> str:
     return f"inline@{socket.gethostname()}:{os.getpid()}"
 
 
-def run_job(runtime: Runtime, job_id: str, worker: str | None = None) -> str:
+def transient(exc: BaseException) -> bool:
+    """An error that a later delivery may not hit: a service that did not answer."""
+    if isinstance(exc, ServiceUnavailable | OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def as_unavailable(exc: BaseException) -> ServiceUnavailable:
+    if isinstance(exc, ServiceUnavailable):
+        return exc
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return ServiceUnavailable(f"database unavailable: {type(exc).__name__}: {text[0] if text else ''}")
+
+
+def run_job(runtime: Runtime, job_id: str, worker: str | None = None, token: str | None = None) -> str:
     """Execute a train or evaluate job; returns the claim outcome ('ok' when it ran)."""
+    try:
+        return _run_job(runtime, job_id, worker or default_worker_name(), token or uuid.uuid4().hex)
+    except Exception as exc:
+        if transient(exc):
+            raise as_unavailable(exc) from exc
+        raise
+
+
+def run_shard(runtime: Runtime, job_id: str, index: int, worker: str | None = None, token: str | None = None) -> str:
+    """Execute one shard of a generate job; the shard that completes the set finalises the job."""
+    try:
+        return _run_shard(runtime, job_id, index, worker or default_worker_name(), token or uuid.uuid4().hex)
+    except Exception as exc:
+        if transient(exc):
+            raise as_unavailable(exc) from exc
+        raise
+
+
+def _run_job(runtime: Runtime, job_id: str, worker: str, token: str) -> str:
     table = runtime.table
-    claim = table.claim(job_id, worker or default_worker_name())
+    claim = table.claim(job_id, worker, token)
     if claim != "ok":
         log.info("job %s not run: %s", job_id, claim)
         return claim
     job = table.get(job_id)
     spec = job.parsed_spec()
-    context = JobContext(runtime, job)
     runner = train_job if spec.kind == "train" else evaluate_job
-    try:
-        metrics, artifacts = runner.run(context, spec)
-    except JobCancelled:
-        table.mark_cancelled(job_id)
-        return "cancelled"
-    except ServiceUnavailable:
-        raise
-    except Exception as exc:
-        log.exception("job %s failed", job_id)
-        table.fail(job_id, _describe(exc))
-        return "failed"
-    table.succeed(job_id, metrics=metrics, artifacts=artifacts)
+    with Heartbeat(table, job_id, token, runtime.settings.heartbeat_interval) as heartbeat:
+        context = JobContext(runtime, job, heartbeat=heartbeat)
+        try:
+            metrics, artifacts = runner.run(context, spec)
+        except JobCancelled:
+            if heartbeat.lost:
+                return "lease lost"
+            table.mark_cancelled(job_id)
+            return "cancelled"
+        except Exception as exc:
+            if transient(exc):
+                raise
+            log.exception("job %s failed", job_id)
+            table.fail(job_id, _describe(exc))
+            return "failed"
+        table.succeed(job_id, metrics=metrics, artifacts=artifacts)
     return "ok"
 
 
-def run_shard(runtime: Runtime, job_id: str, index: int, worker: str | None = None) -> str:
-    """Execute one shard of a generate job; the shard that completes the set finalises the job."""
+def _run_shard(runtime: Runtime, job_id: str, index: int, worker: str, token: str) -> str:
     table = runtime.table
-    claim = table.claim_shard(job_id, index, worker or default_worker_name())
+    claim = table.claim_shard(job_id, index, worker, token)
     if claim != "ok":
         log.info("job %s shard %d not run: %s", job_id, index, claim)
+        if claim in ("cancelled", "exhausted"):
+            cleanup.close_unsuccessful(runtime, table.get(job_id))
         return claim
     job = table.get(job_id)
     spec = job.parsed_spec()
-    context = JobContext(runtime, job, shard=index)
-    try:
-        generate_job.make_shard(context, spec, index)
-        generate_job.finalize_if_complete(context, spec)
-    except JobCancelled:
-        table.fail_shard(job_id, index, "cancelled")
-        table.mark_cancelled(job_id)
-        return "cancelled"
-    except ServiceUnavailable:
-        raise
-    except Exception as exc:
-        log.exception("job %s shard %d failed", job_id, index)
-        message = _describe(exc)
-        table.fail_shard(job_id, index, message)
-        table.fail(job_id, f"shard {index}: {message}")
-        return "failed"
+    with Heartbeat(table, job_id, token, runtime.settings.heartbeat_interval, shard=index) as heartbeat:
+        context = JobContext(runtime, job, shard=index, heartbeat=heartbeat)
+        try:
+            generate_job.make_shard(context, spec, index)
+            if not generate_job.finalize_if_complete(context, spec):
+                ended = table.get(job_id)
+                if ended.finished and ended.status != "succeeded":  # it ended while this shard ran
+                    cleanup.close_unsuccessful(runtime, ended)
+        except JobCancelled:
+            if heartbeat.lost:
+                return "lease lost"
+            ended = table.get(job_id)
+            table.fail_shard(job_id, index, "cancelled" if not ended.finished or ended.status == "cancelled" else f"stopped: job {ended.status}", ShardStatus.cancelled)
+            if not ended.finished:
+                table.mark_cancelled(job_id)
+            cleanup.close_unsuccessful(runtime, table.get(job_id))
+            return "cancelled"
+        except Exception as exc:
+            if transient(exc):
+                raise
+            log.exception("job %s shard %d failed", job_id, index)
+            message = _describe(exc)
+            table.fail_shard(job_id, index, message)
+            table.fail(job_id, f"shard {index}: {message}")
+            cleanup.close_unsuccessful(runtime, table.get(job_id))
+            return "failed"
     return "ok"
 
 
@@ -84,6 +143,7 @@ def fail_after_retries(runtime: Runtime, job_id: str, exc: BaseException, shard:
         runtime.table.fail_shard(job_id, shard, message)
         message = f"shard {shard}: {message}"
     runtime.table.fail(job_id, message)
+    cleanup.close_unsuccessful(runtime, runtime.table.get(job_id))
 
 
 def _describe(exc: BaseException) -> str:

@@ -53,6 +53,7 @@ def make_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
                 min_confidence=spec.min_confidence,
                 batch_size=GENERATE_CHUNK,
                 device=generator.device,
+                on_batch=lambda _done: ctx.check_cancelled(),  # also inside min-confidence redraw rounds
             )
             for class_index, counts in out.stats.items():
                 stats.setdefault(classes[int(class_index)], Counter()).update(counts)
@@ -73,7 +74,7 @@ def make_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
     assert data is not None
 
     key = shard_key(ctx, spec, index)
-    ctx.store.put_bytes(key, data, "application/x-tar" if spec.format != "npz" else "application/zip")
+    ctx.put_retrying(key, data, "application/x-tar" if spec.format != "npz" else "application/zip")
     ctx.table.finish_shard(
         ctx.job.id,
         index,

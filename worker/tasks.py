@@ -1,13 +1,20 @@
 """Celery task bodies: thin. Parse the message (a job id, maybe a shard index), run, record.
 
-Transient failures (broker, database or object store unreachable) are retried with Celery's own
-``retry`` and exponential back-off; each delivery is one attempt in the job table, whose cap fails
-the job for good.
+Transient failures (broker, database or object store unreachable, SQLAlchemy connection errors
+included, at the claim too) are retried with Celery's own ``retry`` and bounded exponential back-off
+(:func:`retry_countdown`: 5, 10, 20, 40, 60, 60, ... s) until ``transient_retry_budget`` seconds of
+back-off are spent; only then does the job fail. A retry of the same delivery re-claims without counting
+an attempt; each new delivery counts one, and the attempt cap fails the job for good.
+
+Every worker also runs the reconciler (:mod:`scheduler.reconcile`) on a thread started on
+``worker_ready``; a pass runs only while this worker holds the table's reconciler lease.
 """
 from __future__ import annotations
 
+import threading
+
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 from celery.utils.log import get_task_logger
 
 from scheduler.errors import ServiceUnavailable
@@ -38,21 +45,73 @@ def _preload_default_model(**_) -> None:
         log.warning("default model not preloaded: %s", exc)
 
 
+_reconcile_stop = threading.Event()
+
+
+@worker_ready.connect
+def _start_reconciler(sender=None, **_) -> None:
+    """The reconciliation duty: a daemon thread; one worker at a time holds the table's lease for it."""
+    name = getattr(sender, "hostname", None) or execute.default_worker_name()
+    threading.Thread(target=_reconcile_loop, args=(name,), name="reconciler", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_reconciler(**_) -> None:
+    _reconcile_stop.set()
+
+
+def _reconcile_loop(owner: str) -> None:
+    from scheduler.dispatch import CeleryDispatcher
+    from scheduler.reconcile import Reconciler
+
+    rt = runtime()
+    reconciler = Reconciler(rt, send=CeleryDispatcher(rt).send, finalize=_finalize, owner=owner)
+    while not _reconcile_stop.wait(rt.settings.reconcile_interval):
+        try:
+            if reconciler.hold_duty():
+                reconciler.run_once()
+        except Exception as exc:  # a service is down: try again next interval
+            log.warning("reconcile pass failed: %s", exc)
+
+
+def _finalize(job) -> None:
+    from . import generate_job
+    from .context import JobContext
+
+    generate_job.finalize_if_complete(JobContext(runtime(), job), job.parsed_spec())
+
+
+def retry_countdown(retries: int) -> int:
+    """Back-off before retry number ``retries + 1``: 5, 10, 20, 40, then 60 s each."""
+    return min(5 * 2**retries, 60)
+
+
+def retry_budget_spent(retries: int) -> float:
+    return sum(retry_countdown(i) for i in range(retries))
+
+
 def _worker_name(task: Task) -> str:
     return task.request.hostname or execute.default_worker_name()
 
 
 def _run(task: Task, job_id: str, shard: int | None = None) -> str:
+    # "<id>:<retries>": the task's own retries continue its attempt; a redelivery (same id, same
+    # retries: its worker died) is a new attempt (scheduler.jobs.continues)
+    token = f"{task.request.id}:{task.request.retries}"
     try:
         if shard is None:
-            return execute.run_job(runtime(), job_id, _worker_name(task))
-        return execute.run_shard(runtime(), job_id, shard, _worker_name(task))
+            return execute.run_job(runtime(), job_id, _worker_name(task), token)
+        return execute.run_shard(runtime(), job_id, shard, _worker_name(task), token)
     except ServiceUnavailable as exc:
-        if task.request.retries >= runtime().settings.max_attempts - 1:
-            execute.fail_after_retries(runtime(), job_id, exc, shard)
+        retries = task.request.retries
+        if retry_budget_spent(retries + 1) > runtime().settings.transient_retry_budget:
+            try:
+                execute.fail_after_retries(runtime(), job_id, exc, shard)
+            except Exception as again:  # still down: the lease runs out and the reconciler takes over
+                log.error("job %s: could not record the failure: %s", job_id, again)
             return "failed"
-        log.warning("job %s: %s; retrying", job_id, exc)
-        raise task.retry(exc=exc, countdown=min(2 ** task.request.retries * 5, 300)) from exc
+        log.warning("job %s: %s; retry %d in %d s", job_id, exc, retries + 1, retry_countdown(retries))
+        raise task.retry(exc=exc, countdown=retry_countdown(retries)) from exc
 
 
 @app.task(name=TASK_TRAIN, bind=True, max_retries=None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 
-from scheduler.errors import JobCancelled, NotFound
+from scheduler.errors import NotFound
 from scheduler.specs import TrainSpec
 
 from .context import JobContext
@@ -57,7 +57,7 @@ def run(ctx: JobContext, spec: TrainSpec) -> tuple[dict, dict]:
         should_stop=ctx.should_stop,
     )
     if result.stopped:
-        raise JobCancelled(ctx.job.id)
+        ctx.raise_stopped()
     ctx.report(spec.steps, total=spec.steps, info={k: v for k, v in last.items() if k not in ("step", "steps")}, force=True)
 
     weights, meta = trainer.export()
