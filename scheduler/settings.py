@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(default=5 * 3600, gt=0, description="Seconds before a task is asked to save and stop.")
     task_time_limit: int = Field(default=5 * 3600 + 600, gt=0, description="Seconds before a task is killed.")
     visibility_timeout: int = Field(default=6 * 3600, gt=0, description="Redis visibility timeout; longer than the longest task.")
+    ui_token: SecretStr | None = Field(default=None, description="Token `cganctl ui` requires of every request; needed to bind beyond loopback.")
 
-    @field_validator("database_url", "broker_url", "s3_bucket", "s3_endpoint_url", mode="before")
+    @field_validator("database_url", "broker_url", "s3_bucket", "s3_endpoint_url", "ui_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
