@@ -330,8 +330,9 @@ def ui(
     try:
         from .ui.server import serve
     except ImportError as exc:
-        if exc.name in ("starlette", "jinja2", "uvicorn", "markupsafe", "anyio"):
-            _fail(f"the dashboard needs the 'ui' extra ({exc.name} is missing): pip install 'cganctl[ui]'", 2)
+        missing = (exc.name or "").split(".")[0]
+        if missing in ("starlette", "jinja2", "uvicorn", "markupsafe", "anyio"):
+            _fail(f"the dashboard needs the 'ui' extra ({missing} is missing): pip install 'cganctl[ui]'", 2)
         raise
     serve(host, port, echo=typer.echo)
 

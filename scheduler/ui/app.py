@@ -201,7 +201,13 @@ class Dashboard:
             "Inception FID": [(r["step"], r["inception_fid"]) for r in scores if r["step"] is not None and r["inception_fid"] is not None],
             "classifier FID": [(r["step"], r["classifier_fid"]) for r in scores if r["step"] is not None and r["classifier_fid"] is not None],
         }
+        newest = max((r["job"] for r in scores), key=lambda j: j.created_at, default=None)
+        eval_per_class = (newest.metrics or {}).get("per_class") if newest else None
+        eval_per_class = eval_per_class if isinstance(eval_per_class, dict) and eval_per_class else None
         return {
+            "newest_eval": newest,
+            "eval_per_class": eval_per_class,
+            "eval_per_class_columns": sorted({c for row in (eval_per_class or {}).values() if isinstance(row, dict) for c in row}),
             "checkpoints": checkpoints,
             "with_samples": with_samples,
             "shown": shown,
@@ -246,7 +252,9 @@ class Dashboard:
         job = queries.job_by_id(self.table, request.path_params["job_id"])
         name = request.path_params["name"]
         key = queries.object_key(job.id, name)
-        data = self.store.get_bytes(key)  # NotFound -> 404
+        if not self.store.exists(key):  # a folder (local store) or nothing: 404
+            raise NotFound(f"no file {name!r} in job {job.id}")
+        data = self.store.get_bytes(key)
         media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         headers = {"Cache-Control": "private, max-age=60"}
         if media_type not in INLINE_TYPES:
