@@ -2,8 +2,9 @@
 real object store (a local folder), with jobs made through the real Service / JobTable.
 
 Starlette's TestClient drives the application in-process; the `cganctl ui` command itself runs as a
-subprocess for the bind rules (loopback, token, taken port). tests/test_ui_browser.py opens the pages
-in headless Chromium.
+subprocess for the bind rules (loopback, token, taken port); one integration test reads the fleet and a
+running job from real Redis, PostgreSQL, SeaweedFS and a Celery worker process. tests/test_ui_browser.py
+opens the pages in headless Chromium.
 """
 from __future__ import annotations
 
@@ -297,6 +298,7 @@ def test_read_only_and_no_traceback(service):
 
 
 def test_token_gate(service):
+    assert "tok-123" not in repr(Settings(ui_token="tok-123")) and Settings(ui_token="").ui_token is None
     client = TestClient(create_app(service, token="tok-123"), raise_server_exceptions=False)
     job = _train_job_with_checkpoints(service)
     denied = client.get("/")
@@ -407,3 +409,55 @@ def test_served_with_a_token_on_all_interfaces(embedded_env, tmp_path):
     output = (tmp_path / "ui.log").read_text()
     assert f"on http://0.0.0.0:{port}/" in output and "needs the CGAN_UI_TOKEN token" in output
     assert "t0ken-value" not in output and "Traceback" not in output
+
+
+# --- the fleet: real Redis, PostgreSQL, SeaweedFS and a Celery worker process --------------------------
+@pytest.mark.integration
+def test_fleet_and_job_pages_on_real_services(fleet_env, start_worker, tmp_path):
+    from conftest import settings_from_env
+    from scheduler import db
+
+    settings = settings_from_env(fleet_env)
+    db.upgrade(settings)
+    service = Service(Runtime(settings))
+    data = tmp_path / "tiny"
+    for c, name in enumerate(("airplane", "cat", "frog")):
+        (data / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (32, 32), (40 + 80 * c, 200 - 60 * c, (37 * i) % 255)).save(data / name / f"{i}.png")
+    worker = start_worker("uiw1", queues="gpu,cpu")
+    client = TestClient(create_app(service), raise_server_exceptions=False)
+    idle = client.get("/fleet").text
+    assert idle.split('id="services"')[1].split("</table>")[0].count(">ok<") == 3
+    row = idle.split('id="workers"')[1].split("</table>")[0]
+    assert re.search(r"uiw1@\S*</td>\s*<td>cpu, gpu</td>\s*<td class=\"num\">0</td>", row), row  # answered: queues, no task
+    running = service.submit(TrainSpec(preset="mlp", dataset=str(data), steps=1_000_000, batch_size=8, checkpoint_every=20))
+    waiting = service.submit(TrainSpec(preset="mlp", dataset=str(data), steps=10, batch_size=8, checkpoint_every=5), queue="nobody")
+    store = service.runtime.store
+    try:
+        deadline = time.monotonic() + 120
+        while not store.exists(f"jobs/{running.id}/checkpoints/latest.json"):
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.5)
+        fleet = client.get("/fleet")
+        assert fleet.status_code == 200
+        workers = fleet.text.split('id="workers"')[1].split("</table>")[0]
+        assert "uiw1@" in workers and running.id[:12] in workers, workers  # what it runs, from the job table
+        assert "busy: a --pool solo worker answers between tasks" in workers  # it cannot answer inspect mid-task
+        queues = fleet.text.split('id="queues"')[1].split("</table>")[0]
+        assert re.search(r"<td>nobody</td><td class=\"num\">1</td><td class=\"num\">0</td>", queues), queues
+        assert re.search(r"<td>gpu</td><td class=\"num\">0</td><td class=\"num\">1</td>", queues), queues
+
+        page = client.get(f"/jobs/{running.id}")  # checkpoints listed and served from S3
+        assert page.status_code == 200 and 'http-equiv="refresh"' in page.text
+        grid = re.search(r'id="grid" class="shot grid" src="([^"]+)"', page.text).group(1)
+        image = client.get(grid)
+        assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
+        assert client.get(f"/jobs/{running.id}/files/..%2F{waiting.id}%2Fspec.json").status_code == 404
+    finally:
+        service.cancel(running.id)
+        service.cancel(waiting.id)
+    deadline = time.monotonic() + 60
+    while service.get(running.id).status != "cancelled":
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.5)

@@ -39,6 +39,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
+CHART_SIZE = {"width": 420, "height": 240}
 LIST_REFRESH_S = 10
 JOB_REFRESH_S = 5
 
@@ -192,7 +193,7 @@ class Dashboard:
             shown = match[0]
         history = queries.loss_history(self.store, job.id, checkpoints[-1] if checkpoints else None)
         loss_keys = sorted({k for row in history for k in row if k != "step" and "loss" in k})
-        loss_chart = line_chart({k: [(r["step"], r[k]) for r in history if k in r] for k in loss_keys})
+        loss_chart = line_chart({k: [(r["step"], r[k]) for r in history if k in r] for k in loss_keys}, **CHART_SIZE)
         scores = queries.scores_by_step(self.table, job)
         score_series = {
             "label accuracy": [(r["step"], r["label_accuracy"]) for r in scores if r["step"] is not None and r["label_accuracy"] is not None],
@@ -214,8 +215,8 @@ class Dashboard:
             "loss_chart": loss_chart,
             "latest_checkpoint": checkpoints[-1] if checkpoints else None,
             "scores": scores,
-            "accuracy_chart": line_chart(score_series) if scores else None,
-            "fid_chart": line_chart({k: v for k, v in fid_series.items() if v}) if scores else None,
+            "accuracy_chart": line_chart(score_series, **CHART_SIZE) if scores else None,
+            "fid_chart": line_chart({k: v for k, v in fid_series.items() if v}, **CHART_SIZE) if scores else None,
             "chain": queries.training_chain(self.table, job),
         }
 
@@ -294,6 +295,9 @@ class Dashboard:
     def script(self, request: Request) -> Response:
         return Response((HERE / "static" / "ui.js").read_text(), media_type="text/javascript", headers={"Cache-Control": "max-age=300"})
 
+    def icon(self, request: Request) -> Response:
+        return Response((HERE / "static" / "favicon.svg").read_text(), media_type="image/svg+xml", headers={"Cache-Control": "max-age=3600"})
+
     # errors
     def error_page(self, request: Request, status_code: int, title: str, message: str) -> Response:
         return self.render(request, "error.html", status_code=status_code, title=title, message=message)
@@ -335,6 +339,8 @@ def create_app(service=None, *, settings=None, token: str | None = None) -> Star
         Route("/models", dash.models, methods=["GET"], name="models"),
         Route("/fleet", dash.fleet, methods=["GET"], name="fleet"),
         Route("/static/ui.js", dash.script, methods=["GET"], name="script"),
+        Route("/favicon.ico", dash.icon, methods=["GET"]),
+        Route("/static/favicon.svg", dash.icon, methods=["GET"]),
     ]
     middleware = [Middleware(SecurityHeaders), Middleware(TokenGate, token=token, dash=dash)]
     app = Starlette(
