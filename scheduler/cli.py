@@ -369,6 +369,22 @@ def status(as_json: JsonOpt = False) -> None:
         raise typer.Exit(3)
 
 
+@app.command("ui")
+def ui(
+    host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback needs CGAN_UI_TOKEN.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8780,
+) -> None:
+    """Read-only web dashboard: jobs, sample grids, curves, models and the fleet (needs the 'ui' extra)."""
+    try:
+        from .ui.server import serve
+    except ImportError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing in ("starlette", "jinja2", "uvicorn", "markupsafe", "anyio"):
+            _fail(f"the dashboard needs the 'ui' extra ({missing} is missing): pip install 'cganctl[ui]'", 2)
+        raise
+    serve(host, port, echo=typer.echo)
+
+
 def main() -> None:
     from .errors import CganError
 

@@ -14,13 +14,14 @@ def _probe(func) -> dict:
         return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
 
 
-def check_all() -> dict:
+def check_all(settings=None) -> dict:
+    """What `cganctl status` (and the dashboard's fleet page) shows; ``settings`` default to the environment's."""
     from . import db
     from .dispatch import make_dispatcher
     from .runtime import Runtime
     from .settings import redact_url
 
-    settings = get_settings()
+    settings = settings or get_settings()
     runtime = Runtime.create(settings)
 
     def database() -> str:

@@ -48,8 +48,9 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(default=15.0, gt=0, description="Seconds between reconciliation passes (one worker at a time).")
     requeue_grace: float = Field(default=30.0, ge=0, description="Age after which queued work the broker does not hold is sent again.")
     transient_retry_budget: float = Field(default=600.0, gt=0, description="Seconds of back-off a task spends on an unavailable service before its job fails.")
+    ui_token: SecretStr | None = Field(default=None, description="Token `cganctl ui` requires of every request; needed to bind beyond loopback.")
 
-    @field_validator("database_url", "broker_url", "s3_bucket", "s3_endpoint_url", "metrics_port", mode="before")
+    @field_validator("database_url", "broker_url", "s3_bucket", "s3_endpoint_url", "metrics_port", "ui_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

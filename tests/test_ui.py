@@ -1,0 +1,465 @@
+"""`cganctl ui`: the dashboard's pages against a real job table (SQLite in a temporary data folder) and a
+real object store (a local folder), with jobs made through the real Service / JobTable.
+
+Starlette's TestClient drives the application in-process; the `cganctl ui` command itself runs as a
+subprocess for the bind rules (loopback, token, taken port); one integration test reads the fleet and a
+running job from real Redis, PostgreSQL, SeaweedFS and a Celery worker process. tests/test_ui_browser.py
+opens the pages in headless Chromium.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("jinja2")
+
+from PIL import Image  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+from harness.services import ROOT, cganctl  # noqa: E402
+from scheduler.model_registry import ModelRegistry  # noqa: E402
+from scheduler.runtime import Runtime  # noqa: E402
+from scheduler.service import UNIT, Service  # noqa: E402
+from scheduler.settings import Settings  # noqa: E402
+from scheduler.specs import EvaluateSpec, GenerateSpec, TrainSpec  # noqa: E402
+from scheduler.submission import GenerateRequest  # noqa: E402
+from scheduler.ui.app import create_app  # noqa: E402
+
+XSS = "<script>alert(1)</script>"
+XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+
+
+def _png(width: int, height: int, colour=(200, 80, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def service(tmp_path, monkeypatch) -> Service:
+    for name in [k for k in __import__("os").environ if k.startswith("CGAN_")]:
+        monkeypatch.delenv(name)
+    return Service(Runtime(Settings(data_dir=tmp_path / "data")))
+
+
+@pytest.fixture
+def client(service) -> TestClient:
+    return TestClient(create_app(service), raise_server_exceptions=False)
+
+
+def _create(service: Service, spec, queue: str = "gpu"):
+    total = spec.steps if isinstance(spec, TrainSpec) else (spec.total if isinstance(spec, GenerateSpec) else None)
+    return service.table.create(
+        spec, queue=queue, priority=0, max_attempts=3, progress_total=total, progress_unit=UNIT[spec.kind],
+        shard_counts=[spec.total] if isinstance(spec, GenerateSpec) else [],
+    )
+
+
+def _train_job_with_checkpoints(service: Service, steps=(2, 4), finish=True):
+    """A train job as a worker leaves it: checkpoints with samples.png, loss.png and state.json, a model."""
+    spec = TrainSpec(preset="mlp", dataset="/data/tiny", steps=steps[-1], batch_size=8, checkpoint_every=2, seed=0)
+    job = _create(service, spec)
+    table, store = service.table, service.runtime.store
+    assert table.claim(job.id, "w1@host") == "ok"
+    history = []
+    for step in steps:
+        history.append([step, 1.0 / step, 0.5 + step / 10])
+        prefix = f"jobs/{job.id}/checkpoints/step-{step:07d}"
+        store.put_bytes(f"{prefix}/samples.png", _png(40 + step, 30, (step * 40, 90, 160)), "image/png")
+        store.put_bytes(f"{prefix}/loss.png", _png(64, 32), "image/png")
+        store.put_bytes(f"{prefix}/state.json", json.dumps({"loss_history": history}).encode())
+        store.put_bytes(f"{prefix}/generator.safetensors", b"not really weights")
+        table.progress(job.id, step, total=steps[-1], info={"d_loss": history[-1][1], "g_loss": history[-1][2]})
+    if finish:
+        store.put_bytes(f"jobs/{job.id}/model/generator.safetensors", b"weights")
+        model = ModelRegistry(table.engine).register(name="tiny-gan", kind="generator", job_id=job.id, weights_key=f"jobs/{job.id}/model/generator.safetensors",
+                                     meta={"classes": ["airplane", "cat", "frog"], "steps": steps[-1], "config": {"preset": "mlp"}})
+        last = f"jobs/{job.id}/checkpoints/step-{steps[-1]:07d}"
+        table.succeed(job.id, metrics={"steps": steps[-1], "model": model.ref},
+                      artifacts={"model": f"jobs/{job.id}/model/generator.safetensors", "checkpoint": last, "samples": f"{last}/samples.png"})
+    return table.get(job.id)
+
+
+def _evaluate(service: Service, model_ref: str, per_class: dict, label_accuracy=0.5, classifier_fid=12.5):
+    job = _create(service, EvaluateSpec(model=model_ref, classifier="default-classifier:1", reference="/data/tiny", samples_per_class=4, inception=False), queue="cpu")
+    service.table.claim(job.id, "w2@host")
+    service.table.succeed(job.id, metrics={"label_accuracy": label_accuracy, "classifier_fid": classifier_fid, "per_class": per_class,
+                                           "protocol": {"samples_per_class": 4}}, artifacts={})
+    return service.table.get(job.id)
+
+
+def _rows(html: str) -> list[str]:
+    return re.findall(r'<a href="/jobs/([0-9a-f]{32})">', html)
+
+
+# --- the job list ----------------------------------------------------------------------------------------
+def test_job_list_pages_filters_and_bad_filters(service, client):
+    made = []
+    for i in range(120):
+        spec = TrainSpec(preset="mlp", dataset="/data/tiny", steps=10, batch_size=8, checkpoint_every=5, seed=i)
+        made.append(_create(service, spec, queue="gpu" if i % 2 else "cpu"))
+    for job in made[:7]:
+        service.table.claim(job.id, "w1@host")
+        service.table.fail(job.id, "boom")
+    service.table.claim(made[7].id, "w9@host")
+    service.table.progress(made[7].id, 5, total=10)
+
+    first = client.get("/")
+    assert first.status_code == 200
+    assert 'http-equiv="refresh"' in first.text
+    seen = _rows(first.text)
+    assert len(seen) == 50 and seen[0] == made[-1].id  # newest first
+    assert ">120<" in first.text.replace(",", "")  # the total on the "all" pill
+    cursor = re.search(r'href="\?after=([0-9a-f]+)"', first.text).group(1)
+    while cursor:
+        page = client.get(f"/?after={cursor}")
+        assert page.status_code == 200
+        seen += _rows(page.text)
+        match = re.search(r'href="\?after=([0-9a-f]+)"', page.text)
+        cursor = match.group(1) if match else None
+    assert seen == [j.id for j in reversed(made)]  # every job once, in order
+    back = client.get(f"/?before={seen[50]}")
+    assert _rows(back.text) == seen[:50]
+
+    failed = client.get("/?status=failed")
+    assert sorted(_rows(failed.text)) == sorted(j.id for j in made[:7])
+    running = client.get("/?status=running&kind=train")
+    assert _rows(running.text) == [made[7].id]
+    assert 'aria-valuenow="50"' in running.text and "5 / 10 steps" in running.text and "w9@host" in running.text
+    assert _rows(client.get("/?kind=generate").text) == []
+
+    for query, message in [
+        ("status=bogus", "unknown status &#39;bogus&#39;"),
+        ("kind=%3Cscript%3E", "unknown kind &#39;&lt;script&gt;&#39;"),
+        ("limit=0", "limit must be a whole number from 1 to 500"),
+        ("limit=abc", "limit must be a whole number"),
+        ("after=zzz", "after must be a job id"),
+        ("after=" + "0" * 32, "no job"),
+    ]:
+        bad = client.get(f"/?{query}")
+        assert bad.status_code == 400, query
+        assert message in bad.text, (query, bad.text)
+        assert "<script>" not in bad.text.split("</head>")[1].replace('<script src="/static/ui.js" defer></script>', "")
+
+
+# --- job pages -------------------------------------------------------------------------------------------
+def test_train_job_page_grid_slider_loss_and_scores(service, client):
+    job = _train_job_with_checkpoints(service)
+    evaluation = _evaluate(service, "tiny-gan:1", {"airplane": {"label_accuracy": 0.25}, "cat": {"label_accuracy": 0.75}, "frog": {"label_accuracy": 1.0}})
+    page = client.get(f"/jobs/{job.id}")
+    assert page.status_code == 200
+    text = page.text
+    latest = f"/jobs/{job.id}/files/checkpoints/step-0000004/samples.png"
+    assert f'id="grid" class="shot grid" src="{latest}"' in text
+    assert 'href="?step=2"' in text and 'href="?step=4"' in text and 'type="range"' in text
+    assert 'aria-valuenow="100"' in text and "4 / 4 steps" in text
+    assert "<polyline" in text and "d_loss" in text and "g_loss" in text  # the loss curve from state.json
+    assert evaluation.id[:12] in text and "50.0%" in text and "12.5" in text  # scores against step
+    assert 'id="eval-per-class"' in text and "75.0%" in text
+    assert 'http-equiv="refresh"' not in text  # a finished job is not refreshed
+
+    second = client.get(f"/jobs/{job.id}?step=2")
+    assert f'src="/jobs/{job.id}/files/checkpoints/step-0000002/samples.png"' in second.text
+    assert client.get(f"/jobs/{job.id}?step=3").status_code == 400
+
+    image = client.get(latest)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(image.content)).size == (44, 30)
+    prefix = client.get(f"/jobs/{job.id[:8]}")  # a unique prefix works like the CLI's
+    assert prefix.status_code == 200 and job.id in prefix.text
+
+
+def test_running_train_job_refreshes(service, client):
+    job = _train_job_with_checkpoints(service, steps=(2,), finish=False)
+    page = client.get(f"/jobs/{job.id}")
+    assert 'http-equiv="refresh"' in page.text and "running" in page.text
+    assert 'aria-valuenow="100"' in page.text  # 2 of 2 steps so far
+    assert 'http-equiv="refresh"' not in client.get(f"/jobs/{job.id}?refresh=0").text
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """A real generate job on the embedded default: the shipped model, a confidence filter, 2 classes."""
+    import os
+
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("CGAN_")}
+    try:
+        service = Service(Runtime(Settings(data_dir=tmp_path_factory.mktemp("gen") / "data")))
+        spec = service.spec_for(GenerateRequest(labels=("cat", "frog"), count=16, min_confidence=0.3, seed=1, shard_size=8))
+        job = service.submit(spec)
+        service.finish_local()
+        job = service.get(job.id)
+        assert job.status == "succeeded", job.error
+        yield service, job
+    finally:
+        os.environ.update(saved)
+
+
+def test_generate_job_page(generated):
+    service, job = generated
+    client = TestClient(create_app(service), raise_server_exceptions=False)
+    text = client.get(f"/jobs/{job.id}").text
+    sheet = f"/jobs/{job.id}/files/contact-sheet.png"
+    assert f'src="{sheet}"' in text
+    assert client.get(sheet).headers["content-type"] == "image/png"
+    classes = text.split('id="classes"')[1].split("</table>")[0]
+    assert re.search(r"<td>cat</td><td class=\"num\">8</td><td class=\"num\">8</td>", classes), classes
+    assert "%" in classes  # acceptance rates of the confidence filter
+    manifest = text.split('id="manifest"')[1].split("</table>")[0]
+    assert "webdataset" in manifest and "2 (" in manifest  # two shard files and their size
+    model_used = text.split('id="model-used"')[1].split("</table>")[0]
+    assert "default:1" in model_used and "shipped with cganctl" in model_used and "2 succeeded" in model_used
+    for shard in job.artifacts["shards"]:
+        name = shard.split(f"jobs/{job.id}/", 1)[1]
+        download = client.get(f"/jobs/{job.id}/files/{name}")
+        assert download.status_code == 200 and download.headers["content-disposition"].startswith("attachment")
+        assert download.headers["content-type"] == "application/octet-stream"
+        assert download.content == service.runtime.store.get_bytes(shard)
+
+
+def test_downloads_stay_inside_the_jobs_prefix(service, client):
+    job = _train_job_with_checkpoints(service)
+    other = _train_job_with_checkpoints(service)
+    service.runtime.store.put_bytes("cache/reference-stats/secret.json", b"{}")
+    own = f"/jobs/{job.id}/files/checkpoints/step-0000002/samples.png"
+    assert client.get(own).status_code == 200
+    for path in [
+        f"/jobs/{job.id}/files/..%2F{other.id}%2Fcheckpoints%2Fstep-0000002%2Fsamples.png",
+        f"/jobs/{job.id}/files/%2E%2E/%2E%2E/cache/reference-stats/secret.json",
+        f"/jobs/{job.id}/files/checkpoints//step-0000002/samples.png",
+        f"/jobs/{job.id}/files/nothing-here.png",
+        f"/jobs/{job.id}/files/checkpoints",
+        f"/jobs/{'f' * 32}/files/model/generator.safetensors",
+    ]:
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert response.headers["content-type"].startswith("text/html")
+
+
+def test_unknown_job_is_a_404_page(service, client):
+    for path in ["/jobs/" + "0" * 32, "/jobs/abc", "/jobs/not-an-id", "/jobs/%3Cscript%3E", "/nowhere"]:
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "Not found" in response.text and "Traceback" not in response.text and "<script>" not in response.text.replace(
+            '<script src="/static/ui.js" defer></script>', "")
+
+
+def test_job_error_and_class_names_are_escaped(service, client):
+    spec = TrainSpec(preset="mlp", dataset=XSS, steps=4, batch_size=8, checkpoint_every=2, seed=0)
+    failed = _create(service, spec, queue="cpu")
+    service.table.claim(failed.id, "w1@host")
+    service.table.fail(failed.id, f"RuntimeError: bad class {XSS} & <img src=x onerror=alert(2)>")
+    generate = _create(service, GenerateSpec(model="default:1", counts={XSS: 3, "<b>cat</b>": 2}))
+    evaluation = _evaluate(service, "default:1", {XSS: {"label_accuracy": 0.5}, '"><img src=x onerror=alert(3)>': {"label_accuracy": 1.0}})
+
+    for job in (failed, generate, evaluation):
+        page = client.get(f"/jobs/{job.id}")
+        assert page.status_code == 200
+        body = page.text.split("<body>", 1)[1].replace('<script src="/static/ui.js" defer></script>', "")
+        assert "<script" not in body and "<img src=x" not in body and "<b>cat</b>" not in body
+        assert "onerror=alert" not in body or "&lt;img src=x onerror=alert" in body or "&#34;&gt;&lt;img" in body
+    assert XSS_ESCAPED in client.get(f"/jobs/{failed.id}").text  # the error and the dataset
+    assert "&amp; &lt;img src=x onerror=alert(2)&gt;" in client.get(f"/jobs/{failed.id}").text
+    assert XSS_ESCAPED in client.get(f"/jobs/{generate.id}").text and "&lt;b&gt;cat&lt;/b&gt;" in client.get(f"/jobs/{generate.id}").text
+    per_class = client.get(f"/jobs/{evaluation.id}").text.split('id="per-class"')[1].split("</table>")[0]
+    assert f"<td>{XSS_ESCAPED}</td>" in per_class and "&#34;&gt;&lt;img src=x onerror=alert(3)&gt;" in per_class
+    listing = client.get("/?status=failed").text
+    assert failed.id[:12] in listing
+    csp = client.get(f"/jobs/{failed.id}").headers["content-security-policy"]
+    assert "script-src 'self'" in csp  # an injected inline script would not run even unescaped
+
+
+def test_read_only_and_no_traceback(service):
+    app = create_app(service)
+
+    def explode(request):
+        raise RuntimeError("secret detail /home/someone/.aws/credentials")
+
+    app.router.routes.append(Route("/explode", explode))
+    client = TestClient(app, raise_server_exceptions=False)
+    job = _train_job_with_checkpoints(service)
+    for method in ("post", "put", "delete", "patch"):
+        response = getattr(client, method)(f"/jobs/{job.id}")
+        assert response.status_code == 405 and "read-only" in response.text
+    boom = client.get("/explode")
+    assert boom.status_code == 500
+    assert "secret detail" not in boom.text and "Traceback" not in boom.text and "RuntimeError" not in boom.text
+    assert "Something went wrong" in boom.text
+    assert service.table.get(job.id).status == "succeeded"  # nothing changed
+
+
+def test_token_gate(service):
+    assert "tok-123" not in repr(Settings(ui_token="tok-123")) and Settings(ui_token="").ui_token is None
+    client = TestClient(create_app(service, token="tok-123"), raise_server_exceptions=False)
+    job = _train_job_with_checkpoints(service)
+    denied = client.get("/")
+    assert denied.status_code == 401 and "CGAN_UI_TOKEN" in denied.text and "tok-123" not in denied.text
+    assert client.get(f"/jobs/{job.id}/files/checkpoints/step-0000002/samples.png").status_code == 401
+    assert client.get("/?token=wrong").status_code == 401
+    assert client.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/", headers={"Authorization": "Bearer tok-123"}).status_code == 200
+
+    login = client.get(f"/jobs/{job.id}?token=tok-123&step=2", follow_redirects=False)
+    assert login.status_code == 303 and login.headers["location"] == f"/jobs/{job.id}?step=2"
+    assert "httponly" in login.headers["set-cookie"].lower() and "samesite=strict" in login.headers["set-cookie"].lower()
+    after = client.get(f"/jobs/{job.id}?step=2")  # the cookie from the login
+    assert after.status_code == 200 and "step-0000002" in after.text
+
+
+def test_models_and_fleet_pages(service, client):
+    job = _train_job_with_checkpoints(service)
+    _evaluate(service, "tiny-gan:1", {"cat": {"label_accuracy": 0.75}}, label_accuracy=0.625, classifier_fid=3.5)
+    queued = _create(service, TrainSpec(preset="mlp", dataset="/d", steps=5, batch_size=8, checkpoint_every=5, seed=0), queue="gpu")
+    running = _create(service, TrainSpec(preset="mlp", dataset="/d", steps=5, batch_size=8, checkpoint_every=5, seed=1), queue="cpu")
+    service.table.claim(running.id, "inline@box:42")
+
+    models = client.get("/models").text
+    row = models.split("<b>tiny-gan:1</b>")[1].split("</tr>")[0]
+    assert job.id[:12] in row and "62.5%" in row and "3.5" in row and "mlp" in row
+    assert "<b>default:1</b>" in models and "<b>default-classifier:1</b>" in models and "shipped" in models
+
+    fleet = client.get("/fleet")
+    assert fleet.status_code == 200
+    services = fleet.text.split('id="services"')[1].split("</table>")[0]
+    assert services.count(">ok<") == 3  # broker (in-process), database, object store
+    queues = fleet.text.split('id="queues"')[1].split("</table>")[0]
+    assert re.search(r"<td>gpu</td><td class=\"num\">1</td><td class=\"num\">0</td>", queues), queues
+    assert re.search(r"<td>cpu</td><td class=\"num\">0</td><td class=\"num\">1</td>", queues), queues
+    workers = fleet.text.split('id="workers"')[1].split("</table>")[0]
+    assert "inline@box:42" in workers and running.id[:12] in workers
+    assert queued.id[:12] not in workers
+
+
+# --- the command -----------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_help_does_not_import_the_web_stack():
+    code = (
+        "import sys\nfrom scheduler.cli import app\n"
+        "try:\n    app(['ui', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY', [m for m in ('starlette', 'jinja2', 'uvicorn', 'torch', 'sqlalchemy') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out and "--port" in out and "CGAN_UI_TOKEN" in out
+
+
+def test_missing_extra_is_one_error_line(embedded_env):
+    code = "import sys\nsys.modules['starlette'] = None\nsys.argv = ['cganctl', 'ui']\nfrom scheduler.cli import main\nmain()\n"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=embedded_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: the dashboard needs the 'ui' extra (starlette is missing): pip install 'cganctl[ui]'"]
+
+
+def test_non_loopback_needs_a_token(embedded_env):
+    result = cganctl(embedded_env, "ui", "--host", "0.0.0.0", "--port", str(_free_port()), timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: binding to 0.0.0.0 (not loopback) needs a token: set CGAN_UI_TOKEN"), result.stderr
+
+
+def test_taken_port_is_exit_3(embedded_env):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = cganctl(embedded_env, "ui", "--port", str(port), timeout=60)
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [f"error: port {port} on 127.0.0.1 is already in use; pick another with --port"]
+    bad = cganctl(embedded_env, "ui", "--port", "70000", timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: --port must be from 1 to 65535, not 70000"]
+
+
+def test_served_with_a_token_on_all_interfaces(embedded_env, tmp_path):
+    port = _free_port()
+    env = dict(embedded_env, CGAN_UI_TOKEN="t0ken-value")
+    log = open(tmp_path / "ui.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "scheduler", "ui", "--host", "0.0.0.0", "--port", str(port)],
+                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 401
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()
+                time.sleep(0.2)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Authorization": "Bearer t0ken-value"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200 and "Jobs" in response.read().decode()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    output = (tmp_path / "ui.log").read_text()
+    assert f"on http://0.0.0.0:{port}/" in output and "needs the CGAN_UI_TOKEN token" in output
+    assert "t0ken-value" not in output and "Traceback" not in output
+
+
+# --- the fleet: real Redis, PostgreSQL, SeaweedFS and a Celery worker process --------------------------
+@pytest.mark.integration
+def test_fleet_and_job_pages_on_real_services(fleet_env, start_worker, tmp_path):
+    from harness.services import settings_from_env
+    from scheduler import db
+
+    settings = settings_from_env(fleet_env)
+    db.upgrade(settings)
+    service = Service(Runtime(settings))
+    data = tmp_path / "tiny"
+    for c, name in enumerate(("airplane", "cat", "frog")):
+        (data / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (32, 32), (40 + 80 * c, 200 - 60 * c, (37 * i) % 255)).save(data / name / f"{i}.png")
+    worker = start_worker("uiw1", queues="gpu,cpu")
+    client = TestClient(create_app(service), raise_server_exceptions=False)
+    idle = client.get("/fleet").text
+    assert idle.split('id="services"')[1].split("</table>")[0].count(">ok<") == 3
+    row = idle.split('id="workers"')[1].split("</table>")[0]
+    assert re.search(r"uiw1@\S*</td>\s*<td>cpu, gpu</td>\s*<td class=\"num\">0</td>", row), row  # answered: queues, no task
+    running = service.submit(TrainSpec(preset="mlp", dataset=str(data), steps=1_000_000, batch_size=8, checkpoint_every=20))
+    waiting = service.submit(TrainSpec(preset="mlp", dataset=str(data), steps=10, batch_size=8, checkpoint_every=5), queue="nobody")
+    store = service.runtime.store
+    try:
+        deadline = time.monotonic() + 120
+        while not store.exists(f"jobs/{running.id}/checkpoints/latest.json"):
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.5)
+        fleet = client.get("/fleet")
+        assert fleet.status_code == 200
+        workers = fleet.text.split('id="workers"')[1].split("</table>")[0]
+        assert "uiw1@" in workers and running.id[:12] in workers, workers  # what it runs, from the job table
+        assert "busy: a --pool solo worker answers between tasks" in workers  # it cannot answer inspect mid-task
+        queues = fleet.text.split('id="queues"')[1].split("</table>")[0]
+        assert re.search(r"<td>nobody</td><td class=\"num\">1</td><td class=\"num\">0</td>", queues), queues
+        assert re.search(r"<td>gpu</td><td class=\"num\">0</td><td class=\"num\">1</td>", queues), queues
+
+        page = client.get(f"/jobs/{running.id}")  # checkpoints listed and served from S3
+        assert page.status_code == 200 and 'http-equiv="refresh"' in page.text
+        grid = re.search(r'id="grid" class="shot grid" src="([^"]+)"', page.text).group(1)
+        image = client.get(grid)
+        assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
+        assert client.get(f"/jobs/{running.id}/files/..%2F{waiting.id}%2Fspec.json").status_code == 404
+    finally:
+        service.cancel(running.id)
+        service.cancel(waiting.id)
+    deadline = time.monotonic() + 60
+    while service.get(running.id).status != "cancelled":
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.5)
