@@ -314,11 +314,33 @@ def status(as_json: JsonOpt = False) -> None:
         raise typer.Exit(3)
 
 
-def main() -> None:
-    from .errors import CganError
+def _settings_error(exc: Exception) -> str | None:
+    """One line for an invalid ``CGAN_*`` value (a pydantic ValidationError of Settings), else None."""
+    if type(exc).__name__ != "ValidationError" or "Settings" not in str(getattr(exc, "title", "")):
+        return None
+    first = exc.errors()[0]  # type: ignore[attr-defined]
+    name = "CGAN_" + str(first["loc"][0]).upper() if first.get("loc") else "CGAN_*"
+    return f"invalid setting {name}: {first['msg']}"
 
+
+def main() -> None:
+    import logging
+
+    from .errors import CganError
+    from .redact import cli_log_handler, scrub
+
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(cli_log_handler())
     try:
         app()
     except CganError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {scrub(str(exc))}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # no traceback reaches the user: one scrubbed line
+        message = _settings_error(exc)
+        if message is not None:
+            typer.echo(f"error: {scrub(message)}", err=True)
+            sys.exit(2)
+        typer.echo(f"error: {scrub(f'{type(exc).__name__}: {exc}'.splitlines()[0])}", err=True)
+        sys.exit(1)

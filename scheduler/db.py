@@ -190,4 +190,8 @@ def require_schema(settings: Settings) -> None:
 
 
 def _reason(exc: SQLAlchemyError) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    """The driver's first line, scrubbed: a driver error can echo the URL or its password."""
+    from .redact import scrub
+
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return scrub(lines[0] if lines else type(exc).__name__)

@@ -3,17 +3,21 @@
 With nothing set, cganctl runs on the embedded default: a SQLite job table and a local folder as the
 object store under ``CGAN_DATA_DIR``, jobs executed in-process. ``CGAN_BROKER_URL`` switches queueing
 to Celery, ``CGAN_DATABASE_URL`` the job table (e.g. PostgreSQL), ``CGAN_S3_BUCKET`` the object store.
-Secrets are ``SecretStr`` and every URL is shown through :func:`redact_url`.
+Secrets are ``SecretStr`` and every URL is shown through :func:`scheduler.redact.redact_url`
+(re-exported here).
 """
 from __future__ import annotations
 
 import os
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .redact import redact_url
+
+__all__ = ["Settings", "get_settings", "redact_url"]
 
 
 def _default_data_dir() -> Path:
@@ -29,7 +33,7 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(default=None, repr=False, description="Celery broker (Redis) URL; unset: jobs run in-process.")
 
     s3_bucket: str | None = Field(default=None, description="Bucket of the object store; unset: a local folder under data_dir.")
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = Field(default=None, repr=False, description="S3 endpoint; any credentials in it are never shown.")
     s3_region: str = "us-east-1"
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
@@ -70,21 +74,10 @@ class Settings(BaseSettings):
         return {
             "database": redact_url(self.sqlalchemy_url),
             "broker": redact_url(self.broker_url) if self.broker_url else "none (jobs run in-process)",
-            "object store": f"s3://{self.s3_bucket} at {self.s3_endpoint_url or 'AWS'}"
+            "object store": f"s3://{self.s3_bucket} at {redact_url(self.s3_endpoint_url) or 'AWS'}"
             if self.s3_bucket
             else f"local folder {self.local_store_dir}",
         }
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of ``scheme://user:password@host/...``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @lru_cache(maxsize=1)

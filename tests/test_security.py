@@ -1,0 +1,101 @@
+"""Issue 8: hostile and careless input. Secrets never shown; output is plain text; budgets; data roots;
+everything validated at submit; first use concurrency-safe. Tiny made-up data, real services."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.services import cganctl
+from scheduler.redact import Scrubber, redact_url
+
+PLANTED = ["S3CRET/pw#x?y@z", "QUERYSECRET", "REDISSECRET", "ENDPOINTSECRET", "ACCESSKEYSECRET", "SECRETKEYSECRET", "ENDPOINTUSER"]
+
+
+@pytest.mark.parametrize(
+    "url, hidden",
+    [
+        ("postgresql+psycopg://u:SECRET/PW@127.0.0.1:1/x", "SECRET"),
+        ("postgresql://u:p#a?s@word@h:5432/db", "p#a?s@word"),
+        ("postgresql://u@h/db?password=QSECRET&sslmode=disable", "QSECRET"),
+        ("redis://:RSECRET@h:6379/0", "RSECRET"),
+        ("redis://h:6379/0?token=TSECRET", "TSECRET"),
+        ("http://AKID123:SK456@127.0.0.1:8333", "SK456"),
+        ("http://AKID123:SK456@127.0.0.1:8333", "AKID123"),
+    ],
+)
+def test_redact_url_hides_any_password(url, hidden):
+    shown = redact_url(url)
+    assert hidden not in shown and "***" in shown
+
+
+def test_redact_url_keeps_plain_urls():
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert redact_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact_url("sqlite:////tmp/x/cganctl.db") == "sqlite:////tmp/x/cganctl.db"
+
+
+def test_scrubber_removes_echoed_secrets():
+    url = "postgresql+psycopg://u:SECRET/PW@127.0.0.1:1/x"
+    scrub = Scrubber(urls=[url], secrets=["KEYVALUE"])
+    text = scrub(f"could not parse {url}; password SECRET/PW; key KEYVALUE; other redis://:zz9zz@h/0")
+    assert "SECRET/PW" not in text and "KEYVALUE" not in text and "zz9zz" not in text
+
+
+def _planted_env(env: dict[str, str]) -> dict[str, str]:
+    env = dict(env)
+    env.update(
+        CGAN_DATABASE_URL="postgresql+psycopg://u:S3CRET/pw#x?y@z@127.0.0.1:1/x?password=QUERYSECRET",
+        CGAN_BROKER_URL="redis://:REDISSECRET@127.0.0.1:1/0",
+        CGAN_S3_ENDPOINT_URL="http://ENDPOINTUSER:ENDPOINTSECRET@127.0.0.1:1",
+        CGAN_S3_BUCKET="b",
+        CGAN_S3_ACCESS_KEY_ID="ACCESSKEYSECRET",
+        CGAN_S3_SECRET_ACCESS_KEY="SECRETKEYSECRET",
+    )
+    return env
+
+
+def _assert_clean(result, what: str) -> None:
+    out = result.stdout + result.stderr
+    assert "Traceback" not in out, f"{what}: {out}"
+    for secret in PLANTED:
+        assert secret not in out, f"{what} shows {secret!r}: {out}"
+
+
+def test_no_output_path_shows_a_planted_secret(embedded_env):
+    env = _planted_env(embedded_env)
+    for args in (["status"], ["status", "--json"], ["submit", "generate", "--label", "frog", "--count", "10"],
+                 ["jobs", "show", "0123456789abcdef"], ["jobs", "list"], ["db", "upgrade"]):
+        result = cganctl(env, *args, timeout=120)
+        assert result.returncode != 0, args
+        _assert_clean(result, " ".join(args))
+    status = json.loads(cganctl(env, "status", "--json", timeout=120).stdout)
+    assert not status["services"]["database"]["ok"]
+
+
+def test_worker_log_and_job_errors_show_no_secret(fleet_env, start_worker, tmp_path):
+    """A real fleet whose database URL carries a password query parameter and whose S3 keys are planted:
+    the worker log, `status`, a failing job's `jobs show` never show them."""
+    env = dict(fleet_env)
+    env["CGAN_DATABASE_URL"] = fleet_env["CGAN_DATABASE_URL"] + "?password=QUERYSECRET"
+    env["CGAN_S3_SECRET_ACCESS_KEY"] = fleet_env["CGAN_S3_SECRET_ACCESS_KEY"]
+    cganctl(env, "db", "upgrade", check=True)
+    worker = start_worker("sec", env=env)
+    missing = tmp_path / "gone"
+    (missing / "cat").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(missing / "cat" / "a.png")
+    out = cganctl(env, "submit", "train", "--preset", "mlp", "--dataset", str(missing), "--steps", "2", "--batch-size", "2",
+                  "--checkpoint-every", "2", "--json", timeout=120)
+    assert out.returncode == 0, out.stderr
+    job_id = json.loads(out.stdout)["id"]
+    waited = cganctl(env, "jobs", "watch", job_id, timeout=300)
+    _assert_clean(waited, "jobs watch")
+    for args in (["jobs", "show", job_id], ["jobs", "show", job_id, "--json"], ["status"], ["status", "--json"]):
+        result = cganctl(env, *args, timeout=120)
+        _assert_clean(result, " ".join(args))
+        assert "QUERYSECRET" not in result.stdout and fleet_env["CGAN_S3_SECRET_ACCESS_KEY"] not in result.stdout
+    worker.stop()
+    log = worker.log.read_text(errors="replace")
+    assert "QUERYSECRET" not in log and fleet_env["CGAN_S3_SECRET_ACCESS_KEY"] not in log
