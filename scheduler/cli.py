@@ -45,7 +45,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"error: {message}", err=True)
+    from .textsafe import plain
+
+    typer.echo(f"error: {plain(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -244,14 +246,16 @@ def jobs_retry(job_id: str, queue: QueueOpt = None, wait: WaitOpt = False, as_js
 @results_app.command("download")
 def results_download(
     job_id: str,
-    to: Annotated[Path, typer.Option("--to", help="Destination folder.")],
+    to: Annotated[str, typer.Option("--to", help="Destination folder (no symbolic link inside it is written through).")],
     layout: Annotated[Layout, typer.Option("--layout", help="webdataset: the shard files; imagefolder: DIR/<class>/<key>.png")] = Layout.webdataset,
 ) -> None:
     """Fetch a generate job's files, verify every checksum against the manifest, optionally unpack."""
     from .results import download
 
+    if not to.strip():
+        _fail("--to needs a folder: '' is not one", 2)
     service = _service()
-    summary = download(service, job_id, to, layout.value)
+    summary = download(service, job_id, Path(to), layout.value)
     typer.echo(summary)
 
 
@@ -328,6 +332,7 @@ def main() -> None:
 
     from .errors import CganError
     from .redact import cli_log_handler, scrub
+    from .textsafe import plain
 
     root = logging.getLogger()
     if not root.handlers:
@@ -335,12 +340,12 @@ def main() -> None:
     try:
         app()
     except CganError as exc:
-        typer.echo(f"error: {scrub(str(exc))}", err=True)
+        typer.echo(f"error: {plain(scrub(str(exc)))}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # no traceback reaches the user: one scrubbed line
         message = _settings_error(exc)
         if message is not None:
-            typer.echo(f"error: {scrub(message)}", err=True)
+            typer.echo(f"error: {plain(scrub(message))}", err=True)
             sys.exit(2)
-        typer.echo(f"error: {scrub(f'{type(exc).__name__}: {exc}'.splitlines()[0])}", err=True)
+        typer.echo(f"error: {plain(scrub(f'{type(exc).__name__}: {exc}'), one_line=True)}", err=True)
         sys.exit(1)

@@ -99,3 +99,74 @@ def test_worker_log_and_job_errors_show_no_secret(fleet_env, start_worker, tmp_p
     worker.stop()
     log = worker.log.read_text(errors="replace")
     assert "QUERYSECRET" not in log and fleet_env["CGAN_S3_SECRET_ACCESS_KEY"] not in log
+
+
+# --- output safety ---------------------------------------------------------------------------------
+
+
+def _runtime(env):
+    from harness.services import settings_from_env
+    from scheduler.runtime import Runtime
+
+    return Runtime(settings_from_env(env))
+
+
+HOSTILE = "bad file [/x] [red]x[/red] \x1b[2J\x1b]0;title\x07 \x9b31m end"
+
+
+def test_plain_and_markup_safe():
+    from scheduler.textsafe import markup_safe, plain
+
+    assert "\x1b" not in plain(HOSTILE) and "\x07" not in plain(HOSTILE) and "\x9b" not in plain(HOSTILE)
+    assert "[/x]" in plain(HOSTILE)
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(markup_safe(HOSTILE))
+    assert "[/x]" in console.export_text()
+
+
+def test_jobs_show_prints_hostile_error_and_class_names_as_plain_text(embedded_env):
+    from scheduler.specs import EvaluateSpec
+
+    runtime = _runtime(embedded_env)
+    spec = EvaluateSpec(model="default:1", classifier="default-classifier:1", samples_per_class=2)
+    job = runtime.table.create(spec, queue="gpu", priority=0, max_attempts=1, progress_total=None, progress_unit="images")
+    runtime.table.claim(job.id, "w")
+    runtime.table.succeed(job.id, metrics={"fid": 1.0, "per_class": {HOSTILE: {"fid": 2.0}, "[/x]": {"fid": 3.0}}}, artifacts={"grid": "k"})
+    failed = runtime.table.create(spec, queue="gpu", priority=0, max_attempts=1, progress_total=None, progress_unit="images")
+    runtime.table.fail(failed.id, HOSTILE)
+    for job_id in (job.id, failed.id):
+        result = cganctl(embedded_env, "jobs", "show", job_id, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "[/x]" in result.stdout
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout and "\x9b" not in result.stdout
+        assert "Traceback" not in result.stderr
+    listed = cganctl(embedded_env, "jobs", "list", timeout=120)
+    assert listed.returncode == 0 and "\x1b" not in listed.stdout
+
+
+def test_results_download_refuses_links_and_empty_destination(embedded_env, tmp_path):
+    out = cganctl(embedded_env, "submit", "generate", "--label", "frog", "--count", "4", "--json", timeout=300)
+    assert out.returncode == 0, out.stderr
+    job_id = json.loads(out.stdout)["id"]
+    empty = cganctl(embedded_env, "results", "download", job_id, "--to", "", timeout=120)
+    assert empty.returncode == 2 and empty.stderr.startswith("error:") and "Traceback" not in empty.stderr
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "frog").symlink_to(victim)
+    (dest / "manifest.json").symlink_to(victim / "manifest.json")
+    for layout in ("webdataset", "imagefolder"):
+        result = cganctl(embedded_env, "results", "download", job_id, "--to", str(dest), "--layout", layout, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error:") and "symbolic link" in result.stderr
+        assert list(victim.iterdir()) == []
+    linked = tmp_path / "linked"
+    linked.symlink_to(victim)
+    result = cganctl(embedded_env, "results", "download", job_id, "--to", str(linked), timeout=120)
+    assert result.returncode == 2 and list(victim.iterdir()) == []
+    fine = cganctl(embedded_env, "results", "download", job_id, "--to", str(tmp_path / "ok"), "--layout", "imagefolder", timeout=120)
+    assert fine.returncode == 0, fine.stderr
+    assert len(list((tmp_path / "ok" / "frog").iterdir())) == 4
