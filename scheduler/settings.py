@@ -47,6 +47,22 @@ class Settings(BaseSettings):
     task_time_limit: int = Field(default=5 * 3600 + 600, gt=0, description="Seconds before a task is killed.")
     visibility_timeout: int = Field(default=6 * 3600, gt=0, description="Redis visibility timeout; longer than the longest task.")
 
+    # budgets (issue 8): what one submit may cost in time, memory and disk; see README "Security"
+    min_shard_size: int = Field(default=10, gt=0, description="Smallest --shard-size (a job smaller than it may use its own size).")
+    max_steps: int = Field(default=10_000_000, gt=0, description="Most optimiser steps one train job may ask for.")
+    max_checkpoints: int = Field(default=1000, gt=0, description="Checkpoints one train job may write: --checkpoint-every >= steps / this.")
+    keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept in the store per train job (plus the final one).")
+    max_archive_member_bytes: int = Field(default=64 * 2**20, gt=0, description="Largest file read from a dataset archive or folder.")
+    max_image_pixels: int = Field(default=4096 * 4096, gt=0, description="Largest image (width x height) decoded from a dataset.")
+    max_image_side: int = Field(default=8192, gt=0, description="Largest width or height of a dataset image.")
+    max_total_pixels: int = Field(default=2_000_000_000, gt=0, description="Most pixels decoded from one dataset (about 6 GB as RGB).")
+    max_dataset_entries: int = Field(default=2_000_000, gt=0, description="Most paths one dataset folder walk visits.")
+    dataset_roots: list[Path] | None = Field(
+        default=None,
+        description="Folders a dataset/reference path must lie under (JSON list). Unset: on a fleet <data_dir>/datasets; "
+        "on the embedded default any path the user can read.",
+    )
+
     @field_validator("database_url", "broker_url", "s3_bucket", "s3_endpoint_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -64,6 +80,22 @@ class Settings(BaseSettings):
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'cganctl.db'}"
+
+    def dataset_limits(self):
+        """The reading budgets as :class:`cganmodel.limits.DataLimits` (torch-free)."""
+        from cganmodel.limits import DataLimits
+
+        return DataLimits(
+            member_bytes=self.max_archive_member_bytes, image_pixels=self.max_image_pixels, image_side=self.max_image_side,
+            total_pixels=self.max_total_pixels, entries=self.max_dataset_entries,
+        )
+
+    @property
+    def allowed_dataset_roots(self) -> list[Path] | None:
+        """The roots a dataset path must lie under, or None when any readable path is allowed (embedded default)."""
+        if self.dataset_roots:
+            return [Path(r).expanduser().resolve() for r in self.dataset_roots]
+        return None if self.embedded else [(self.data_dir / "datasets").resolve()]
 
     @property
     def local_store_dir(self) -> Path:

@@ -39,6 +39,7 @@ class ShardStatus(str, enum.Enum):
 
 
 FINISHED = tuple(s.value for s in JobStatus if s.finished)
+MAX_SEED = 2**63 - 1  # seeds are signed 64-bit in torch.Generator / numpy
 OUTPUT_FORMATS = ("webdataset", "imagefolder", "npz")
 
 
@@ -91,17 +92,17 @@ class EvaluateSpec(_Spec):
     model: str = Field(..., description="NAME:VERSION of a generator, resolved at submit")
     classifier: str = Field(..., description="NAME:VERSION of the scoring classifier, resolved at submit")
     reference: str = Field("cifar10", description="dataset whose statistics FID compares against")
-    samples_per_class: int = Field(5000, gt=0, le=100_000)
+    samples_per_class: int = Field(5000, ge=2, le=100_000, description="at least 2: FID and intra-FID need a covariance")
     reference_limit: int | None = Field(None, gt=0, description="use at most this many reference images")
     inception: bool = True
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class GenerateSpec(_Spec):
     kind: Literal["generate"] = "generate"
     model: str = Field(..., description="NAME:VERSION, resolved at submit")
     counts: dict[str, int] = Field(..., description="images per class name, in the model's class order")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     truncation: float | None = Field(None, gt=0, allow_inf_nan=False)
     min_confidence: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     classifier: str | None = Field(None, description="NAME:VERSION used with min_confidence")

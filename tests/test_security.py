@@ -170,3 +170,143 @@ def test_results_download_refuses_links_and_empty_destination(embedded_env, tmp_
     fine = cganctl(embedded_env, "results", "download", job_id, "--to", str(tmp_path / "ok"), "--layout", "imagefolder", timeout=120)
     assert fine.returncode == 0, fine.stderr
     assert len(list((tmp_path / "ok" / "frog").iterdir())) == 4
+
+
+# --- budgets, data roots, submit-time validation -----------------------------------------------------
+
+
+def _png(path, size=(8, 8)):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size).save(path)
+
+
+def test_archive_member_size_is_checked_before_reading(tmp_path):
+    import io
+    import tarfile
+
+    from cganmodel.dataset_index import DataError, count_images
+    from cganmodel.limits import DataLimits
+
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        info = tarfile.TarInfo("ds/cat/big.png")
+        info.size = 2_000_000
+        tf.addfile(info, io.BytesIO(b"\0" * info.size))
+    with pytest.raises(DataError, match="CGAN_MAX_ARCHIVE_MEMBER_BYTES"):
+        count_images(str(archive), limits=DataLimits(member_bytes=1_000_000))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_image_dimensions_are_checked_from_the_header(tmp_path, fmt):
+    from PIL import Image
+
+    from cganmodel.data import load_image_dataset
+    from cganmodel.dataset_index import DataError
+    from cganmodel.limits import DataLimits
+
+    (tmp_path / "ds" / "cat").mkdir(parents=True)
+    Image.new("RGB", (300, 200)).save(tmp_path / "ds" / "cat" / f"a.{fmt.lower()}", fmt)
+    with pytest.raises(DataError, match="CGAN_MAX_IMAGE_PIXELS"):
+        load_image_dataset(str(tmp_path / "ds"), limits=DataLimits(image_pixels=100 * 100))
+    with pytest.raises(DataError, match="CGAN_MAX_IMAGE_SIDE"):
+        load_image_dataset(str(tmp_path / "ds"), limits=DataLimits(image_side=250))
+    with pytest.raises(DataError, match="CGAN_MAX_TOTAL_PIXELS"):
+        load_image_dataset(str(tmp_path / "ds"), limits=DataLimits(total_pixels=1000))
+    assert len(load_image_dataset(str(tmp_path / "ds"))) == 1
+
+
+def test_walk_survives_link_loops_and_does_not_follow_links_out(tmp_path):
+    from cganmodel.dataset_index import DataError, count_images
+    from cganmodel.limits import DataLimits
+
+    root = tmp_path / "loop" / "root"
+    for cls in ("cat", "dog"):
+        for i in range(3):
+            _png(root / cls / f"{i}.png")
+    (root / "cat" / "up").symlink_to("..")  # a loop
+    (root / "cat" / "dogs.png").symlink_to(root / "dog" / "0.png")  # would count a dog as a cat
+    outside = tmp_path / "outside"
+    for i in range(5):
+        _png(outside / f"{i}.png")
+    (root / "bird").symlink_to(outside)  # a link out of the root
+    assert count_images(str(root)) == {"cat": 3, "dog": 3}
+    with pytest.raises(DataError, match="CGAN_MAX_DATASET_ENTRIES"):
+        count_images(str(root), limits=DataLimits(entries=4))
+
+
+def test_dataset_roots_on_a_fleet_and_embedded(tmp_path):
+    import os
+
+    from scheduler.dataset_access import DatasetRefused, resolve_source
+    from scheduler.settings import Settings
+
+    data = tmp_path / "data"
+    inside = data / "datasets" / "ds"
+    _png(inside / "cat" / "a.png")
+    outside = tmp_path / "elsewhere"
+    _png(outside / "cat" / "a.png")
+    fleet = Settings(data_dir=data, broker_url="redis://127.0.0.1:1/0")
+    embedded = Settings(data_dir=data)
+    assert resolve_source(str(inside), fleet.allowed_dataset_roots) == str(inside)
+    assert resolve_source("cifar10", fleet.allowed_dataset_roots) == "cifar10"
+    with pytest.raises(DatasetRefused, match="outside the dataset roots"):
+        resolve_source(str(outside), fleet.allowed_dataset_roots)
+    (inside.parent / "sneaky").symlink_to(outside)
+    with pytest.raises(DatasetRefused, match="outside the dataset roots"):
+        resolve_source(str(inside.parent / "sneaky"), fleet.allowed_dataset_roots)
+    with pytest.raises(DatasetRefused, match="not supported yet"):
+        resolve_source("s3://bucket/ds.tar", fleet.allowed_dataset_roots)
+    with pytest.raises(DatasetRefused, match="empty"):
+        resolve_source("", None)
+    assert resolve_source(str(outside), embedded.allowed_dataset_roots) == str(outside)
+    pipe = tmp_path / "pipe.tar"
+    os.mkfifo(pipe)
+    with pytest.raises(DatasetRefused, match="neither a folder nor a regular file"):
+        resolve_source(str(pipe), None)
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert resolve_source("elsewhere", None) == str(outside)  # relative: absolute in the spec
+    finally:
+        os.chdir(cwd)
+    rooted = Settings(data_dir=data, dataset_roots=[str(tmp_path / "elsewhere")])
+    with pytest.raises(DatasetRefused):
+        resolve_source(str(inside), rooted.allowed_dataset_roots)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "--seed", str(2**70)], "--seed"),
+        (["evaluate", "--samples-per-class", "1"], "--samples-per-class"),
+        (["generate", "--label", "cat", "--count", "10", "--seed", str(2**64)], "--seed"),
+        (["generate", "--label", "cat", "--count", "10", "--model", "default:99999999999999999999"], "version"),
+        (["generate", "--label", "cat", "--count", "10", "--model", "default:0"], "versions start at 1"),
+        (["generate", "--label", "cat", "--count", "3000", "--shard-size", "1"], "CGAN_MIN_SHARD_SIZE"),
+        (["train", "--preset", "mlp", "--dataset", "DS", "--steps", str(10**30)], "CGAN_MAX_STEPS"),
+        (["train", "--preset", "mlp", "--dataset", "DS", "--steps", "4000", "--checkpoint-every", "1"], "CGAN_MAX_CHECKPOINTS"),
+        (["train", "--preset", "mlp", "--dataset", "DS", "--seed", str(2**70)], "--seed"),
+        (["train", "--preset", "mlp", "--dataset", "DS", "--name", "default"], "reserved"),
+        (["train", "--preset", "mlp", "--dataset", "DS", "--name", "default-classifier"], "reserved"),
+        (["train", "--preset", "mlp", "--dataset", "EMPTY"], "--dataset"),
+        (["train", "--preset", "mlp", "--dataset", ""], "empty"),
+    ],
+)
+def test_submit_refuses_what_a_worker_would_reject(embedded_env, tmp_path, args, message):
+    _png(tmp_path / "ds" / "cat" / "a.png")
+    (tmp_path / "empty").mkdir()
+    args = [{"DS": str(tmp_path / "ds"), "EMPTY": str(tmp_path / "empty")}.get(a, a) for a in args]
+    result = cganctl(embedded_env, "submit", *args, timeout=120)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+    assert "cganctl.db" not in " ".join(p.name for p in (tmp_path / "data").glob("*")) or cganctl(embedded_env, "jobs", "list", "--json").stdout.strip() == "[]"
+
+
+def test_invalid_setting_is_one_error_line(embedded_env):
+    env = dict(embedded_env, CGAN_MAX_COUNT="lots")
+    result = cganctl(env, "submit", "generate", "--label", "cat", "--count", "10", timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: invalid setting CGAN_MAX_COUNT")
