@@ -310,3 +310,18 @@ def test_invalid_setting_is_one_error_line(embedded_env):
     result = cganctl(env, "submit", "generate", "--label", "cat", "--count", "10", timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: invalid setting CGAN_MAX_COUNT")
+
+
+def test_first_use_is_concurrency_safe(embedded_env):
+    """Four commands start at once on a fresh data folder: all create-or-wait for the schema and succeed."""
+    import subprocess
+
+    from harness.services import ROOT, cganctl_command
+
+    args = [*cganctl_command(), "submit", "generate", "--label", "frog", "--count", "10", "--wait"]
+    procs = [subprocess.Popen(args, env=embedded_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    assert [code for code, _ in results] == [0, 0, 0, 0], results
