@@ -325,3 +325,16 @@ def test_first_use_is_concurrency_safe(embedded_env):
         p.stdout.close()
         p.stderr.close()
     assert [code for code, _ in results] == [0, 0, 0, 0], results
+
+
+def test_checkpoint_retention_keeps_the_last_three(embedded_env, tmp_path):
+    for cls in ("cat", "dog"):
+        for i in range(4):
+            _png(tmp_path / "ds" / cls / f"{i}.png")
+    result = cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", str(tmp_path / "ds"), "--steps", "10",
+                     "--batch-size", "4", "--checkpoint-every", "2", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    base = tmp_path / "data" / "objects" / "jobs" / job["id"] / "checkpoints"
+    folders = sorted(p.name for p in base.glob("step-*") if any(f.is_file() for f in p.rglob("*")))
+    assert folders == ["step-0000006", "step-0000008", "step-0000010"], folders

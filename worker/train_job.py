@@ -31,6 +31,9 @@ def _save_checkpoint(ctx: JobContext, step: int, files: dict[str, bytes]) -> Non
         ctx.store.put_bytes(f"{prefix}/{name}", data, "image/png" if name.endswith(".png") else "application/octet-stream")
     latest = {"step": step, "prefix": prefix, "files": sorted(files)}
     ctx.put(LATEST, json.dumps(latest, sort_keys=True).encode(), "application/json")
+    from worker.retention import prune_checkpoints
+
+    prune_checkpoints(ctx.store, ctx.key("checkpoints"), ctx.runtime.settings.keep_checkpoints)
 
 
 def run(ctx: JobContext, spec: TrainSpec) -> tuple[dict, dict]:
