@@ -338,3 +338,21 @@ def test_checkpoint_retention_keeps_the_last_three(embedded_env, tmp_path):
     base = tmp_path / "data" / "objects" / "jobs" / job["id"] / "checkpoints"
     folders = sorted(p.name for p in base.glob("step-*") if any(f.is_file() for f in p.rglob("*")))
     assert folders == ["step-0000006", "step-0000008", "step-0000010"], folders
+
+
+def test_forged_model_width_is_refused_before_allocating():
+    """A model row whose config claims 64x the widths would allocate gigabytes; the weights' header is
+    compared first (the module is built on the meta device), so it fails with little memory."""
+    import resource
+
+    from cganmodel.checkpoint import CheckpointError
+    from cganmodel.pretrained import default_model_files, load_generator
+
+    weights, meta_path = default_model_files()
+    meta = json.loads(meta_path.read_text())
+    forged = dict(meta, config=dict(meta["config"], g_widths=[w * 64 for w in meta["config"]["g_widths"]]))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError):
+        load_generator(weights, forged)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 500 * 1024, grown_kib
