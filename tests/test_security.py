@@ -81,7 +81,7 @@ def test_worker_log_and_job_errors_show_no_secret(fleet_env, start_worker, tmp_p
     env["CGAN_S3_SECRET_ACCESS_KEY"] = fleet_env["CGAN_S3_SECRET_ACCESS_KEY"]
     cganctl(env, "db", "upgrade", check=True)
     worker = start_worker("sec", env=env)
-    missing = tmp_path / "gone"
+    missing = tmp_path / "data" / "datasets" / "gone"  # under the fleet's dataset root
     (missing / "cat").mkdir(parents=True)
     from PIL import Image
 
