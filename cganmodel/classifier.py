@@ -59,8 +59,11 @@ def load_classifier(weights: bytes | Path, meta: Mapping[str, Any]) -> Classifie
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"bad classifier config in metadata: {exc}") from exc
     data = Path(weights).read_bytes() if isinstance(weights, Path) else weights
-    model = build_classifier(cfg.num_classes, cfg.width)
-    load_state_dict(MODEL_FILE, model, bytes_to_tensors(MODEL_FILE, data))
+    from cganmodel.safe_build import build_checked
+
+    tensors = bytes_to_tensors(MODEL_FILE, data)
+    model = build_checked(MODEL_FILE, lambda: build_classifier(cfg.num_classes, cfg.width), tensors)  # shapes first
+    load_state_dict(MODEL_FILE, model, tensors)
     return model.to(memory_format=torch.channels_last).eval()
 
 

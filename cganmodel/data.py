@@ -19,6 +19,9 @@ from torch.utils.data import Dataset
 
 from cganmodel.dataset_index import DataError, iter_tar, list_dir, parts, resolve, select
 from cganmodel.imaging import to_float
+from cganmodel.limits import DEFAULT_LIMITS, BudgetExceeded, DataLimits, check_images
+
+Image.MAX_IMAGE_PIXELS = DEFAULT_LIMITS.image_pixels  # PIL's own bomb check, at our cap
 
 
 class ImageData(Dataset):
@@ -114,11 +117,13 @@ def _cifar10(split: str, root: str | None):  # -> torchvision.datasets.CIFAR10
 
 
 def load_image_dataset(
-    source: str, split: str = "train", root: str | None = None, *, image_size: int = 32
+    source: str, split: str = "train", root: str | None = None, *, image_size: int = 32, limits: DataLimits | None = None
 ) -> ImageData:
     """Load ``source`` ("cifar10", an ImageFolder directory or tarball) fully into memory.
 
-    Images that are not ``image_size`` square are resized (bicubic). Raises :class:`DataError`.
+    Images that are not ``image_size`` square are resized (bicubic). Raises :class:`DataError`, also when
+    the data is over a budget of ``limits`` (member size, image dimensions, total pixels: checked from
+    sizes and image headers before anything is decoded).
     """
     if source == "cifar10":
         ds = _cifar10(split, root)
@@ -128,7 +133,7 @@ def load_image_dataset(
         return ImageData(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
     path = resolve(source)
     if path.is_dir():
-        names = list_dir(path)
+        names = list_dir(path, limits)
         by_class = select([parts(n) for n in names], split, source)
         picked = [(c, i) for c, idx in by_class.items() for i in idx]
         blobs = []
@@ -138,12 +143,16 @@ def load_image_dataset(
             except OSError as exc:
                 raise DataError(f"cannot read {path / names[i]} ({exc})") from None
     else:
-        entries = list(iter_tar(path, read=True))
+        entries = list(iter_tar(path, read=True, limits=limits))
         names = [n for n, _ in entries]
         by_class = select([parts(n) for n in names], split, source)
         picked = [(c, i) for c, idx in by_class.items() for i in idx]
         blobs = [entries[i][1] or b"" for _, i in picked]
     classes = list(by_class)
+    try:
+        check_images(blobs, [names[i] for _, i in picked], limits)  # headers only: before any decode
+    except BudgetExceeded as exc:
+        raise DataError(f"{source}: {exc}") from None
     images = _decode_all(blobs, [names[i] for _, i in picked], image_size)
     index = {c: k for k, c in enumerate(classes)}
     labels = torch.tensor([index[c] for c, _ in picked], dtype=torch.int64)

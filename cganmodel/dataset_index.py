@@ -7,9 +7,12 @@ classes without importing torch; :mod:`cganmodel.data` decodes what this module 
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+
+from cganmodel.limits import DEFAULT_LIMITS, DataLimits
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
@@ -69,12 +72,23 @@ def select(
     return dict(sorted(by_class.items()))
 
 
-def iter_tar(path: Path, read: bool) -> Iterator[tuple[str, bytes | None]]:
-    """(member name, bytes or None) for each regular image file, streaming (no extraction)."""
+def iter_tar(path: Path, read: bool, limits: DataLimits | None = None) -> Iterator[tuple[str, bytes | None]]:
+    """(member name, bytes or None) for each regular image file, streaming (no extraction). A member
+    larger than ``limits.member_bytes`` is refused from its header, before a byte of it is read."""
+    limits = limits or DEFAULT_LIMITS
+    seen = 0
     try:
         with tarfile.open(path, mode="r|*") as tf:
             for member in tf:
+                seen += 1
+                if seen > limits.entries:
+                    raise DataError(f"{path}: more than {limits.entries} archive members (CGAN_MAX_DATASET_ENTRIES)")
                 if member.isfile() and is_image(member.name):
+                    if member.size > limits.member_bytes:
+                        raise DataError(
+                            f"{path}: member {member.name!r} is {member.size} bytes, above the limit of "
+                            f"{limits.member_bytes} (CGAN_MAX_ARCHIVE_MEMBER_BYTES)"
+                        )
                     data = None
                     if read:
                         f = tf.extractfile(member)
@@ -84,12 +98,56 @@ def iter_tar(path: Path, read: bool) -> Iterator[tuple[str, bytes | None]]:
         raise DataError(f"{path}: cannot read tar archive ({exc})") from None
 
 
-def list_dir(path: Path) -> list[str]:
+def _inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def list_dir(path: Path, limits: DataLimits | None = None) -> list[str]:
+    """Image files under ``path`` (relative POSIX names), sorted per folder. Symbolic links are followed
+    only where they stay inside ``path``'s real folder; each real folder is visited once (no loop can
+    hang the walk, no link can count one class's images as another's twice); only regular files count;
+    at most ``limits.entries`` paths are visited and no file may exceed ``limits.member_bytes``."""
+    limits = limits or DEFAULT_LIMITS
+    root = os.path.realpath(path)
     names: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(path)
-        names.extend(str(PurePosixPath(*rel.parts, f)) for f in sorted(filenames) if is_image(f))
+    visited: set[str] = set()
+    seen = 0
+    stack: list[tuple[str, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        real_dir, rel = stack.pop()
+        if real_dir in visited:
+            continue
+        visited.add(real_dir)
+        try:
+            entries = sorted(os.scandir(real_dir), key=lambda e: e.name)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot list {os.path.join(path, *rel)} ({exc.strerror or exc})") from None
+        subdirs = []
+        for entry in entries:
+            seen += 1
+            if seen > limits.entries:
+                raise DataError(f"{path}: more than {limits.entries} paths (CGAN_MAX_DATASET_ENTRIES)")
+            if entry.name.startswith("."):
+                continue
+            real = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
+            if not _inside(real, root):
+                continue  # a link out of the dataset is not followed
+            try:
+                st = os.stat(real)
+            except OSError:
+                continue  # a dangling link
+            if stat.S_ISDIR(st.st_mode):
+                subdirs.append((real, (*rel, entry.name)))
+            elif stat.S_ISREG(st.st_mode) and is_image(entry.name):
+                if entry.is_symlink() and os.path.dirname(real) != real_dir:
+                    continue  # a link to an image of another folder would relabel it
+                if st.st_size > limits.member_bytes:
+                    raise DataError(
+                        f"{path}: {'/'.join((*rel, entry.name))} is {st.st_size} bytes, above the limit of "
+                        f"{limits.member_bytes} (CGAN_MAX_ARCHIVE_MEMBER_BYTES)"
+                    )
+                names.append(str(PurePosixPath(*rel, entry.name)))
+        stack.extend(reversed(subdirs))
     return names
 
 
@@ -101,15 +159,17 @@ def resolve(source: str) -> Path:
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"data source {source!r} does not exist (expected 'cifar10', a directory or a tar archive)")
+    if not path.is_dir() and not path.is_file():
+        raise DataError(f"{source}: neither a folder nor a regular file")
     if path.is_file() and not is_tar(path):
         raise DataError(f"{source}: not a directory or a .tar/.tar.gz archive")
     return path
 
 
-def count_images(source: str, split: str = "train", *, require_split: bool = False) -> dict[str, int]:
+def count_images(source: str, split: str = "train", limits: DataLimits | None = None, *, require_split: bool = False) -> dict[str, int]:
     """Images per class in an ImageFolder directory or tarball (``split`` where it has split folders;
     with ``require_split`` a tree without split folders is a DataError)."""
     path = resolve(source)
-    names = list_dir(path) if path.is_dir() else [n for n, _ in iter_tar(path, read=False)]
+    names = list_dir(path, limits) if path.is_dir() else [n for n, _ in iter_tar(path, read=False, limits=limits)]
     selected = select([parts(n) for n in names], split, source, require_split=require_split)
     return {c: len(idx) for c, idx in selected.items()}

@@ -17,6 +17,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+#: Seeds are signed 64-bit in torch.Generator and numpy.
+MAX_SEED = 2**63 - 1
+
 #: DiffAugment operations (``cganmodel.diffaug`` implements them); a policy is a comma-separated subset.
 DIFFAUG_OPS = ("color", "translation", "cutout")
 
@@ -157,6 +160,7 @@ class TrainConfig:
         _check(self, {
             "steps": self.steps >= 1,
             "batch_size": self.batch_size >= 1,
+            "seed": 0 <= self.seed <= MAX_SEED,
             "n_dis": self.n_dis >= 1,
             "lr_g": self.lr_g > 0,
             "lr_d": self.lr_d > 0,
@@ -206,6 +210,7 @@ class ClassifierTrainConfig:
         _check(self, {
             "steps": self.steps >= 1,
             "batch_size": self.batch_size >= 1,
+            "seed": 0 <= self.seed <= MAX_SEED,
             "lr": self.lr > 0,
             "warmup_fraction": 0 <= self.warmup_fraction <= 1,
             "momentum": 0 <= self.momentum < 1,

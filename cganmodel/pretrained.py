@@ -54,7 +54,9 @@ def load_generator(weights: bytes | Path, meta: dict[str, Any]) -> nn.Module:
         except OSError as exc:
             raise CheckpointError(f"cannot read generator weights {name}: {exc}") from None
     tensors = bytes_to_tensors(name, weights)
-    G = build_generator(cfg)
+    from cganmodel.safe_build import build_checked
+
+    G = build_checked(name, lambda: build_generator(cfg), tensors)  # shapes checked before allocating
     load_state_dict(name, G, tensors)
     return G.eval().to(memory_format=torch.channels_last)
 

@@ -182,6 +182,8 @@ def unpack_to_imagefolder(shard_paths: Iterable[PathLike], dest_dir: PathLike, c
         for class_name, key, png in _iter_pngs(path, classes):
             target = dest / class_name / f"{key}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent.is_symlink() or target.is_symlink():
+                raise ValueError(f"{target} is or lies in a symbolic link: refusing to write through it")
             target.write_bytes(png)
             written += 1
     return written

@@ -45,7 +45,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"error: {message}", err=True)
+    from .textsafe import plain
+
+    typer.echo(f"error: {plain(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -273,14 +275,16 @@ def jobs_retry(job_id: str, queue: QueueOpt = None, wait: WaitOpt = False, as_js
 @results_app.command("download")
 def results_download(
     job_id: str,
-    to: Annotated[Path, typer.Option("--to", help="Destination folder.")],
+    to: Annotated[str, typer.Option("--to", help="Destination folder (no symbolic link inside it is written through).")],
     layout: Annotated[Layout, typer.Option("--layout", help="webdataset: the shard files; imagefolder: DIR/<class>/<key>.png")] = Layout.webdataset,
 ) -> None:
     """Fetch a generate job's files, verify every checksum against the manifest, optionally unpack."""
     from .results import download
 
+    if not to.strip():
+        _fail("--to needs a folder: '' is not one", 2)
     service = _service()
-    summary = download(service, job_id, to, layout.value)
+    summary = download(service, job_id, Path(to), layout.value)
     typer.echo(summary)
 
 
@@ -385,11 +389,34 @@ def ui(
     serve(host, port, echo=typer.echo)
 
 
-def main() -> None:
-    from .errors import CganError
+def _settings_error(exc: Exception) -> str | None:
+    """One line for an invalid ``CGAN_*`` value (a pydantic ValidationError of Settings), else None."""
+    if type(exc).__name__ != "ValidationError" or "Settings" not in str(getattr(exc, "title", "")):
+        return None
+    first = exc.errors()[0]  # type: ignore[attr-defined]
+    name = "CGAN_" + str(first["loc"][0]).upper() if first.get("loc") else "CGAN_*"
+    return f"invalid setting {name}: {first['msg']}"
 
+
+def main() -> None:
+    import logging
+
+    from .errors import CganError
+    from .redact import cli_log_handler, scrub
+    from .textsafe import plain
+
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(cli_log_handler())
     try:
         app()
     except CganError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {plain(scrub(str(exc)))}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # no traceback reaches the user: one scrubbed line
+        message = _settings_error(exc)
+        if message is not None:
+            typer.echo(f"error: {plain(scrub(message))}", err=True)
+            sys.exit(2)
+        typer.echo(f"error: {plain(scrub(f'{type(exc).__name__}: {exc}'), one_line=True)}", err=True)
+        sys.exit(1)

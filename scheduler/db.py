@@ -209,12 +209,31 @@ def require_schema(settings: Settings) -> None:
     if current_revision(settings) == head_revision(settings):
         return
     if settings.sqlalchemy_url.startswith("sqlite"):
-        upgrade(settings)
+        _upgrade_sqlite_once(settings)
         return
     raise ServiceUnavailable(
         f"the job table at {redact_url(settings.sqlalchemy_url)} is not at the current schema; run `cganctl db upgrade`"
     )
 
 
+def _upgrade_sqlite_once(settings: Settings) -> None:
+    """First use of a fresh data folder: several commands may start at once. One of them upgrades under
+    an exclusive file lock; the others wait for it and then find the schema at head (issue 8)."""
+    import fcntl
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.data_dir / ".schema.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if current_revision(settings) != head_revision(settings):
+                upgrade(settings)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _reason(exc: SQLAlchemyError) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    """The driver's first line, scrubbed: a driver error can echo the URL or its password."""
+    from .redact import scrub
+
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return scrub(lines[0] if lines else type(exc).__name__)

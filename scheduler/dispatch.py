@@ -7,8 +7,8 @@ from typing import Protocol
 
 from .errors import ServiceUnavailable
 from .jobs import JobRecord
+from .redact import redact_url, scrub
 from .runtime import Runtime
-from .settings import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class CeleryDispatcher:
             with self.app.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=3)
         except Exception as exc:  # kombu raises the transport's own errors
-            raise ServiceUnavailable(f"broker {url} is unreachable: {exc}") from exc
+            raise ServiceUnavailable(f"broker {url} is unreachable: {scrub(str(exc))}") from exc
         return url
 
     def enqueue(self, job: JobRecord, shard_count: int) -> None:
@@ -59,7 +59,7 @@ class CeleryDispatcher:
                         **options,
                     )
         except Exception as exc:
-            raise ServiceUnavailable(f"could not enqueue job {job.id} on {redact_url(self.runtime.settings.broker_url or '')}: {exc}") from exc
+            raise ServiceUnavailable(f"could not enqueue job {job.id} on {redact_url(self.runtime.settings.broker_url or '')}: {scrub(str(exc))}") from exc
 
     def wait_local(self) -> None:
         """Nothing runs here: workers elsewhere execute the job."""
@@ -96,7 +96,7 @@ class InlineDispatcher:
                     execute.run_job(self.runtime, job.id)
             except Exception as exc:  # the job row already says why; make sure it is not left running
                 log.exception("in-process job %s failed", job.id)
-                table.fail(job.id, f"{type(exc).__name__}: {exc}")
+                table.fail(job.id, scrub(f"{type(exc).__name__}: {exc}"))
 
         thread = threading.Thread(target=run, name=f"job-{job.id[:8]}")
         thread.start()

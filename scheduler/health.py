@@ -6,12 +6,14 @@ from .settings import get_settings
 
 
 def _probe(func) -> dict:
+    from .redact import scrub
+
     try:
-        return {"ok": True, "detail": func()}
+        return {"ok": True, "detail": scrub(func())}
     except CganError as exc:
-        return {"ok": False, "detail": str(exc)}
+        return {"ok": False, "detail": scrub(str(exc))}
     except Exception as exc:  # a status probe reports, it never crashes
-        return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "detail": scrub(f"{type(exc).__name__}: {exc}")}
 
 
 def check_all(settings=None) -> dict:

@@ -62,8 +62,12 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
         raise InvalidInput(f"invalid model reference {ref!r}: expected NAME or NAME:VERSION")
     if version in ("", "latest"):
         return name, None
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()):
         raise InvalidInput(f"invalid model version in {ref!r}: expected a number or 'latest'")
+    if int(version) == 0:
+        raise InvalidInput(f"invalid model version in {ref!r}: versions start at 1")
+    if len(version) > 9:  # the table's versions are 32-bit integers
+        raise InvalidInput(f"invalid model version in {ref!r}: no model has that many versions")
     return name, int(version)
 
 

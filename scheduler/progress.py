@@ -5,12 +5,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .jobs import JobRecord
+from .textsafe import markup_safe
 
 
 def _describe(job: JobRecord) -> str:
     info = job.progress_info or {}
     extra = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items() if k in ("stage", "d_loss", "g_loss", "loss", "images_per_s"))
-    return f"{job.kind} {job.id[:8]} {job.status}" + (f" {extra}" if extra else "")
+    return markup_safe(f"{job.kind} {job.id[:8]} {job.status}" + (f" {extra}" if extra else ""), one_line=True)
 
 
 def follow_job(service, job_id: str, *, quiet: bool = False) -> JobRecord:
@@ -21,7 +22,7 @@ def follow_job(service, job_id: str, *, quiet: bool = False) -> JobRecord:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[unit]}"),
+        TextColumn("{task.fields[unit]}", markup=False),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )

@@ -3,17 +3,21 @@
 With nothing set, cganctl runs on the embedded default: a SQLite job table and a local folder as the
 object store under ``CGAN_DATA_DIR``, jobs executed in-process. ``CGAN_BROKER_URL`` switches queueing
 to Celery, ``CGAN_DATABASE_URL`` the job table (e.g. PostgreSQL), ``CGAN_S3_BUCKET`` the object store.
-Secrets are ``SecretStr`` and every URL is shown through :func:`redact_url`.
+Secrets are ``SecretStr`` and every URL is shown through :func:`scheduler.redact.redact_url`
+(re-exported here).
 """
 from __future__ import annotations
 
 import os
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .redact import redact_url
+
+__all__ = ["Settings", "get_settings", "redact_url"]
 
 
 def _default_data_dir() -> Path:
@@ -29,7 +33,7 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(default=None, repr=False, description="Celery broker (Redis) URL; unset: jobs run in-process.")
 
     s3_bucket: str | None = Field(default=None, description="Bucket of the object store; unset: a local folder under data_dir.")
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = Field(default=None, repr=False, description="S3 endpoint; any credentials in it are never shown.")
     s3_region: str = "us-east-1"
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
@@ -50,6 +54,23 @@ class Settings(BaseSettings):
     transient_retry_budget: float = Field(default=600.0, gt=0, description="Seconds of back-off a task spends on an unavailable service before its job fails.")
     ui_token: SecretStr | None = Field(default=None, description="Token `cganctl ui` requires of every request; needed to bind beyond loopback.")
 
+    # budgets (issue 8): what one submit may cost in time, memory and disk; see README "Security"
+    min_shard_size: int = Field(default=10, gt=0, description="Smallest --shard-size (a job smaller than it may use its own size).")
+    max_steps: int = Field(default=10_000_000, gt=0, description="Most optimiser steps one train job may ask for.")
+    max_checkpoints: int = Field(default=1000, gt=0, description="Checkpoints one train job may write: --checkpoint-every >= steps / this.")
+    keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept in the store per train job (plus the final one).")
+    max_archive_member_bytes: int = Field(default=64 * 2**20, gt=0, description="Largest file read from a dataset archive or folder.")
+    max_image_pixels: int = Field(default=4096 * 4096, gt=0, description="Largest image (width x height) decoded from a dataset.")
+    max_image_side: int = Field(default=8192, gt=0, description="Largest width or height of a dataset image.")
+    max_total_pixels: int = Field(default=2_000_000_000, gt=0, description="Most pixels decoded from one dataset (about 6 GB as RGB).")
+    max_dataset_entries: int = Field(default=2_000_000, gt=0, description="Most paths one dataset folder walk visits.")
+    dataset_roots: list[Path] | None = Field(
+        default=None,
+        description="Folders a dataset/reference path must lie under (JSON list). Unset: on a fleet <data_dir>/datasets; "
+        "on the embedded default any path the user can read.",
+    )
+
+
     @field_validator("database_url", "broker_url", "s3_bucket", "s3_endpoint_url", "metrics_port", "ui_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -68,6 +89,22 @@ class Settings(BaseSettings):
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'cganctl.db'}"
 
+    def dataset_limits(self):
+        """The reading budgets as :class:`cganmodel.limits.DataLimits` (torch-free)."""
+        from cganmodel.limits import DataLimits
+
+        return DataLimits(
+            member_bytes=self.max_archive_member_bytes, image_pixels=self.max_image_pixels, image_side=self.max_image_side,
+            total_pixels=self.max_total_pixels, entries=self.max_dataset_entries,
+        )
+
+    @property
+    def allowed_dataset_roots(self) -> list[Path] | None:
+        """The roots a dataset path must lie under, or None when any readable path is allowed (embedded default)."""
+        if self.dataset_roots:
+            return [Path(r).expanduser().resolve() for r in self.dataset_roots]
+        return None if self.embedded else [(self.data_dir / "datasets").resolve()]
+
     @property
     def local_store_dir(self) -> Path:
         return self.data_dir / "objects"
@@ -77,21 +114,10 @@ class Settings(BaseSettings):
         return {
             "database": redact_url(self.sqlalchemy_url),
             "broker": redact_url(self.broker_url) if self.broker_url else "none (jobs run in-process)",
-            "object store": f"s3://{self.s3_bucket} at {self.s3_endpoint_url or 'AWS'}"
+            "object store": f"s3://{self.s3_bucket} at {redact_url(self.s3_endpoint_url) or 'AWS'}"
             if self.s3_bucket
             else f"local folder {self.local_store_dir}",
         }
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of ``scheme://user:password@host/...``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @lru_cache(maxsize=1)

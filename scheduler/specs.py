@@ -42,6 +42,8 @@ class ShardStatus(str, enum.Enum):
 SHARD_FINAL = (ShardStatus.succeeded.value, ShardStatus.failed.value, ShardStatus.cancelled.value)
 MIN_TRUNCATION = 0.05  # GenerateSpec.truncation's lower bound (ge=): ~300 noise redraw rounds at most
 FINISHED = tuple(s.value for s in JobStatus if s.finished)
+from cganmodel.presets import MAX_SEED  # noqa: E402  (seeds are signed 64-bit in torch.Generator / numpy)
+
 OUTPUT_FORMATS = ("webdataset", "imagefolder", "npz")
 
 
@@ -94,10 +96,10 @@ class EvaluateSpec(_Spec):
     model: str = Field(..., description="NAME:VERSION of a generator, resolved at submit")
     classifier: str = Field(..., description="NAME:VERSION of the scoring classifier, resolved at submit")
     reference: str = Field("cifar10", description="dataset whose statistics FID compares against")
-    samples_per_class: int = Field(5000, gt=0, le=100_000)
+    samples_per_class: int = Field(5000, ge=2, le=100_000, description="at least 2: FID and intra-FID need a covariance")
     reference_limit: int | None = Field(None, gt=0, description="use at most this many reference images")
     inception: bool = True
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     downstream: bool = Field(False, description="also score usefulness: CAS, augmentation gain, PRDC")
     downstream_fraction: float = Field(0.1, gt=0, le=1, description="fraction of the real train split in the augmentation baseline")
     downstream_steps: int = Field(400, gt=0, le=200_000, description="optimiser steps of every downstream classifier")
@@ -109,7 +111,7 @@ class GenerateSpec(_Spec):
     kind: Literal["generate"] = "generate"
     model: str = Field(..., description="NAME:VERSION, resolved at submit")
     counts: dict[str, int] = Field(..., description="images per class name, in the model's class order")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     truncation: float | None = Field(
         None, ge=MIN_TRUNCATION, allow_inf_nan=False,
         description="noise magnitude cut-off; at least MIN_TRUNCATION (smaller values need unbounded redraws)",

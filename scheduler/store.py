@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from .errors import NotFound, ServiceUnavailable
+from .redact import redact_url, scrub
 from .settings import Settings
 
 
@@ -109,6 +110,7 @@ class S3Store:
 
         self.bucket = settings.s3_bucket
         self.endpoint = settings.s3_endpoint_url
+        self.shown_endpoint = redact_url(self.endpoint) or 'AWS'  # never the credentials in it
         config = Config(
             s3={"addressing_style": "path"},
             signature_version="s3v4",
@@ -139,10 +141,10 @@ class S3Store:
             if code in ("404", "NoSuchKey", "NotFound"):
                 raise NotFound(f"{what}: not found in s3://{self.bucket}") from None
             if code == "NoSuchBucket":
-                raise ServiceUnavailable(f"bucket s3://{self.bucket} does not exist at {self.endpoint}") from None
-            raise ServiceUnavailable(f"S3 {what} failed: {code or exc}") from exc
+                raise ServiceUnavailable(f"bucket s3://{self.bucket} does not exist at {self.shown_endpoint}") from None
+            raise ServiceUnavailable(f"S3 {what} failed: {code or scrub(str(exc))}") from exc
         except BotoCoreError as exc:
-            raise ServiceUnavailable(f"S3 at {self.endpoint or 'AWS'} is unreachable: {exc}") from exc
+            raise ServiceUnavailable(f"S3 at {self.shown_endpoint} is unreachable: {scrub(str(exc))}") from exc
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self._call(f"put {key}", self.client.put_object, Bucket=self.bucket, Key=_check_key(key), Body=data, ContentType=content_type)
@@ -190,8 +192,8 @@ class S3Store:
         try:
             self._call("head bucket", self.client.head_bucket, Bucket=self.bucket)
         except NotFound:
-            raise ServiceUnavailable(f"bucket s3://{self.bucket} does not exist at {self.endpoint or 'AWS'}") from None
-        return f"s3://{self.bucket} at {self.endpoint or 'AWS'}"
+            raise ServiceUnavailable(f"bucket s3://{self.bucket} does not exist at {self.shown_endpoint}") from None
+        return f"s3://{self.bucket} at {self.shown_endpoint}"
 
 
 def open_store(settings: Settings) -> ObjectStore:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInput
@@ -101,8 +100,8 @@ def resolve(request: Request, models: ModelRegistry, settings: Settings) -> Trai
     if isinstance(request, GenerateRequest):
         return generate_spec(request, models, settings)
     if isinstance(request, TrainRequest):
-        return train_spec(request)
-    return evaluate_spec(request, models)
+        return train_spec(request, settings, models)
+    return evaluate_spec(request, models, settings)
 
 
 def check_queue_priority(queue: str, priority: int) -> None:
@@ -112,13 +111,19 @@ def check_queue_priority(queue: str, priority: int) -> None:
         raise InvalidInput(f"--priority must be between 0 (lowest) and 9 (highest), got {priority}")
 
 
-def _dataset_counts(source: str) -> dict[str, int]:
+def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "--dataset") -> dict[str, int]:
     from cganmodel.dataset_index import DataError, count_images
 
     try:
-        return count_images(source)
+        return count_images(source, limits=settings.dataset_limits() if settings is not None else None)
     except DataError as exc:
-        raise InvalidInput(f"cannot use --dataset {exc}") from None
+        raise InvalidInput(f"cannot use {flag} {exc}") from None
+
+
+def _source(source: str, settings: Settings | None, flag: str) -> str:
+    from .dataset_access import resolve_source
+
+    return resolve_source(source, settings.allowed_dataset_roots if settings is not None else None, flag=flag)
 
 
 def _even_split(total: int, names: list[str]) -> dict[str, int]:
@@ -126,7 +131,7 @@ def _even_split(total: int, names: list[str]) -> dict[str, int]:
     return {name: base + (1 if i < extra else 0) for i, name in enumerate(names)}
 
 
-def _counts(r: GenerateRequest, classes: list[str], model_ref: str) -> dict[str, int]:
+def _counts(r: GenerateRequest, classes: list[str], model_ref: str, settings: Settings | None = None) -> dict[str, int]:
     """Images per class name, in the model's class order."""
     if r.fill_to is not None:
         if r.count is not None or r.per_class is not None:
@@ -135,7 +140,7 @@ def _counts(r: GenerateRequest, classes: list[str], model_ref: str) -> dict[str,
             raise InvalidInput(f"--fill-to must be at least 1, got {r.fill_to}")
         if not r.dataset:
             raise InvalidInput("--fill-to needs --dataset PATH (an ImageFolder directory or a .tar/.tar.gz of one)")
-        have = _dataset_counts(r.dataset)
+        have = _dataset_counts(_source(r.dataset, settings, "--dataset"), settings)
         unknown = sorted(set(have) - set(classes))
         if unknown:
             raise InvalidInput(f"dataset {r.dataset} has classes unknown to model {model_ref}: {', '.join(unknown)}; valid labels: {', '.join(classes)}")
@@ -171,10 +176,14 @@ def generate_spec(r: GenerateRequest, models: ModelRegistry, settings: Settings)
         raise InvalidInput("say which classes to generate: --label NAME (repeatable), --balanced, or --fill-to N --dataset PATH")
     generator = models.resolve(r.model, "generator")
     classes: list[str] = list(generator.meta["classes"])
-    counts = _counts(r, classes, generator.ref)
+    counts = _counts(r, classes, generator.ref, settings)
     total = sum(counts.values())
     if total > settings.max_count:
         raise InvalidInput(f"{total} images is above the maximum of {settings.max_count} per job (CGAN_MAX_COUNT)")
+    if r.shard_size is not None and 0 < r.shard_size < min(settings.min_shard_size, total):
+        raise InvalidInput(
+            f"--shard-size {r.shard_size} is below the minimum of {min(settings.min_shard_size, total)} images per shard (CGAN_MIN_SHARD_SIZE)"
+        )
     classifier_ref = None
     if r.min_confidence is not None:
         scorer = models.resolve(r.classifier or DEFAULT_CLASSIFIER, "classifier")
@@ -183,7 +192,7 @@ def generate_spec(r: GenerateRequest, models: ModelRegistry, settings: Settings)
         classifier_ref = scorer.ref
     as_given = dict(
         labels=list(dict.fromkeys(r.labels)) or None, balanced=r.balanced or None, count=r.count, per_class=r.per_class,
-        fill_to=r.fill_to, dataset=r.dataset, model=r.model, min_confidence=r.min_confidence, classifier=r.classifier,
+        fill_to=r.fill_to, dataset=_source(r.dataset, settings, "--dataset") if r.dataset else None, model=r.model, min_confidence=r.min_confidence, classifier=r.classifier,
     )
     return build(
         GenerateSpec,
@@ -193,23 +202,48 @@ def generate_spec(r: GenerateRequest, models: ModelRegistry, settings: Settings)
     )
 
 
-def train_spec(r: TrainRequest) -> TrainSpec:
+RESERVED_NAMES = (DEFAULT_MODEL, DEFAULT_CLASSIFIER)
+
+
+def check_train_budget(recipe: dict[str, Any], settings: Settings | None) -> None:
+    """Seeds, steps and checkpoint spacing within what one train job may cost (settings, README "Security")."""
+    from .specs import MAX_SEED
+
+    max_steps = settings.max_steps if settings is not None else 10_000_000
+    max_checkpoints = settings.max_checkpoints if settings is not None else 1000
+    seed, steps, every = recipe.get("seed", 0), int(recipe["steps"]), int(recipe.get("checkpoint_every") or 0)
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidInput(f"invalid --seed {seed}: should be between 0 and 2**63-1")
+    if steps > max_steps:
+        raise InvalidInput(f"--steps {steps} is above the maximum of {max_steps} (CGAN_MAX_STEPS)")
+    least = -(-steps // max_checkpoints)
+    if every and every < least:
+        raise InvalidInput(
+            f"--checkpoint-every {every} would write more than {max_checkpoints} checkpoints; use at least {least} (CGAN_MAX_CHECKPOINTS)"
+        )
+
+
+def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelRegistry | None = None) -> TrainSpec:
     from cganmodel.presets import resolve_recipe
 
     from .specs import TrainSpec
 
+    if r.name is not None and r.name.lower() in RESERVED_NAMES:
+        raise InvalidInput(f"--name {r.name} is reserved for a shipped model; choose another name")
     try:
         recipe = resolve_recipe(r.preset, r.recipe_overrides())
     except ValueError as exc:
         flag = "" if str(exc).startswith("--set") else "--preset/--set: "
         raise InvalidInput(f"{flag}{exc}") from None
-    spec = build(TrainSpec, preset=r.preset, dataset=r.dataset, recipe=recipe, name=r.name)
-    if spec.dataset != "cifar10" and not Path(spec.dataset).expanduser().exists():
-        raise InvalidInput(f"dataset {spec.dataset} does not exist (use cifar10, an ImageFolder directory or a .tar/.tar.gz of one)")
+    check_train_budget(recipe, settings)
+    dataset = _source(r.dataset, settings, "--dataset")
+    spec = build(TrainSpec, preset=r.preset, dataset=dataset, recipe=recipe, name=r.name)
+    if spec.dataset != "cifar10":
+        _dataset_counts(spec.dataset, settings)  # readable and indexable now, not only on the worker
     return spec
 
 
-def evaluate_spec(r: EvaluateRequest, models: ModelRegistry) -> EvaluateSpec:
+def evaluate_spec(r: EvaluateRequest, models: ModelRegistry, settings: Settings | None = None) -> EvaluateSpec:
     from .specs import EvaluateSpec
 
     generator = models.resolve(r.model, "generator")
@@ -221,10 +255,11 @@ def evaluate_spec(r: EvaluateRequest, models: ModelRegistry) -> EvaluateSpec:
     extra = [k for k, v in downstream.items() if v is not None]
     if extra and not r.downstream:
         raise InvalidInput(f"--{extra[0].replace('_', '-')} goes with --downstream")
-    spec = build(EvaluateSpec, model=generator.ref, classifier=scorer.ref, reference=r.reference, samples_per_class=r.samples_per_class,
+    reference = _source(r.reference, settings, "--reference")
+    spec = build(EvaluateSpec, model=generator.ref, classifier=scorer.ref, reference=reference, samples_per_class=r.samples_per_class,
                  reference_limit=r.reference_limit, inception=r.inception, seed=r.seed, downstream=r.downstream or None, **downstream)
     if spec.reference != "cifar10":
-        found = list(_dataset_counts(spec.reference))
+        found = list(_dataset_counts(spec.reference, settings, "--reference"))
         if found != list(generator.meta["classes"]):
             raise InvalidInput(
                 f"reference {spec.reference} has classes {', '.join(found)}; model {generator.ref} has {', '.join(generator.meta['classes'])}"

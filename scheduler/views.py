@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .jobs import JobRecord
+from .textsafe import markup_safe, plain, text
 
 console = Console()
 
@@ -28,7 +29,7 @@ def print_job_list(jobs: list[JobRecord]) -> None:
         column.no_wrap = True
     for job in jobs:
         created = job.created_at.strftime("%m-%d %H:%M")
-        table.add_row(job.id[:12], job.kind, job.status, _progress(job), job.queue, created, job.worker or "-")
+        table.add_row(*(text(v) for v in (job.id[:12], job.kind, job.status, _progress(job), job.queue, created, job.worker or "-")))
     console.print(table)
 
 
@@ -60,7 +61,7 @@ def print_job(service, job: JobRecord) -> None:
     if job.error:
         rows.append(("error", job.error))
     for key, value in rows:
-        info.add_row(f"[bold]{key}[/bold]", str(value))
+        info.add_row(f"[bold]{key}[/bold]", text(value, one_line=False))
     console.print(info)
     console.print("[bold]spec[/bold]")
     console.print_json(json.dumps(job.spec))
@@ -70,9 +71,9 @@ def print_job(service, job: JobRecord) -> None:
         shards = service.table.shards(job.id)
         states = Counter(s.status for s in shards)
         spread = Counter(s.worker for s in shards if s.worker)
-        console.print(f"[bold]shards[/bold] {len(shards)}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+        console.print(f"[bold]shards[/bold] {len(shards)}: " + markup_safe(", ".join(f"{n} {s}" for s, n in sorted(states.items()))))
         if spread:
-            console.print("[bold]shards per worker[/bold] " + ", ".join(f"{w}: {n}" for w, n in sorted(spread.items())))
+            console.print("[bold]shards per worker[/bold] " + markup_safe(", ".join(f"{w}: {n}" for w, n in sorted(spread.items()))))
     if job.metrics:
         per_class = job.metrics.get("per_class")
         summary = {k: v for k, v in job.metrics.items() if k != "per_class"}
@@ -85,16 +86,16 @@ def print_job(service, job: JobRecord) -> None:
         console.print("[bold]artifacts[/bold]")
         for name, value in job.artifacts.items():
             if isinstance(value, list):
-                console.print(f"  {name}: {len(value)} objects")
+                console.print(markup_safe(f"  {name}: {len(value)} objects"))
             else:
-                console.print(f"  {name}: {value}")
+                console.print(markup_safe(f"  {name}: {value}"))
 
 
 def print_per_class(per_class: dict[str, dict]) -> None:
     columns = sorted({k for row in per_class.values() for k in row})
-    table = Table("class", *columns)
+    table = Table("class", *(markup_safe(c, one_line=True) for c in columns))
     for name, row in per_class.items():
-        table.add_row(name, *(f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in columns))
+        table.add_row(text(name), *(text(f"{row[c]:.4g}" if isinstance(row.get(c), float) else row.get(c, "-")) for c in columns))
     console.print(table)
 
 
@@ -105,7 +106,7 @@ def print_outcome(service, job: JobRecord) -> None:
     typer.echo(f"job {job.id} {job.status}{took}")
     if job.status != "succeeded":
         if job.error:
-            typer.echo(f"error: {job.error}", err=True)
+            typer.echo(f"error: {plain(job.error)}", err=True)
         return
     store = service.runtime.store
     artifacts = job.artifacts or {}
@@ -144,14 +145,14 @@ def print_models(records) -> None:
     table = Table("model", "kind", "preset", "classes", "source")
     for m in records:
         preset = (m.meta.get("config") or {}).get("preset", "-")
-        table.add_row(m.ref, m.kind, str(preset), str(len(m.meta.get("classes", []))), m.job_id or m.weights_key)
+        table.add_row(*(text(v) for v in (m.ref, m.kind, preset, len(m.meta.get("classes", [])), m.job_id or m.weights_key)))
     console.print(table)
 
 
 def print_status(report: dict) -> None:
     table = Table("service", "ok", "detail")
     for name, part in report["services"].items():
-        table.add_row(name, "yes" if part["ok"] else "[red]NO[/red]", part["detail"])
+        table.add_row(text(name), "yes" if part["ok"] else "[red]NO[/red]", text(part["detail"], one_line=False))
     console.print(table)
     workers = report.get("workers")
     if workers is None:
@@ -161,5 +162,5 @@ def print_status(report: dict) -> None:
     else:
         wt = Table("worker", "queues", "active tasks")
         for name, w in sorted(workers.items()):
-            wt.add_row(name, ", ".join(w["queues"]), str(w["active"]))
+            wt.add_row(text(name), text(", ".join(w["queues"])), text(w["active"]))
         console.print(wt)

@@ -77,8 +77,9 @@ def test_queue_routing(fleet_env, start_worker, table):
 
 
 def test_cancel_queued_and_running_then_retry_resumes(fleet_env, start_worker, table, store, tmp_path):
-    data = tiny_image_folder(tmp_path / "tiny")
+    data = tiny_image_folder(tmp_path / "data" / "datasets" / "tiny")  # under the fleet's dataset root
     submit = ["submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "1000000", "--batch-size", "8", "--checkpoint-every", "20", "--json"]
+    fleet_env = dict(fleet_env, CGAN_MAX_CHECKPOINTS="100000")  # a long job checkpointing often, on purpose
     queued = json.loads(cganctl(fleet_env, *submit, check=True).stdout)
     assert "cancelled" in cganctl(fleet_env, "jobs", "cancel", queued["id"], check=True).stdout
     assert table.get(queued["id"]).status == "cancelled"
@@ -102,7 +103,7 @@ def test_cancel_queued_and_running_then_retry_resumes(fleet_env, start_worker, t
 
 def test_lost_worker_task_is_redelivered_and_attempt_counted(fleet_env, start_worker, table, store, tmp_path):
     env = dict(fleet_env, CGAN_VISIBILITY_TIMEOUT="4")
-    data = tiny_image_folder(tmp_path / "tiny")
+    data = tiny_image_folder(tmp_path / "data" / "datasets" / "tiny")  # under the fleet's dataset root
     first = start_worker("doomed", env=env)
     out = cganctl(env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "400", "--batch-size", "8", "--checkpoint-every", "20", "--json", check=True).stdout
     job_id = json.loads(out)["id"]
@@ -121,7 +122,7 @@ def test_lost_worker_task_is_redelivered_and_attempt_counted(fleet_env, start_wo
 
 def test_train_then_generate_and_evaluate_with_the_new_model(fleet_env, start_worker, table, store, tmp_path):
     start_worker("w1")
-    data = tiny_image_folder(tmp_path / "tiny")
+    data = tiny_image_folder(tmp_path / "data" / "datasets" / "tiny")  # under the fleet's dataset root
     out = cganctl(fleet_env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "30", "--batch-size", "8",
                   "--checkpoint-every", "10", "--name", "tinyfrogs", "--wait", "--json", timeout=300)
     assert out.returncode == 0, out.stderr

@@ -48,6 +48,10 @@ def test_bad_overrides_are_refused(overrides, message):
 
 
 def test_train_request_to_spec(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "cat" / "a.png")  # a train dataset must be indexable at submit
     spec = train_spec(TrainRequest(preset="classifier", overrides=("lr=0.05",), steps=10, dataset=str(tmp_path)))
     assert spec.steps == 10 and spec.recipe["lr"] == 0.05 and spec.recipe["batch_size"] == 256
     with pytest.raises(InvalidInput, match="expected KEY=VALUE"):

@@ -63,3 +63,16 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+
+
+def _scrub_worker_logs(logger=None, **_kwargs) -> None:
+    """Worker logs never show a secret of the settings (URL passwords, S3 keys), tracebacks included."""
+    from scheduler.redact import install_log_scrubbing
+
+    install_log_scrubbing(logger)
+
+
+from celery.signals import after_setup_logger, after_setup_task_logger  # noqa: E402
+
+after_setup_logger.connect(_scrub_worker_logs, weak=False)
+after_setup_task_logger.connect(_scrub_worker_logs, weak=False)

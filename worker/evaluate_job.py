@@ -54,7 +54,11 @@ def _reference(
         return stats, stats_from_bytes(ctx.store.get_bytes(features_key))
     except NotFound:
         pass
-    data = load_image_dataset(spec.reference, split="train", root=str(ctx.runtime.settings.data_dir / "datasets"))
+    from scheduler.dataset_access import check_on_worker
+
+    check_on_worker(spec.reference, ctx.runtime.settings)  # this worker's roots, this worker's file system
+    data = load_image_dataset(spec.reference, split="train", root=str(ctx.runtime.settings.data_dir / "datasets"),
+                              limits=ctx.runtime.settings.dataset_limits())
     if list(data.classes) != list(classes):
         raise ValueError(f"reference {spec.reference} has classes {data.classes}, the model has {classes}")
     features: dict = {}

@@ -147,5 +147,7 @@ def fail_after_retries(runtime: Runtime, job_id: str, exc: BaseException, shard:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
+    from scheduler.redact import scrub
+
+    text = scrub(str(exc).strip())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -31,14 +31,19 @@ def _save_checkpoint(ctx: JobContext, step: int, files: dict[str, bytes]) -> Non
         ctx.store.put_bytes(f"{prefix}/{name}", data, "image/png" if name.endswith(".png") else "application/octet-stream")
     latest = {"step": step, "prefix": prefix, "files": sorted(files)}
     ctx.put(LATEST, json.dumps(latest, sort_keys=True).encode(), "application/json")
+    from worker.retention import prune_checkpoints
+
+    prune_checkpoints(ctx.store, ctx.key("checkpoints"), ctx.runtime.settings.keep_checkpoints)
 
 
 def run(ctx: JobContext, spec: TrainSpec) -> tuple[dict, dict]:
     from cganmodel.data import load_image_dataset
     from cganmodel.trainers import make_trainer
+    from scheduler.dataset_access import check_on_worker
 
     settings = ctx.runtime.settings
-    data = load_image_dataset(spec.dataset, split="train", root=str(settings.data_dir / "datasets"))
+    check_on_worker(spec.dataset, settings)  # this worker's roots, this worker's file system
+    data = load_image_dataset(spec.dataset, split="train", root=str(settings.data_dir / "datasets"), limits=settings.dataset_limits())
     trainer = make_trainer(spec.preset, data, spec.recipe)
     files = _latest_checkpoint(ctx, ctx.job.id) or (spec.resume_from and _latest_checkpoint(ctx, spec.resume_from))
     if files:
@@ -91,7 +96,7 @@ def _test_accuracy(trainer, spec: TrainSpec, settings) -> dict:
     from cganmodel.data import load_image_dataset
 
     try:
-        test = load_image_dataset(spec.dataset, split="test", root=str(settings.data_dir / "datasets"))
+        test = load_image_dataset(spec.dataset, split="test", root=str(settings.data_dir / "datasets"), limits=settings.dataset_limits())
     except ValueError:
         return {}
     if len(test) == len(trainer.data):  # no separate test split: the loader fell back to the only tree

@@ -1,0 +1,55 @@
+"""Budgets on what reading a dataset may cost, checked before anything large is read or decoded (torch-free).
+
+``DataLimits`` travels from the settings (``CGAN_MAX_ARCHIVE_MEMBER_BYTES``, ``CGAN_MAX_IMAGE_PIXELS``,
+``CGAN_MAX_IMAGE_SIDE``, ``CGAN_MAX_TOTAL_PIXELS``, ``CGAN_MAX_DATASET_ENTRIES``) to
+:mod:`cganmodel.dataset_index` (member sizes, walk length) and :mod:`cganmodel.data` (image headers:
+width and height are read from the header, JPEG and PNG alike, before any pixel is decoded).
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class BudgetExceeded(ValueError):
+    """A dataset asks for more than a budget allows (subclassed by ``DataError`` users via ``str``)."""
+
+
+@dataclass(frozen=True)
+class DataLimits:
+    member_bytes: int = 64 * 2**20
+    image_pixels: int = 4096 * 4096
+    image_side: int = 8192
+    total_pixels: int = 2_000_000_000
+    entries: int = 2_000_000
+
+
+DEFAULT_LIMITS = DataLimits()
+
+
+def image_size_from_header(data: bytes) -> tuple[int, int]:
+    """(width, height) read from the header only (PIL opens lazily: no pixel is decoded)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
+
+
+def check_images(blobs: Sequence[bytes], names: Sequence[str], limits: DataLimits | None = None) -> None:
+    """Refuse any image whose header declares more than the per-image caps, or a dataset whose images
+    add up to more than ``total_pixels``; raises :class:`BudgetExceeded` naming the file and the setting."""
+    limits = limits or DEFAULT_LIMITS
+    total = 0
+    for data, name in zip(blobs, names):
+        try:
+            width, height = image_size_from_header(data)
+        except Exception as exc:
+            raise BudgetExceeded(f"cannot read the header of image {name!r} ({exc})") from None
+        if width > limits.image_side or height > limits.image_side:
+            raise BudgetExceeded(f"image {name!r} is {width}x{height}: above the {limits.image_side}-pixel side limit (CGAN_MAX_IMAGE_SIDE)")
+        if width * height > limits.image_pixels:
+            raise BudgetExceeded(f"image {name!r} is {width}x{height}: above the {limits.image_pixels}-pixel limit (CGAN_MAX_IMAGE_PIXELS)")
+        total += width * height
+        if total > limits.total_pixels:
+            raise BudgetExceeded(f"the dataset decodes to more than {limits.total_pixels} pixels (CGAN_MAX_TOTAL_PIXELS)")

@@ -1,0 +1,58 @@
+"""One rule for where a dataset or reference comes from (``CGAN_DATASET_ROOTS``), checked at submit and again on the worker.
+
+- ``cifar10``: torchvision's copy, downloaded by the worker.
+- ``s3://...``: not supported yet (refused with a clear message).
+- a path: resolved to an absolute path at submit (the spec stores it); ``''`` is refused. When roots apply
+  (always on a fleet: default ``<data_dir>/datasets``; on the embedded default only if CGAN_DATASET_ROOTS
+  is set) the real path (symbolic links resolved) must lie under one of them. It must be a folder or a
+  regular file (a named pipe or a device would block a worker).
+"""
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from .errors import InvalidInput
+
+BUILTIN_DATASETS = ("cifar10",)
+
+
+class DatasetRefused(InvalidInput):
+    """A dataset/reference that this deployment may not read."""
+
+
+def _within(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def resolve_source(source: str, roots: list[Path] | None, *, flag: str = "--dataset") -> str:
+    """The source as a worker must see it (absolute path or a built-in name); raises DatasetRefused."""
+    if source in BUILTIN_DATASETS:
+        return source
+    if not source or not source.strip():
+        raise DatasetRefused(f"{flag} is empty: give cifar10, an ImageFolder directory or a .tar/.tar.gz of one")
+    if source.startswith("s3://"):
+        raise DatasetRefused(f"{flag} {source}: s3:// datasets are not supported yet; copy it under a dataset root")
+    if "://" in source:
+        raise DatasetRefused(f"{flag} {source}: only cifar10, s3:// and paths are datasets")
+    path = Path(source).expanduser().absolute()
+    try:
+        real = path.resolve(strict=True)
+        mode = real.stat().st_mode
+    except FileNotFoundError:
+        raise DatasetRefused(
+            f"cannot use {flag} data source {source!r} does not exist (use cifar10, an ImageFolder directory or a .tar/.tar.gz of one)"
+        ) from None
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a permission error
+        raise DatasetRefused(f"{flag} {source} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise DatasetRefused(f"{flag} {source} is neither a folder nor a regular file")
+    if roots is not None and not _within(real, roots):
+        shown = ", ".join(str(r) for r in roots)
+        raise DatasetRefused(f"{flag} {source} lies outside the dataset roots ({shown}); set CGAN_DATASET_ROOTS or move it there")
+    return str(path)
+
+
+def check_on_worker(source: str, settings) -> str:
+    """The worker's own check of a spec's dataset (its settings, its file system); raises DatasetRefused."""
+    return resolve_source(source, settings.allowed_dataset_roots)
