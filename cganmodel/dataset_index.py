@@ -173,3 +173,22 @@ def count_images(source: str, split: str = "train", limits: DataLimits | None = 
     names = list_dir(path, limits) if path.is_dir() else [n for n, _ in iter_tar(path, read=False, limits=limits)]
     selected = select([parts(n) for n in names], split, source, require_split=require_split)
     return {c: len(idx) for c, idx in selected.items()}
+
+
+def fingerprint(source: str, limits: DataLimits | None = None) -> str | None:
+    """What a cache of statistics about ``source`` must change with: a file's size and modification time,
+    or, for a folder, the relative name, size and modification time of every image in it (a rewritten image
+    changes it even when the folder's own time does not). None for ``cifar10`` or a missing path."""
+    import hashlib
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        st = path.stat()
+        return f"file:{st.st_size}:{st.st_mtime_ns}"
+    digest = hashlib.sha256()
+    for name in list_dir(path, limits):
+        st = (path / name).stat()
+        digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"dir:{digest.hexdigest()}"

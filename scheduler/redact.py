@@ -19,7 +19,8 @@ SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|credential|signature|
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)(.*)$", re.DOTALL)
 # a URL with user info inside a longer text: scheme://<anything without spaces or quotes>@
 _URL_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^\s'\"<>]*)@", re.DOTALL)
-_SECRET_PAIR_IN_TEXT = re.compile(r"((?:[A-Za-z_]*(?:password|passwd|pwd|secret|token|api_?key|access_?key))\s*[=:]\s*)([^\s&'\",;)]+)", re.IGNORECASE)
+# ``password=x``, ``token = x``, ``secret:x``; not prose such as "needs a token: set ..." (a colon then a space)
+_SECRET_PAIR_IN_TEXT = re.compile(r"((?:[A-Za-z_]*(?:password|passwd|pwd|secret|token|api_?key|access_?key))(?:\s*=\s*|:(?=\S)))([^\s&'\",;)]+)", re.IGNORECASE)
 
 
 def _redact_query(query: str) -> str:

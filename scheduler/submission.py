@@ -233,8 +233,10 @@ def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelR
     try:
         recipe = resolve_recipe(r.preset, r.recipe_overrides())
     except ValueError as exc:
-        flag = "" if str(exc).startswith("--set") else "--preset/--set: "
-        raise InvalidInput(f"{flag}{exc}") from None
+        text = str(exc)
+        shortcuts = [f"--{k.replace('_', '-')}: " for k in ("steps", "batch_size", "checkpoint_every", "seed") if getattr(r, k) is not None and f"{k}=" in text]
+        flag = shortcuts[0] if shortcuts else ("" if text.startswith("--set") else "--preset/--set: ")
+        raise InvalidInput(f"{flag}{text}") from None
     check_train_budget(recipe, settings)
     dataset = _source(r.dataset, settings, "--dataset")
     spec = build(TrainSpec, preset=r.preset, dataset=dataset, recipe=recipe, name=r.name)

@@ -142,3 +142,27 @@ def test_downstream_options_need_downstream(embedded_env):
     result = cganctl(embedded_env, "submit", "evaluate", *FAST, "--downstream-steps", "5")
     assert result.returncode == 2 and result.stderr.strip() == "error: --downstream-steps goes with --downstream"
     assert _job_rows(embedded_env) == []
+
+
+def test_reference_cache_follows_the_folder_content_and_survives_corruption(embedded_env, tmp_path):
+    """Rewriting the images under a folder reference recomputes its statistics; a corrupt cache object is recomputed."""
+    ref = _image_tree(tmp_path / "ref", {"": 2}, CIFAR)
+    store = settings_from_env(embedded_env).local_store_dir
+
+    def evaluate() -> dict:
+        out = cganctl(embedded_env, "submit", "evaluate", "--reference", str(ref), *FAST, "--json", check=True)
+        return json.loads(out.stdout)["metrics"]
+
+    first = evaluate()
+    cached = sorted((store / "cache" / "reference-stats").iterdir())
+    assert len(cached) == 1
+    assert evaluate()["classifier_fid"] == first["classifier_fid"]  # read back from the cache
+    rng = np.random.default_rng(5)
+    for path in sorted(ref.rglob("*.png")):  # same names, new pixels (a folder's own mtime need not change)
+        Image.fromarray(rng.integers(0, 40, (32, 32, 3), dtype=np.uint8)).save(path)
+    changed = evaluate()
+    assert len(list((store / "cache" / "reference-stats").iterdir())) == 2
+    assert changed["classifier_fid"] != first["classifier_fid"]
+    for path in (store / "cache" / "reference-stats").iterdir():
+        path.write_bytes(b"garbage")
+    assert evaluate()["classifier_fid"] == changed["classifier_fid"]  # recomputed, not a failed job

@@ -67,10 +67,10 @@ def _count(table: JobTable, kind: str, status: str) -> int:
 
 def test_control_plane_and_worker_metrics(fleet_env, table, control_plane, tmp_path):
     submitted = [
-        json.loads(cganctl(fleet_env, "submit", "generate", "--label", "frog", "--count", "6", "--shard-size", "3", "--queue", QUEUE, "--json", check=True).stdout),
+        json.loads(cganctl(fleet_env, "submit", "generate", "--label", "frog", "--count", "20", "--shard-size", "10", "--queue", QUEUE, "--json", check=True).stdout),
         json.loads(cganctl(fleet_env, "submit", "generate", "--label", "cat", "--count", "4", "--queue", QUEUE, "--priority", "9", "--json", check=True).stdout),
     ]
-    data = tiny_image_folder(tmp_path / "tiny")
+    data = tiny_image_folder(tmp_path / "data" / "datasets" / "tiny")  # under the fleet's dataset root
     submitted.append(json.loads(cganctl(fleet_env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "30", "--batch-size", "8",
                                         "--checkpoint-every", "30", "--queue", QUEUE, "--json", check=True).stdout))
     text, samples = _scrape(control_plane)
@@ -103,7 +103,7 @@ def test_control_plane_and_worker_metrics(fleet_env, table, control_plane, tmp_p
     assert samples[("cganctl_worker_tasks_succeeded_total", train)] == 1
     assert samples[("cganctl_worker_tasks_running", generate)] == 0
     assert samples[("cganctl_worker_task_started_timestamp_seconds", generate)] == 0
-    assert samples[("cganctl_worker_images_generated_total", ())] == 10
+    assert samples[("cganctl_worker_images_generated_total", ())] == 24
     assert samples[("cganctl_worker_shard_duration_seconds_count", ())] == 3
     assert samples[("cganctl_worker_task_duration_seconds_count", generate)] == 3
     # reports come every 10 steps; the first interval (data loading, model set-up) is not a step time

@@ -196,7 +196,7 @@ def generated(tmp_path_factory):
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("CGAN_")}
     try:
         service = Service(Runtime(Settings(data_dir=tmp_path_factory.mktemp("gen") / "data")))
-        spec = service.spec_for(GenerateRequest(labels=("cat", "frog"), count=16, min_confidence=0.3, seed=1, shard_size=8))
+        spec = service.spec_for(GenerateRequest(labels=("cat", "frog"), count=20, min_confidence=0.3, seed=1, shard_size=10))
         job = service.submit(spec)
         service.finish_local()
         job = service.get(job.id)
@@ -214,7 +214,7 @@ def test_generate_job_page(generated):
     assert f'src="{sheet}"' in text
     assert client.get(sheet).headers["content-type"] == "image/png"
     classes = text.split('id="classes"')[1].split("</table>")[0]
-    assert re.search(r"<td>cat</td><td class=\"num\">8</td><td class=\"num\">8</td>", classes), classes
+    assert re.search(r"<td>cat</td><td class=\"num\">10</td><td class=\"num\">10</td>", classes), classes
     assert "%" in classes  # acceptance rates of the confidence filter
     manifest = text.split('id="manifest"')[1].split("</table>")[0]
     assert "webdataset" in manifest and "2 (" in manifest  # two shard files and their size
@@ -422,7 +422,7 @@ def test_fleet_and_job_pages_on_real_services(fleet_env, start_worker, tmp_path)
     settings = settings_from_env(fleet_env)
     db.upgrade(settings)
     service = Service(Runtime(settings))
-    data = tmp_path / "tiny"
+    data = tmp_path / "data" / "datasets" / "tiny"  # under the fleet's dataset root
     for c, name in enumerate(("airplane", "cat", "frog")):
         (data / name).mkdir(parents=True)
         for i in range(8):

@@ -131,7 +131,7 @@ def test_wheel_runs_from_a_fresh_venv(installed, tmp_path):
 
     upgraded = _run(installed, env, cwd, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "at revision 0001" in upgraded.stdout
+    assert "at revision 0002" in upgraded.stdout
 
     generated = _run(installed, env, cwd, "submit", "generate", "--label", "frog", "--count", "20", "--wait", "--json")
     assert generated.returncode == 0, generated.stderr

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import logging
 
 from scheduler.errors import NotFound
 from scheduler.specs import EvaluateSpec
 
 from . import models
 from .context import JobContext
+
+log = logging.getLogger(__name__)
 
 
 def _progress(ctx: JobContext):
@@ -31,18 +33,18 @@ def _reference(
 ) -> tuple[dict, dict | None]:
     """Reference statistics, and with ``--downstream`` the raw reference features (for PRDC); both cached."""
     from cganmodel.data import load_image_dataset
+    from cganmodel.dataset_index import fingerprint
     from cganmodel.evaluation import reference_stats
     from cganmodel.fid import stats_from_bytes, stats_to_bytes
 
-    source = Path(spec.reference).expanduser()
     protocol = {
         "reference": spec.reference,
-        "reference_file": [source.stat().st_size, source.stat().st_mtime_ns] if source.exists() else None,
+        "reference_content": fingerprint(spec.reference, ctx.runtime.settings.dataset_limits()),
         "split": "train",
         "limit": spec.reference_limit,
         "classifier_sha256": classifier.sha256,
         "inception": spec.inception,
-        "version": 1,
+        "version": 2,
     }
     digest = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:32]
     key = f"cache/reference-stats/{digest}.safetensors"
@@ -54,6 +56,8 @@ def _reference(
         return stats, stats_from_bytes(ctx.store.get_bytes(features_key))
     except NotFound:
         pass
+    except ValueError as exc:  # a corrupt cache object: computed again below and overwritten
+        log.warning("reference cache %s is unreadable (%s): computing it again", key, exc)
     from scheduler.dataset_access import check_on_worker
 
     check_on_worker(spec.reference, ctx.runtime.settings)  # this worker's roots, this worker's file system
