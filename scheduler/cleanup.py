@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from .jobs import JobRecord
+from .records import JobRecord
 from .runtime import Runtime
 from .specs import JobStatus, ShardStatus
 

@@ -8,7 +8,7 @@ imported only when a migration runs.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import lru_cache
 
 from sqlalchemy import (
@@ -30,20 +30,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .errors import ServiceUnavailable
+from .records import aware_utc, utcnow  # noqa: F401  (re-exported: the ORM modules use them)
 from .settings import Settings, redact_url
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def aware_utc(value: datetime | None) -> datetime | None:
-    """A timestamp read back from the table as timezone-aware UTC (SQLite returns naive values)."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 class Base(DeclarativeBase):

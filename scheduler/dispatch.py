@@ -6,7 +6,7 @@ import threading
 from typing import Protocol
 
 from .errors import ServiceUnavailable
-from .jobs import JobRecord
+from .records import JobRecord
 from .redact import redact_url, scrub
 from .runtime import Runtime
 
@@ -42,10 +42,10 @@ class CeleryDispatcher:
 
     def send(self, job: JobRecord, shards: list[int] | None) -> None:
         """Send the job's message, or one per listed shard (also the reconciler's re-send)."""
-        from worker.celery_app import TASK_FOR_KIND, broker_priority
+        from .taskmessages import TASK_FOR_KIND, broker_priority, task_args
 
         name = TASK_FOR_KIND[job.kind]
-        argsets = [(job.id, i) for i in shards] if shards is not None else [(job.id,)]
+        argsets = task_args(job.id, shards)
         options = {"queue": job.queue, "priority": broker_priority(job.priority)}
         try:
             with self.app.producer_or_acquire() as producer:

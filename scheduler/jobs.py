@@ -6,9 +6,7 @@ gets there first wins, and a duplicate or late delivery can never move a finishe
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import enum
-import uuid
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
@@ -17,95 +15,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .db import Job, ServiceLease, Shard, aware_utc, utcnow
+from .db import Job, ServiceLease, Shard
 from .errors import InvalidInput, NotFound, ServiceUnavailable
-from .specs import FINISHED, SHARD_FINAL, JobStatus, ShardStatus, parse_spec
+from .records import JobRecord, ShardRecord, aware_utc, new_job_values, new_shard_values, utcnow
+from .specs import FINISHED, SHARD_FINAL, JobStatus, ShardStatus
 
 ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
-
-
-@dataclasses.dataclass(frozen=True)
-class JobRecord:
-    id: str
-    kind: str
-    status: str
-    queue: str
-    priority: int
-    spec: dict
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
-    attempts: int
-    max_attempts: int
-    worker: str | None
-    progress_done: int
-    progress_total: int | None
-    progress_unit: str | None
-    progress_info: dict | None
-    error: str | None
-    metrics: dict | None
-    artifacts: dict | None
-    cancel_requested: bool
-    retry_of: str | None
-    lease_owner: str | None = None
-    lease_expires_at: datetime | None = None
-    heartbeat_at: datetime | None = None
-    sent_at: datetime | None = None
-
-    @classmethod
-    def from_row(cls, row: Job) -> "JobRecord":
-        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
-        for name in ("created_at", "started_at", "finished_at", "updated_at", "lease_expires_at", "heartbeat_at", "sent_at"):
-            values[name] = aware_utc(values[name])
-        return cls(**values)
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-    def parsed_spec(self):
-        return parse_spec(self.spec)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for name in ("created_at", "started_at", "finished_at", "updated_at", "lease_expires_at", "heartbeat_at", "sent_at"):
-            data[name] = data[name].isoformat() if data[name] else None
-        return data
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardRecord:
-    job_id: str
-    index: int
-    status: str
-    count: int
-    done: int
-    attempts: int
-    worker: str | None
-    key: str | None
-    sha256: str | None
-    size: int | None
-    stats: dict | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    error: str | None
-    lease_owner: str | None = None
-    lease_expires_at: datetime | None = None
-    heartbeat_at: datetime | None = None
-
-    @classmethod
-    def from_row(cls, row: Shard) -> "ShardRecord":
-        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
-        for name in ("started_at", "finished_at", "lease_expires_at", "heartbeat_at"):
-            values[name] = aware_utc(values[name])
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for name in ("started_at", "finished_at", "lease_expires_at", "heartbeat_at"):
-            data[name] = data[name].isoformat() if data[name] else None
-        return data
 
 
 class Claim(str, enum.Enum):
@@ -169,35 +84,17 @@ class JobTable:
         shard_counts: Iterable[int] = (),
         retry_of: str | None = None,
     ) -> JobRecord:
-        now = utcnow()
-        row = Job(
-            id=uuid.uuid4().hex,
-            kind=spec.kind,
-            status=JobStatus.queued.value,
-            queue=queue,
-            priority=priority,
-            spec=spec.model_dump(mode="json"),
-            created_at=now,
-            updated_at=now,
-            attempts=0,
-            max_attempts=max_attempts,
-            progress_done=0,
-            progress_total=progress_total,
-            progress_unit=progress_unit,
-            cancel_requested=False,
-            retry_of=retry_of,
+        values = new_job_values(
+            spec, queue=queue, priority=priority, max_attempts=max_attempts, progress_total=progress_total, progress_unit=progress_unit, retry_of=retry_of
         )
         try:
             with self._session() as session, session.begin():
-                session.add(row)
+                session.add(Job(**values))
                 session.flush()
-                session.add_all(
-                    Shard(job_id=row.id, index=i, status=ShardStatus.pending.value, count=n, done=0, attempts=0)
-                    for i, n in enumerate(shard_counts)
-                )
+                session.add_all(Shard(**shard) for shard in new_shard_values(values["id"], shard_counts))
         except SQLAlchemyError as exc:
             raise ServiceUnavailable(f"could not write the job row: {exc}".splitlines()[0]) from exc
-        return JobRecord.from_row(row)
+        return JobRecord.from_values(values)
 
     def delete(self, job_id: str) -> None:
         """Remove a row whose task could not be enqueued (its shards go with it)."""

@@ -16,16 +16,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .errors import ServiceUnavailable
 from .settings import Settings
+from .taskmessages import PRIORITY_LEVELS, priority_lists
 
 log = logging.getLogger(__name__)
 
-PRIORITY_LEVELS = 10  # kombu's priority_steps in worker/celery_app.py: one Redis list per step
 _INTERNAL_QUEUE_PREFIXES = ("celeryev", "celery.pidbox", "reply.celery")
-
-
-def priority_lists(queue: str) -> list[str]:
-    """The Redis lists kombu keeps for ``queue``: ``queue`` (priority step 0) and ``queue:1`` .. ``queue:9``."""
-    return [queue] + [f"{queue}:{step}" for step in range(1, PRIORITY_LEVELS)]
 
 
 class ControlPlaneCollector(Collector):
@@ -41,12 +36,27 @@ class ControlPlaneCollector(Collector):
         return self._redis
 
     def known_queues(self, client) -> list[str]:
-        names = {self.settings.default_queue, *self.settings.routes.values()}
+        """The configured queues, those workers declared (kombu bindings), and those of unfinished jobs
+        (a submit on the lean path sends without declaring its queue)."""
+        names = {self.settings.default_queue, *self.settings.routes.values(), *self._active_queues()}
         for key in client.scan_iter(match="_kombu.binding.*", count=100):
             name = key.decode().removeprefix("_kombu.binding.")
             if not name.startswith(_INTERNAL_QUEUE_PREFIXES):
                 names.add(name)
         return sorted(names)
+
+    def _active_queues(self) -> set[str]:
+        from sqlalchemy import select
+
+        from .db import Job, get_engine
+        from .jobs import ACTIVE
+
+        try:
+            with get_engine(self.settings).connect() as connection:
+                return set(connection.execute(select(Job.queue).where(Job.status.in_(ACTIVE)).distinct()).scalars())
+        except Exception as exc:  # the table's own outage is reported by _table
+            log.warning("queues of unfinished jobs not read: %s", exc)
+            return set()
 
     def collect(self):
         up = GaugeMetricFamily("cganctl_service_up", "1 if the service answered this scrape, else 0.", labels=["service"])

@@ -10,17 +10,19 @@ import importlib.util
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
-from .db import Model, aware_utc, utcnow
 from .errors import InvalidInput, ServiceUnavailable
+from .records import aware_utc, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_FILES = {"default": "default-generator", "default-classifier": "default-classifier"}
+# Shipped models, their versions in order: NAME:1 is the first file stem, NAME:2 the second, ...;
+# NAME alone means the last. A new version is added beside the old ones (specs that name NAME:1 keep working).
+BUILTIN_FILES = {"default": ("default-generator", "default-generator-v2"), "default-classifier": ("default-classifier",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +47,23 @@ def weights_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "weights"
 
 
-def builtin_model(name: str) -> ModelRecord | None:
-    stem = BUILTIN_FILES.get(name)
-    if stem is None:
-        return None
-    meta_path = weights_dir() / f"{stem}.json"
-    if not meta_path.is_file():
-        return None
-    meta = json.loads(meta_path.read_text())
-    return ModelRecord(name, 1, meta["kind"], None, f"{BUILTIN_PREFIX}{stem}.safetensors", meta, None)
+def builtin_versions(name: str) -> list[ModelRecord]:
+    """Every shipped version of ``name`` whose files are installed, oldest first."""
+    records = []
+    for version, stem in enumerate(BUILTIN_FILES.get(name, ()), start=1):
+        meta_path = weights_dir() / f"{stem}.json"
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            records.append(ModelRecord(name, version, meta["kind"], None, f"{BUILTIN_PREFIX}{stem}.safetensors", meta, None))
+    return records
+
+
+def builtin_model(name: str, version: int | None = None) -> ModelRecord | None:
+    """A shipped model: ``version`` of ``name``, or its latest; None when there is no such version."""
+    records = builtin_versions(name)
+    if version is None:
+        return records[-1] if records else None
+    return next((r for r in records if r.version == version), None)
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -72,16 +82,27 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 
 
 class ModelRegistry:
-    """Shipped models (read from ``cganmodel/weights``) and versions registered by train jobs (``models`` table)."""
+    """Shipped models (read from ``cganmodel/weights``) and versions registered by train jobs (``models`` table).
+
+    Through SQLAlchemy, imported on first use; ``scheduler.lean.LeanModelRegistry`` reads the same
+    table with the database driver alone (the submit hot path) by overriding :meth:`get` and :meth:`registered`.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def _session(self) -> Session:
+        from sqlalchemy.orm import Session
+
         return Session(self.engine, expire_on_commit=False)
 
     def register(self, *, name: str, kind: str, job_id: str | None, weights_key: str, meta: dict) -> ModelRecord:
         """Add the next version of ``name``. A job registers at most one version (a retried task reuses it)."""
+        from sqlalchemy import func, select
+        from sqlalchemy.exc import IntegrityError
+
+        from .db import Model
+
         for _ in range(5):
             with self._session() as session:
                 existing = session.scalars(select(Model).where(Model.name == name, Model.job_id == job_id)).first()
@@ -99,6 +120,10 @@ class ModelRegistry:
 
     def get(self, name: str, version: int | None = None) -> ModelRecord | None:
         """A registered version (the latest when ``version`` is None), or None."""
+        from sqlalchemy import select
+
+        from .db import Model
+
         query = select(Model).where(Model.name == name)
         query = query.where(Model.version == version) if version else query.order_by(Model.version.desc())
         with self._session() as session:
@@ -106,15 +131,18 @@ class ModelRegistry:
             return _record(row) if row else None
 
     def registered(self) -> list[ModelRecord]:
+        from sqlalchemy import select
+
+        from .db import Model
+
         with self._session() as session:
             return [_record(r) for r in session.scalars(select(Model).order_by(Model.name, Model.version))]
 
     def resolve(self, ref: str, kind: str) -> ModelRecord:
         """A model reference (``NAME``, ``NAME:VERSION``, ``NAME:latest``) -> one concrete version."""
         name, version = parse_ref(ref)
-        record = builtin_model(name)
-        if record is not None and version in (None, 1):
-            found: ModelRecord | None = record
+        if name in BUILTIN_FILES:  # reserved: train jobs cannot register these names (submission.RESERVED_NAMES)
+            found = builtin_model(name, version)
         else:
             found = self.get(name, version)
         if found is None:
@@ -125,9 +153,9 @@ class ModelRegistry:
         return found
 
     def all(self) -> list[ModelRecord]:
-        builtins = [m for m in (builtin_model(n) for n in BUILTIN_FILES) if m is not None]
+        builtins = [m for n in BUILTIN_FILES for m in builtin_versions(n)]
         return builtins + self.registered()
 
 
-def _record(row: Model) -> ModelRecord:
+def _record(row: Any) -> ModelRecord:
     return ModelRecord(row.name, row.version, row.kind, row.job_id, row.weights_key, row.meta, aware_utc(row.created_at))

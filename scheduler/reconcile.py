@@ -56,14 +56,14 @@ def broker_tasks(broker_url: str | None, queues: set[str]) -> set[tuple[str, int
         return None
     import redis
 
-    from worker.celery_app import PRIORITY_LEVELS
+    from .taskmessages import priority_lists
 
     try:
         client = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
         payloads: list = []
         for queue in queues:
-            for step in range(PRIORITY_LEVELS):
-                payloads.extend(client.lrange(queue if step == 0 else f"{queue}:{step}", 0, -1))
+            for key in priority_lists(queue):
+                payloads.extend(client.lrange(key, 0, -1))
         for value in client.hvals("unacked"):
             try:
                 payloads.append(json.dumps(json.loads(value)[0]).encode())

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from .db import get_engine, require_schema
-from .jobs import JobTable
-from .model_registry import ModelRegistry
 from .settings import Settings, get_settings
-from .store import ObjectStore, open_store
+
+if TYPE_CHECKING:  # imported where used: a submit on the lean path never loads SQLAlchemy (scheduler.lean)
+    from .jobs import JobTable
+    from .model_registry import ModelRegistry
+    from .store import ObjectStore
 
 
 @dataclasses.dataclass
@@ -21,16 +23,24 @@ class Runtime:
 
     @cached_property
     def table(self) -> JobTable:
+        from .db import get_engine, require_schema
+        from .jobs import JobTable
+
         require_schema(self.settings)
         return JobTable(get_engine(self.settings), lease_timeout=self.settings.lease_timeout)
 
     @cached_property
     def models(self) -> ModelRegistry:
+        from .db import get_engine, require_schema
+        from .model_registry import ModelRegistry
+
         require_schema(self.settings)
         return ModelRegistry(get_engine(self.settings))
 
     @cached_property
     def store(self) -> ObjectStore:
+        from .store import open_store
+
         return open_store(self.settings)
 
     def job_key(self, job_id: str, name: str) -> str:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import builtins
 import time
-from typing import Callable, Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import submission
 from .dispatch import Dispatcher, make_dispatcher
 from .errors import InvalidInput
-from .jobs import JobRecord
+from .records import JobRecord
 from .runtime import Runtime
 from .specs import GenerateSpec, JobSpec, JobStatus, TrainSpec
+
+if TYPE_CHECKING:
+    from .lean import LeanSubmit
 
 UNIT = {"train": "steps", "evaluate": "images", "generate": "images"}
 
@@ -35,17 +39,26 @@ class Service:
             self._dispatcher = make_dispatcher(self.runtime)
         return self._dispatcher
 
+    @cached_property
+    def lean(self) -> LeanSubmit | None:
+        """The submit hot path (``scheduler.lean``) where it applies: PostgreSQL + Redis; else None."""
+        from . import lean
+
+        return lean.LeanSubmit(self.runtime.settings) if lean.applies(self.runtime.settings) else None
+
     # --- specs ------------------------------------------------------------------------------------
     def spec_for(self, request: submission.Request) -> JobSpec:
         """The resolved spec of a typed request (raises InvalidInput naming the flag)."""
-        return submission.resolve(request, self.runtime.models, self.runtime.settings)
+        models = self.lean.models if self.lean else self.runtime.models
+        return submission.resolve(request, models, self.runtime.settings)
 
     # --- jobs -------------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, *, queue: str | None = None, priority: int = 0, retry_of: str | None = None) -> JobRecord:
         settings = self.runtime.settings
         queue = queue or settings.queue_for(spec.kind)
         submission.check_queue_priority(queue, priority)
-        self.dispatcher.check()
+        table, dispatcher = (self.lean.table, self.lean.dispatcher) if self.lean else (self.table, self.dispatcher)
+        dispatcher.check()
         if settings.embedded:  # the job writes the store from this process; workers check and retry it themselves
             self.runtime.store.check()
         if isinstance(spec, GenerateSpec):
@@ -54,7 +67,7 @@ class Service:
         else:
             shard_counts = []
             total = spec.steps if isinstance(spec, TrainSpec) else None
-        job = self.table.create(
+        job = table.create(
             spec,
             queue=queue,
             priority=priority,
@@ -65,9 +78,9 @@ class Service:
             retry_of=retry_of,
         )
         try:
-            self.dispatcher.enqueue(job, len(shard_counts))
+            dispatcher.enqueue(job, len(shard_counts))
         except Exception:
-            self.table.delete(job.id)
+            table.delete(job.id)
             raise
         return job
 

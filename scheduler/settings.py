@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(default=15.0, gt=0, description="Seconds between reconciliation passes (one worker at a time).")
     requeue_grace: float = Field(default=30.0, ge=0, description="Age after which queued work the broker does not hold is sent again.")
     transient_retry_budget: float = Field(default=600.0, gt=0, description="Seconds of back-off a task spends on an unavailable service before its job fails.")
+    lean_submit: bool = Field(default=True, description="Submit on a PostgreSQL + Redis fleet with psycopg and redis-py alone (no SQLAlchemy, no Celery import).")
     ui_token: SecretStr | None = Field(default=None, description="Token `cganctl ui` requires of every request; needed to bind beyond loopback.")
 
     # budgets (issue 8): what one submit may cost in time, memory and disk; see README "Security"
@@ -63,6 +64,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=4096 * 4096, gt=0, description="Largest image (width x height) decoded from a dataset.")
     max_image_side: int = Field(default=8192, gt=0, description="Largest width or height of a dataset image.")
     max_total_pixels: int = Field(default=2_000_000_000, gt=0, description="Most pixels decoded from one dataset (about 6 GB as RGB).")
+    max_dataset_bytes: int = Field(default=16 * 2**30, gt=0, description="Largest dataset archive read from the object store (registered or s3://).")
     max_dataset_entries: int = Field(default=2_000_000, gt=0, description="Most paths one dataset folder walk visits.")
     dataset_roots: list[Path] | None = Field(
         default=None,

@@ -7,7 +7,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .jobs import JobRecord
+from .records import JobRecord
 from .textsafe import markup_safe, plain, text
 
 console = Console()

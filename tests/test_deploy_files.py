@@ -281,7 +281,7 @@ def test_k8s_redis_persists_append_only() -> None:
 
 def test_keda_scaled_object_fields() -> None:
     """Checked against KEDA's documented ScaledObject and redis-scaler fields (keda.sh/v1alpha1)."""
-    from scheduler.metrics import priority_lists
+    from scheduler.taskmessages import priority_lists
 
     objects = k8s_objects()
     (scaled,) = [doc for doc in objects.values() if doc["kind"] == "ScaledObject"]

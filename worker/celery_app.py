@@ -15,16 +15,15 @@ from __future__ import annotations
 from celery import Celery
 
 from scheduler.settings import Settings, get_settings
-
-TASK_TRAIN = "cganctl.train"
-TASK_EVALUATE = "cganctl.evaluate"
-TASK_GENERATE_SHARD = "cganctl.generate_shard"
-TASK_FOR_KIND = {"train": TASK_TRAIN, "evaluate": TASK_EVALUATE, "generate": TASK_GENERATE_SHARD}
-PRIORITY_LEVELS = 10  # cganctl priority 0 (lowest) .. 9 (highest); Redis serves 0 first, so it is inverted
-
-
-def broker_priority(priority: int) -> int:
-    return PRIORITY_LEVELS - 1 - priority
+from scheduler.taskmessages import (  # noqa: F401  (re-exported: worker.tasks names its tasks with them)
+    PRIORITY_LEVELS,
+    QUEUE_KEY_SEP,
+    TASK_EVALUATE,
+    TASK_FOR_KIND,
+    TASK_GENERATE_SHARD,
+    TASK_TRAIN,
+    broker_priority,
+)
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -47,7 +46,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             "visibility_timeout": settings.visibility_timeout,
             "priority_steps": list(range(PRIORITY_LEVELS)),
             "queue_order_strategy": "priority",
-            "sep": ":",
+            "sep": QUEUE_KEY_SEP,
         },
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
