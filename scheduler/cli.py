@@ -24,11 +24,13 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and control jobs.")
 results_app = typer.Typer(no_args_is_help=True, help="Fetch what jobs wrote.")
 models_app = typer.Typer(no_args_is_help=True, help="Models that generate and evaluate jobs can use.")
 db_app = typer.Typer(no_args_is_help=True, help="The job table's schema.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Datasets registered in the project's object store (--dataset/--reference NAME).")
 app.add_typer(submit_app, name="submit")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(results_app, name="results")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+app.add_typer(datasets_app, name="datasets")
 
 EXIT_FOR_STATUS = {"succeeded": 0, "failed": 1, "cancelled": 4}
 
@@ -298,6 +300,46 @@ def models_list(as_json: JsonOpt = False) -> None:
         _emit_json([{"ref": m.ref, "kind": m.kind, "job_id": m.job_id, "weights_key": m.weights_key, "meta": m.meta} for m in records])
     else:
         print_models(records)
+
+
+@datasets_app.command("add")
+def datasets_add(
+    name: Annotated[str, typer.Argument(help="Name jobs will use: --dataset NAME / --reference NAME.")],
+    archive: Annotated[Path, typer.Argument(help="A .tar/.tar.gz/.tgz of an ImageFolder tree (train/ and test/ splits optional).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Check an archive under the reading budgets, upload it to the object store and register it as NAME."""
+    from . import datasets
+    from .settings import get_settings
+    from .store import open_store
+    from .textsafe import plain
+
+    settings = get_settings()
+    entry = datasets.add(open_store(settings), settings, name, archive.expanduser())
+    if as_json:
+        _emit_json(datasets.describe(entry))
+        return
+    splits = ", ".join(f"{split} {sum(counts.values())} images" for split, counts in entry.splits.items())
+    typer.echo(f"dataset {entry.name}: {len(entry.classes)} classes ({plain(', '.join(entry.classes))}), {splits}; stored as {entry.key}")
+
+
+@datasets_app.command("list")
+def datasets_list(as_json: JsonOpt = False) -> None:
+    """Registered datasets."""
+    from . import datasets
+    from .settings import get_settings
+    from .store import open_store
+    from .textsafe import plain
+
+    entries = datasets.registered(open_store(get_settings()))
+    if as_json:
+        _emit_json([datasets.describe(e) for e in entries])
+        return
+    for e in entries:
+        counts = " ".join(f"{split}={sum(c.values())}" for split, c in e.splits.items())
+        typer.echo(f"{e.name}\t{len(e.classes)} classes\t{counts}\t{e.size} bytes\t{plain(e.source)}\t{e.added_at[:19]}")
+    if not entries:
+        typer.echo("no datasets registered (cganctl datasets add NAME ARCHIVE)")
 
 
 @db_app.command("upgrade")

@@ -1,7 +1,9 @@
 """One rule for where a dataset or reference comes from (``CGAN_DATASET_ROOTS``), checked at submit and again on the worker.
 
 - ``cifar10``: torchvision's copy, downloaded by the worker.
-- ``s3://...``: not supported yet (refused with a clear message).
+- a registered dataset name (``cganctl datasets add``) or ``s3://<the project's bucket>/KEY.tar[.gz]``:
+  an object in the project's store, ``store:KEY`` in the spec (``scheduler.datasets``). A bare name that is
+  both registered and a path in the working folder is refused as ambiguous (write ``./NAME`` for the path).
 - a path: resolved to an absolute path at submit (the spec stores it); ``''`` is refused. When roots apply
   (always on a fleet: default ``<data_dir>/datasets``; on the embedded default only if CGAN_DATASET_ROOTS
   is set) the real path (symbolic links resolved) must lie under one of them. It must be a folder or a
@@ -31,10 +33,8 @@ def resolve_source(source: str, roots: list[Path] | None, *, flag: str = "--data
         return source
     if not source or not source.strip():
         raise DatasetRefused(f"{flag} is empty: give cifar10, an ImageFolder directory or a .tar/.tar.gz of one")
-    if source.startswith("s3://"):
-        raise DatasetRefused(f"{flag} {source}: s3:// datasets are not supported yet; copy it under a dataset root")
-    if "://" in source:
-        raise DatasetRefused(f"{flag} {source}: only cifar10, s3:// and paths are datasets")
+    if source.startswith(("s3://", "store:")) or "://" in source:
+        raise DatasetRefused(f"{flag} {source}: only cifar10, registered names, s3:// URIs in the project's bucket and paths are datasets")
     path = Path(source).expanduser().absolute()
     try:
         real = path.resolve(strict=True)
@@ -53,6 +53,32 @@ def resolve_source(source: str, roots: list[Path] | None, *, flag: str = "--data
     return str(path)
 
 
-def check_on_worker(source: str, settings) -> str:
-    """The worker's own check of a spec's dataset (its settings, its file system); raises DatasetRefused."""
+def resolve(source: str, settings, *, flag: str = "--dataset", store=None) -> str:
+    """What a submit stores in the spec for ``source``: ``cifar10``, ``store:KEY`` or an absolute path."""
+    from . import datasets
+
+    if source.startswith("s3://"):
+        return datasets.from_uri(source, settings, store or _store(settings), flag=flag)
+    if datasets.NAME.match(source) and source not in BUILTIN_DATASETS:
+        entry = datasets.get(store or _store(settings), source)
+        if entry is not None:
+            if Path(source).exists():
+                raise DatasetRefused(f"{flag} {source} is both a registered dataset and a path here: write ./{source} for the path")
+            return entry.ref
+    return resolve_source(source, settings.allowed_dataset_roots, flag=flag)
+
+
+def _store(settings):
+    from .store import open_store
+
+    return open_store(settings)
+
+
+def check_on_worker(source: str, settings, store=None) -> str:
+    """The worker's own check of a spec's dataset (its settings, its file system, its store), as the
+    local path or ``cifar10`` it then reads; raises DatasetRefused."""
+    from . import datasets
+
+    if source.startswith(datasets.STORE_SCHEME):
+        return str(datasets.local_copy(source, settings, store or _store(settings)))
     return resolve_source(source, settings.allowed_dataset_roots)

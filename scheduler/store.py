@@ -22,6 +22,7 @@ class ObjectStore(Protocol):
     def get_bytes(self, key: str) -> bytes: ...
     def download(self, key: str, path: Path) -> None: ...
     def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def delete_prefix(self, prefix: str) -> int: ...
     def location(self, key: str) -> str: ...
@@ -77,6 +78,12 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        if not path.is_file():
+            raise NotFound(f"object {key!r} not found in {self.root}")
+        return path.stat().st_size
 
     def list(self, prefix: str) -> Iterator[str]:
         base = self.root / prefix.rpartition("/")[0]  # only walk the folder the prefix lies in
@@ -172,6 +179,9 @@ class S3Store:
         except NotFound:
             return False
         return True
+
+    def size(self, key: str) -> int:
+        return int(self._call(f"head {key}", self.client.head_object, Bucket=self.bucket, Key=_check_key(key))["ContentLength"])
 
     def list(self, prefix: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -111,19 +111,34 @@ def check_queue_priority(queue: str, priority: int) -> None:
         raise InvalidInput(f"--priority must be between 0 (lowest) and 9 (highest), got {priority}")
 
 
-def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "--dataset") -> dict[str, int]:
+def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "--dataset", *, split: str = "train", require_split: bool = False) -> dict[str, int]:
+    """Images per class of a resolved source; a registered archive's from its index, an s3:// one from a local copy."""
     from cganmodel.dataset_index import DataError, count_images
 
+    from . import datasets
+
+    if settings is not None and source.startswith(datasets.STORE_SCHEME):
+        from .dataset_access import _store
+
+        store = _store(settings)
+        indexed = datasets.indexed_splits(source, store)
+        if indexed is not None:
+            if split not in indexed:
+                raise InvalidInput(f"cannot use {flag} {source} has no {split!r} split")
+            return indexed[split]
+        source = str(datasets.local_copy(source, settings, store))
     try:
-        return count_images(source, limits=settings.dataset_limits() if settings is not None else None)
+        return count_images(source, split=split, limits=settings.dataset_limits() if settings is not None else None, require_split=require_split)
     except DataError as exc:
         raise InvalidInput(f"cannot use {flag} {exc}") from None
 
 
 def _source(source: str, settings: Settings | None, flag: str) -> str:
-    from .dataset_access import resolve_source
+    from .dataset_access import resolve, resolve_source
 
-    return resolve_source(source, settings.allowed_dataset_roots if settings is not None else None, flag=flag)
+    if settings is None:
+        return resolve_source(source, None, flag=flag)
+    return resolve(source, settings, flag=flag)
 
 
 def _even_split(total: int, names: list[str]) -> dict[str, int]:
@@ -241,7 +256,9 @@ def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelR
     dataset = _source(r.dataset, settings, "--dataset")
     spec = build(TrainSpec, preset=r.preset, dataset=dataset, recipe=recipe, name=r.name)
     if spec.dataset != "cifar10":
-        _dataset_counts(spec.dataset, settings)  # readable and indexable now, not only on the worker
+        found = sum(_dataset_counts(spec.dataset, settings).values())  # readable and indexable now, not only on the worker
+        if found < int(recipe.get("batch_size") or 1):
+            raise InvalidInput(f"--dataset {r.dataset} has {found} images, fewer than the batch size {recipe['batch_size']} (--batch-size / --set batch_size=N)")
     return spec
 
 
@@ -267,18 +284,16 @@ def evaluate_spec(r: EvaluateRequest, models: ModelRegistry, settings: Settings 
                 f"reference {spec.reference} has classes {', '.join(found)}; model {generator.ref} has {', '.join(generator.meta['classes'])}"
             )
         if spec.downstream:
-            _check_test_split(spec.reference, list(generator.meta["classes"]))
+            _check_test_split(spec.reference, list(generator.meta["classes"]), settings)
     return spec
 
 
-def _check_test_split(reference: str, classes: list[str]) -> None:
+def _check_test_split(reference: str, classes: list[str], settings: Settings | None) -> None:
     """``--downstream`` tests classifiers on the reference's real test split: it must exist, same classes."""
-    from cganmodel.dataset_index import DataError, count_images
-
     try:
-        found = list(count_images(reference, split="test", require_split=True))
-    except DataError as exc:
-        raise InvalidInput(f"--downstream needs a reference with a test split: {exc}") from None
+        found = list(_dataset_counts(reference, settings, "--reference", split="test", require_split=True))
+    except InvalidInput as exc:
+        raise InvalidInput(f"--downstream needs a reference with a test split: {str(exc).removeprefix('cannot use --reference ')}") from None
     if found != classes:
         raise InvalidInput(f"the test split of {reference} has classes {', '.join(found)}; the model has {', '.join(classes)}")
 

@@ -80,16 +80,20 @@ def test_worker_log_and_job_errors_show_no_secret(fleet_env, start_worker, tmp_p
     env["CGAN_DATABASE_URL"] = fleet_env["CGAN_DATABASE_URL"] + "?password=QUERYSECRET"
     env["CGAN_S3_SECRET_ACCESS_KEY"] = fleet_env["CGAN_S3_SECRET_ACCESS_KEY"]
     cganctl(env, "db", "upgrade", check=True)
-    worker = start_worker("sec", env=env)
-    missing = tmp_path / "data" / "datasets" / "gone"  # under the fleet's dataset root
+    missing = tmp_path / "data" / "datasets" / "gone"  # under the fleet's dataset root; removed after the submit
     (missing / "cat").mkdir(parents=True)
     from PIL import Image
 
-    Image.new("RGB", (8, 8)).save(missing / "cat" / "a.png")
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(missing / "cat" / name)
     out = cganctl(env, "submit", "train", "--preset", "mlp", "--dataset", str(missing), "--steps", "2", "--batch-size", "2",
                   "--checkpoint-every", "2", "--json", timeout=120)
     assert out.returncode == 0, out.stderr
     job_id = json.loads(out.stdout)["id"]
+    import shutil
+
+    shutil.rmtree(missing)  # the job fails on the worker
+    worker = start_worker("sec", env=env)
     waited = cganctl(env, "jobs", "watch", job_id, timeout=300)
     _assert_clean(waited, "jobs watch")
     for args in (["jobs", "show", job_id], ["jobs", "show", job_id, "--json"], ["status"], ["status", "--json"]):
@@ -256,8 +260,8 @@ def test_dataset_roots_on_a_fleet_and_embedded(tmp_path):
     (inside.parent / "sneaky").symlink_to(outside)
     with pytest.raises(DatasetRefused, match="outside the dataset roots"):
         resolve_source(str(inside.parent / "sneaky"), fleet.allowed_dataset_roots)
-    with pytest.raises(DatasetRefused, match="not supported yet"):
-        resolve_source("s3://bucket/ds.tar", fleet.allowed_dataset_roots)
+    with pytest.raises(DatasetRefused, match="only cifar10, registered names, s3:// URIs"):
+        resolve_source("store:datasets/x.tar", fleet.allowed_dataset_roots)  # the spec's form, never a user's
     with pytest.raises(DatasetRefused, match="empty"):
         resolve_source("", None)
     assert resolve_source(str(outside), embedded.allowed_dataset_roots) == str(outside)

@@ -40,6 +40,20 @@ class JobContext:
     def table(self):
         return self.runtime.table
 
+    def dataset_path(self, source: str) -> str:
+        """A spec's dataset/reference as this worker reads it: ``cifar10``, a path under its roots, or its
+        local copy of a store object (``scheduler.dataset_access.check_on_worker``; raises DatasetRefused)."""
+        from scheduler.dataset_access import check_on_worker
+
+        return check_on_worker(source, self.runtime.settings, self.store)
+
+    def load_dataset(self, source: str, split: str = "train"):
+        """``source``'s ``split`` in memory, under this worker's dataset rules and reading budgets."""
+        from cganmodel.data import load_image_dataset
+
+        settings = self.runtime.settings
+        return load_image_dataset(self.dataset_path(source), split=split, root=str(settings.data_dir / "datasets"), limits=settings.dataset_limits())
+
     def key(self, name: str) -> str:
         return self.runtime.job_key(self.job.id, name)
 

@@ -27,15 +27,13 @@ def downstream(
 ) -> dict:
     import numpy as np
 
-    from cganmodel.data import load_image_dataset
     from cganmodel.downstream import downstream_metrics, prdc_metrics
     from cganmodel.fid import InceptionFeatures
     from cganmodel.sampling import generate
     from cganmodel.seeding import DOWNSTREAM_STREAMS, mix_seed
 
-    root = str(ctx.runtime.settings.data_dir / "datasets")
-    train = load_image_dataset(spec.reference, split="train", root=root)
-    test = load_image_dataset(spec.reference, split="test", root=root)
+    train = ctx.load_dataset(spec.reference, "train")  # this worker's roots, file system and budgets
+    test = ctx.load_dataset(spec.reference, "test")
     for split, data in (("train", train), ("test", test)):
         if list(data.classes) != classes:
             raise ValueError(f"the {split} split of {spec.reference} has classes {data.classes}, the model has {classes}")

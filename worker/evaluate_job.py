@@ -32,14 +32,13 @@ def _reference(
     ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedModel, classes: list[str]
 ) -> tuple[dict, dict | None]:
     """Reference statistics, and with ``--downstream`` the raw reference features (for PRDC); both cached."""
-    from cganmodel.data import load_image_dataset
     from cganmodel.dataset_index import fingerprint
     from cganmodel.evaluation import reference_stats
     from cganmodel.fid import stats_from_bytes, stats_to_bytes
 
     protocol = {
         "reference": spec.reference,
-        "reference_content": fingerprint(spec.reference, ctx.runtime.settings.dataset_limits()),
+        "reference_content": fingerprint(ctx.dataset_path(spec.reference), ctx.runtime.settings.dataset_limits()),
         "split": "train",
         "limit": spec.reference_limit,
         "classifier_sha256": classifier.sha256,
@@ -58,11 +57,7 @@ def _reference(
         pass
     except ValueError as exc:  # a corrupt cache object: computed again below and overwritten
         log.warning("reference cache %s is unreadable (%s): computing it again", key, exc)
-    from scheduler.dataset_access import check_on_worker
-
-    check_on_worker(spec.reference, ctx.runtime.settings)  # this worker's roots, this worker's file system
-    data = load_image_dataset(spec.reference, split="train", root=str(ctx.runtime.settings.data_dir / "datasets"),
-                              limits=ctx.runtime.settings.dataset_limits())
+    data = ctx.load_dataset(spec.reference, "train")  # this worker's roots, file system and budgets
     if list(data.classes) != list(classes):
         raise ValueError(f"reference {spec.reference} has classes {data.classes}, the model has {classes}")
     features: dict = {}

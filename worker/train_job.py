@@ -37,13 +37,9 @@ def _save_checkpoint(ctx: JobContext, step: int, files: dict[str, bytes]) -> Non
 
 
 def run(ctx: JobContext, spec: TrainSpec) -> tuple[dict, dict]:
-    from cganmodel.data import load_image_dataset
     from cganmodel.trainers import make_trainer
-    from scheduler.dataset_access import check_on_worker
 
-    settings = ctx.runtime.settings
-    check_on_worker(spec.dataset, settings)  # this worker's roots, this worker's file system
-    data = load_image_dataset(spec.dataset, split="train", root=str(settings.data_dir / "datasets"), limits=settings.dataset_limits())
+    data = ctx.load_dataset(spec.dataset, "train")  # this worker's roots, file system and budgets
     trainer = make_trainer(spec.preset, data, spec.recipe)
     files = _latest_checkpoint(ctx, ctx.job.id) or (spec.resume_from and _latest_checkpoint(ctx, spec.resume_from))
     if files:
@@ -80,7 +76,7 @@ def run(ctx: JobContext, spec: TrainSpec) -> tuple[dict, dict]:
         **{k: v for k, v in last.items() if k not in ("step", "steps")},
     }
     if kind == "classifier":
-        metrics.update(_test_accuracy(trainer, spec, settings))
+        metrics.update(_test_accuracy(ctx, trainer, spec))
     artifacts = {
         "model": weights_key,
         "checkpoint": latest["prefix"],
@@ -90,13 +86,12 @@ def run(ctx: JobContext, spec: TrainSpec) -> tuple[dict, dict]:
     return metrics, {k: v for k, v in artifacts.items() if v}
 
 
-def _test_accuracy(trainer, spec: TrainSpec, settings) -> dict:
+def _test_accuracy(ctx: JobContext, trainer, spec: TrainSpec) -> dict:
     """Accuracy on the dataset's test split, where it has one."""
     from cganmodel.classifier import evaluate_accuracy
-    from cganmodel.data import load_image_dataset
 
     try:
-        test = load_image_dataset(spec.dataset, split="test", root=str(settings.data_dir / "datasets"), limits=settings.dataset_limits())
+        test = ctx.load_dataset(spec.dataset, "test")
     except ValueError:
         return {}
     if len(test) == len(trainer.data):  # no separate test split: the loader fell back to the only tree

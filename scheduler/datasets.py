@@ -1,0 +1,179 @@
+"""Datasets held in the project's object store: registered names and ``s3://`` URIs in the project's bucket (issue 8).
+
+- ``cganctl datasets add NAME FILE`` checks FILE (a .tar/.tar.gz ImageFolder archive) under the reading
+  budgets, uploads it content-addressed as ``datasets/NAME/<sha256>.<ext>`` and writes its index
+  ``datasets/NAME.json`` (key, sha256, size, classes and counts per split). Adding NAME again replaces the
+  index; a job already submitted keeps reading the archive its spec names.
+- A submit turns ``--dataset NAME`` / ``--reference NAME`` and ``s3://<the project's bucket>/KEY`` into
+  ``store:KEY`` in the spec: one fixed object.
+- A worker (and a submit that must count an ``s3://`` archive's classes) reads ``store:KEY`` from a local
+  copy under ``<data_dir>/cache/datasets/``, downloaded once, at most ``CGAN_MAX_DATASET_BYTES``, checked
+  against the sha256 in its key when the key has one; then the same budgets apply as to any archive.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInput, NotFound
+from .records import utcnow
+from .settings import Settings
+from .store import ObjectStore
+
+STORE_SCHEME = "store:"
+PREFIX = "datasets/"
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_CONTENT_KEY = re.compile(r"^datasets/[a-z0-9][a-z0-9_-]{0,63}/(?P<sha>[0-9a-f]{64})\.(tar\.gz|tgz|tar)$")
+
+
+class DatasetError(InvalidInput):
+    """A dataset name, URI or archive that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+    """A registered dataset: where its archive is, what it holds (``splits``: split -> class -> images)."""
+
+    name: str
+    key: str
+    sha256: str
+    size: int
+    splits: dict[str, dict[str, int]]
+    source: str
+    added_at: str
+
+    @property
+    def ref(self) -> str:
+        return STORE_SCHEME + self.key
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.splits.get("train") or next(iter(self.splits.values()), {}))
+
+
+def archive_suffix(name: str) -> str | None:
+    return next((s for s in ARCHIVE_SUFFIXES if name.lower().endswith(s)), None)
+
+
+def index_key(name: str) -> str:
+    return f"{PREFIX}{name}.json"
+
+
+def get(store: ObjectStore, name: str) -> DatasetEntry | None:
+    try:
+        data = json.loads(store.get_bytes(index_key(name)))
+    except NotFound:
+        return None
+    return DatasetEntry(**{f.name: data[f.name] for f in dataclasses.fields(DatasetEntry)})
+
+
+def registered(store: ObjectStore) -> list[DatasetEntry]:
+    names = [k[len(PREFIX):-len(".json")] for k in store.list(PREFIX) if k.endswith(".json") and "/" not in k[len(PREFIX):]]
+    return [entry for entry in (get(store, n) for n in names) if entry is not None]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _splits(path: Path, settings: Settings) -> dict[str, dict[str, int]]:
+    """Classes and counts of the archive's train split (or of the whole tree) and of its test split, if any."""
+    from cganmodel.dataset_index import DataError, count_images
+
+    limits = settings.dataset_limits()
+    try:
+        splits = {"train": count_images(str(path), limits=limits)}
+    except DataError as exc:
+        raise DatasetError(f"cannot register {path}: {exc}") from None
+    try:
+        splits["test"] = count_images(str(path), split="test", limits=limits, require_split=True)
+    except DataError:
+        pass
+    return splits
+
+
+def add(store: ObjectStore, settings: Settings, name: str, path: Path) -> DatasetEntry:
+    """Check, upload and register ``path`` as dataset ``name`` (replacing an earlier registration)."""
+    if not NAME.match(name) or name == "cifar10":
+        raise DatasetError(f"invalid dataset name {name!r}: lower-case letters, digits, '-' and '_' (at most 64), not 'cifar10'")
+    suffix = archive_suffix(path.name)
+    if suffix is None or not path.is_file():
+        raise DatasetError(f"{path} is not a .tar, .tar.gz or .tgz file (pack an ImageFolder tree with `tar czf`)")
+    size = path.stat().st_size
+    if size > settings.max_dataset_bytes:
+        raise DatasetError(f"{path} is {size} bytes, above the maximum of {settings.max_dataset_bytes} (CGAN_MAX_DATASET_BYTES)")
+    splits = _splits(path, settings)
+    sha = _sha256(path)
+    key = f"{PREFIX}{name}/{sha}{suffix}"
+    if not store.exists(key):
+        store.put_file(key, path, content_type="application/x-tar")
+    entry = DatasetEntry(name=name, key=key, sha256=sha, size=size, splits=splits, source=path.name, added_at=utcnow().isoformat())
+    store.put_bytes(index_key(name), json.dumps(dataclasses.asdict(entry), indent=2).encode(), content_type="application/json")
+    return entry
+
+
+def from_uri(uri: str, settings: Settings, store: ObjectStore, *, flag: str) -> str:
+    """``s3://BUCKET/KEY`` -> ``store:KEY`` when BUCKET is the project's and KEY an archive that exists."""
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not settings.s3_bucket:
+        raise DatasetError(f"{flag} {uri}: s3:// datasets need the project's bucket (CGAN_S3_BUCKET); this deployment has a local store")
+    if bucket != settings.s3_bucket:
+        raise DatasetError(f"{flag} {uri}: only objects in the project's bucket s3://{settings.s3_bucket} can be read")
+    if not key or archive_suffix(key) is None:
+        raise DatasetError(f"{flag} {uri}: expected a .tar, .tar.gz or .tgz archive of an ImageFolder tree")
+    try:
+        size = store.size(key)
+    except NotFound:
+        raise DatasetError(f"{flag} {uri} does not exist") from None
+    except ValueError as exc:  # an invalid key
+        raise DatasetError(f"{flag} {uri}: {exc}") from None
+    if size > settings.max_dataset_bytes:
+        raise DatasetError(f"{flag} {uri} is {size} bytes, above the maximum of {settings.max_dataset_bytes} (CGAN_MAX_DATASET_BYTES)")
+    return STORE_SCHEME + key
+
+
+def indexed_splits(ref: str, store: ObjectStore) -> dict[str, dict[str, int]] | None:
+    """A registered archive's counts per split from its index (no download); None when no index describes ``ref``."""
+    key = ref.removeprefix(STORE_SCHEME)
+    if not _CONTENT_KEY.match(key):
+        return None
+    entry = get(store, key.removeprefix(PREFIX).split("/", 1)[0])
+    return entry.splits if entry is not None and entry.key == key else None
+
+
+def local_copy(ref: str, settings: Settings, store: ObjectStore) -> Path:
+    """The local file holding ``store:KEY``: downloaded once into the dataset cache, size- and content-checked."""
+    key = ref.removeprefix(STORE_SCHEME)
+    suffix = archive_suffix(key) or ".tar"
+    cache = settings.data_dir / "cache" / "datasets"
+    target = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}{suffix}"
+    size = store.size(key)
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    if size > settings.max_dataset_bytes:
+        raise DatasetError(f"dataset {ref} is {size} bytes, above the maximum of {settings.max_dataset_bytes} (CGAN_MAX_DATASET_BYTES)")
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
+        part = Path(tmp) / "archive"
+        store.download(key, part)
+        match = _CONTENT_KEY.match(key)
+        if match and _sha256(part) != match["sha"]:
+            raise DatasetError(f"dataset {ref}: the downloaded archive does not match the sha256 in its key")
+        if part.stat().st_size > settings.max_dataset_bytes:
+            raise DatasetError(f"dataset {ref} is above the maximum of {settings.max_dataset_bytes} bytes (CGAN_MAX_DATASET_BYTES)")
+        part.replace(target)
+    return target
+
+
+def describe(entry: DatasetEntry) -> dict[str, Any]:
+    return dict(dataclasses.asdict(entry), classes=entry.classes, images={split: sum(c.values()) for split, c in entry.splits.items()})

@@ -1,0 +1,134 @@
+"""Datasets in the project's object store (issue 8): registered names and s3:// URIs in the project's bucket.
+
+Embedded default (local store) and a fleet on the real services (SeaweedFS S3, PostgreSQL, Redis, a worker).
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from harness.datasets import tiny_image_folder
+from harness.services import cganctl, settings_from_env, wait_for
+
+
+def _archive(tmp_path: Path, name: str = "tiny.tar.gz", with_test: bool = True, per_class: int = 6) -> Path:
+    tree = tmp_path / f"tree-{name}"
+    tiny_image_folder(tree / "train", per_class=per_class)
+    if with_test:
+        tiny_image_folder(tree / "test", per_class=3)
+    path = tmp_path / name
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(tree, arcname=".")
+    return path
+
+
+def _one_error(result) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_register_list_and_train_by_name_embedded(embedded_env, tmp_path):
+    archive = _archive(tmp_path)
+    added = json.loads(cganctl(embedded_env, "datasets", "add", "tiny", str(archive), "--json", check=True).stdout)
+    assert added["classes"] == ["airplane", "cat", "frog"] and added["images"] == {"train": 18, "test": 9}
+    assert added["key"].startswith("datasets/tiny/") and added["key"].endswith(".tar.gz")
+    listed = json.loads(cganctl(embedded_env, "datasets", "list", "--json", check=True).stdout)
+    assert [d["name"] for d in listed] == ["tiny"]
+
+    result = cganctl(embedded_env, "submit", "train", "--preset", "classifier", "--dataset", "tiny", "--steps", "2", "--batch-size", "8", "--wait", "--json")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert job["spec"]["dataset"] == "store:" + added["key"] and job["status"] == "succeeded"
+    assert "test" in job["metrics"]  # the test split was read from the stored archive too
+
+    # registering the name again points new jobs at the new archive; the old spec keeps its object
+    again = json.loads(cganctl(embedded_env, "datasets", "add", "tiny", str(_archive(tmp_path, "v2.tar", with_test=False, per_class=9)), "--json", check=True).stdout)
+    assert again["key"] != added["key"] and again["images"] == {"train": 27}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("datasets", "add", "Bad Name", "ARCHIVE"), "invalid dataset name"),
+        (("datasets", "add", "cifar10", "ARCHIVE"), "invalid dataset name"),
+        (("datasets", "add", "tiny", "FOLDER"), "is not a .tar, .tar.gz or .tgz file"),
+        (("submit", "train", "--preset", "mlp", "--dataset", "nosuchname", "--steps", "2"), "does not exist"),
+        (("submit", "train", "--preset", "mlp", "--dataset", "s3://b/x.tar", "--steps", "2"), "need the project's bucket"),
+        (("submit", "train", "--preset", "mlp", "--dataset", "ARCHIVE", "--steps", "2"), "fewer than the batch size 64"),
+    ],
+)
+def test_bad_dataset_input_is_one_line_and_no_row(embedded_env, tmp_path, args, message):
+    archive = _archive(tmp_path)
+    args = tuple(str(archive) if a == "ARCHIVE" else str(tmp_path / "tree-tiny.tar.gz") if a == "FOLDER" else a for a in args)
+    assert message in _one_error(cganctl(embedded_env, *args))
+    assert json.loads(cganctl(embedded_env, "jobs", "list", "--json", check=True).stdout) == []
+    assert json.loads(cganctl(embedded_env, "datasets", "list", "--json", check=True).stdout) == []
+    objects = Path(embedded_env["CGAN_DATA_DIR"]) / "objects"
+    assert not objects.exists() or not any(p.is_file() for p in objects.rglob("*"))  # nothing uploaded
+
+
+def test_name_that_is_also_a_path_is_refused_as_ambiguous(embedded_env, tmp_path):
+    import subprocess
+
+    from harness.services import cganctl_command
+
+    cganctl(embedded_env, "datasets", "add", "tiny", str(_archive(tmp_path)), check=True)
+    tiny_image_folder(tmp_path / "work" / "tiny", classes=("zebra",), per_class=2)
+    run = lambda source: subprocess.run([*cganctl_command(), "submit", "generate", "--fill-to", "80", "--dataset", source],  # noqa: E731
+                                        cwd=tmp_path / "work", env=embedded_env, capture_output=True, text=True, timeout=120)
+    assert "both a registered dataset and a path here: write ./tiny" in _one_error(run("tiny"))
+    assert "classes unknown to model default:1: zebra" in _one_error(run("./tiny"))  # the folder was read, not the archive
+
+
+def test_stored_archive_is_checked_against_its_key(embedded_env, tmp_path):
+    from scheduler import datasets
+    from scheduler.errors import InvalidInput
+    from scheduler.store import open_store
+
+    added = json.loads(cganctl(embedded_env, "datasets", "add", "tiny", str(_archive(tmp_path)), "--json", check=True).stdout)
+    settings = settings_from_env(embedded_env)
+    store = open_store(settings)
+    store.put_bytes(added["key"], _archive(tmp_path, "forged.tar.gz", per_class=7).read_bytes())  # replaced behind the index
+    with pytest.raises(InvalidInput, match="does not match the sha256 in its key"):
+        datasets.local_copy("store:" + added["key"], settings, store)
+    assert not list((settings.data_dir / "cache" / "datasets").glob("*.tar.gz"))  # nothing half-written stays
+
+
+def test_fleet_s3_uri_and_registered_name(fleet_env, table, start_worker, tmp_path):
+    from scheduler.store import open_store
+
+    settings = settings_from_env(fleet_env)
+    store = open_store(settings)
+    archive = _archive(tmp_path, per_class=12)
+    store.put_file("incoming/tiny.tar.gz", archive)
+    bucket = settings.s3_bucket
+
+    # s3:// in the project's bucket: counted at submit from a local copy, kept as one fixed object in the spec
+    result = cganctl(fleet_env, "submit", "generate", "--fill-to", "20", "--dataset", f"s3://{bucket}/incoming/tiny.tar.gz", "--json")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    counts = job["spec"]["counts"]
+    assert (counts["airplane"], counts["cat"], counts["frog"], counts["dog"], len(counts)) == (8, 8, 8, 20, 10)
+    assert job["spec"]["request"]["dataset"] == "store:incoming/tiny.tar.gz"
+    for uri, message in [
+        ("s3://other-bucket/incoming/tiny.tar.gz", f"only objects in the project's bucket s3://{bucket}"),
+        (f"s3://{bucket}/incoming/missing.tar.gz", "does not exist"),
+        (f"s3://{bucket}/incoming/tiny.zip", "expected a .tar, .tar.gz or .tgz archive"),
+    ]:
+        assert message in _one_error(cganctl(fleet_env, "submit", "generate", "--fill-to", "20", "--dataset", uri))
+
+    # a registered name, trained on by a real worker that reads it from S3
+    cganctl(fleet_env, "datasets", "add", "tiny-fleet", str(archive), check=True)
+    result = cganctl(fleet_env, "submit", "train", "--preset", "classifier", "--dataset", "tiny-fleet", "--steps", "2", "--batch-size", "8", "--queue", "cpu", "--json")
+    assert result.returncode == 0, result.stderr
+    train = json.loads(result.stdout)
+    start_worker(queues="cpu")
+    wait_for(lambda: table.get(train["id"]).finished, timeout=240, what="the train job on the registered dataset")
+    done = table.get(train["id"])
+    assert done.status == "succeeded", done.error
+    assert done.spec["dataset"].startswith("store:datasets/tiny-fleet/") and "test" in done.metrics
