@@ -31,6 +31,7 @@ from cganmodel.checkpoint import CheckpointError
 from cganmodel.data import load_image_dataset
 from cganmodel.devices import describe_device
 from cganmodel.gan import GANConfig
+from cganmodel.presets import resolve_recipe
 from cganmodel.train import TrainConfig, Trainer
 
 RECIPE = "recipes/train_default.py"
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="stem of the exported generator")
     parser.add_argument("--runs", type=Path, default=None, help="folder for timed EMA snapshots and the log")
     parser.add_argument("--snapshot-minutes", type=float, default=10.0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the preset's recipe, as `cganctl submit train --set` (a trial; the shipped run uses none)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,7 +89,12 @@ def main() -> None:
     data = load_image_dataset(args.data, split="train")
     print(f"loaded {len(data)} images, classes {data.classes} in {time.perf_counter() - t0:.1f} s", flush=True)
     gan_cfg = GANConfig(preset=args.preset, num_classes=len(data.classes), classes=list(data.classes))
-    train_cfg = TrainConfig(preset=args.preset, steps=10**8, batch_size=args.batch_size, checkpoint_every=0, seed=args.seed)
+    overrides = dict(item.split("=", 1) for item in args.overrides)
+    try:
+        recipe = resolve_recipe(args.preset, {**overrides, "steps": 10**8, "batch_size": args.batch_size, "checkpoint_every": 0, "seed": args.seed})
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
+    train_cfg = TrainConfig(**recipe)
     trainer = Trainer(gan_cfg, train_cfg, data)
 
     prior = {"wall_s": 0.0, "cpu_s": 0.0, "sessions": []}
@@ -119,6 +127,7 @@ def main() -> None:
         return {
             "recipe": RECIPE,
             "preset": args.preset,
+            "overrides": overrides,
             "dataset": "CIFAR-10 (JPEG copy)",
             "steps": trainer.step,
             "batch_size": args.batch_size,
