@@ -161,7 +161,10 @@ class RedisDispatcher:
     def __init__(self, settings: Settings) -> None:
         self.url = settings.broker_url or ""
         self.shown = redact_url(self.url)
-        self.client = redis.Redis.from_url(self.url, socket_connect_timeout=3, socket_timeout=5)
+        try:
+            self.client = redis.Redis.from_url(self.url, socket_connect_timeout=3, socket_timeout=5)
+        except ValueError as exc:  # an option redis-py cannot read
+            raise ServiceUnavailable(f"broker {self.shown} is unreachable: {_reason(exc)}") from None
 
     def check(self) -> str:
         try:

@@ -78,6 +78,23 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_url_parts(cls, value: str | None) -> str | None:
+        """A Redis URL's port and database number are numbers (kombu and redis-py read them differently otherwise)."""
+        if value and value.startswith(("redis://", "rediss://")):
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(value)
+            try:
+                _ = parts.port  # raises on a non-numeric port
+            except ValueError:
+                raise ValueError("the port is not a number") from None
+            db = parts.path.strip("/")
+            if db and not (db.isascii() and db.isdigit()):
+                raise ValueError("the path must be a database number, e.g. redis://host:6379/0")
+        return value
+
     def queue_for(self, kind: str) -> str:
         """Where a job of ``kind`` goes without ``--queue``: its route, else the default queue."""
         return self.routes.get(kind, self.default_queue)

@@ -119,6 +119,16 @@ def test_lean_submit_broker_down_is_one_line_and_no_row(fleet_env, table):
     assert len(table.list(limit=1000)) == before
 
 
+def test_malformed_redis_url_is_a_settings_error_on_both_paths(fleet_env, table):
+    before = len(table.list(limit=1000))
+    for lean in ("true", "false"):
+        for url, rule in [("redis://:pw@127.0.0.1:notaport/0", "the port is not a number"), ("redis://127.0.0.1:6379/abc", "must be a database number")]:
+            result = cganctl(dict(fleet_env, CGAN_BROKER_URL=url, CGAN_LEAN_SUBMIT=lean), "submit", "generate", "--label", "frog", "--count", "10")
+            assert result.returncode == 2 and result.stderr.startswith("error: invalid setting CGAN_BROKER_URL") and rule in result.stderr, result.stderr
+            assert len(result.stderr.splitlines()) == 1 and "pw" not in result.stderr
+    assert len(table.list(limit=1000)) == before
+
+
 def test_lean_submit_refuses_a_database_not_at_head(fleet_env):
     with postgres_database("cganctl_lean") as url:
         result = cganctl(dict(fleet_env, CGAN_DATABASE_URL=url), "submit", "generate", "--label", "frog", "--count", "10")
