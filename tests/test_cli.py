@@ -10,6 +10,9 @@ import pytest
 
 from harness.datasets import tiny_image_folder
 from harness.services import ROOT, cganctl, settings_from_env
+from scheduler.model_registry import builtin_model
+
+DEFAULT_REF = builtin_model("default").ref  # the latest shipped default generator
 
 
 def _job_rows(env) -> list:
@@ -38,7 +41,7 @@ def test_help_is_fast_and_imports_no_torch():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--label", "frgo", "--count", "10"], "unknown label 'frgo' for model default:1; valid labels: airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck"),
+        (["--label", "frgo", "--count", "10"], f"unknown label 'frgo' for model {DEFAULT_REF}; valid labels: airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck"),
         (["--label", "frog", "--count", "0"], "--count must be at least 1"),
         (["--label", "frog", "--count", "-3"], "--count must be at least 1"),
         (["--label", "frog", "--count", "2000000"], "above the maximum of 1000000"),
@@ -91,7 +94,7 @@ def test_embedded_generate_end_to_end(embedded_env, tmp_path):
     assert shown["metrics"]["count_per_class"] == {"cat": 65, "frog": 65}
     objects = settings_from_env(embedded_env).local_store_dir / "jobs" / shown["id"]
     manifest = json.loads((objects / "manifest.json").read_text())
-    assert manifest["count"] == 130 and manifest["seed"] == 7 and manifest["model"]["ref"] == "default:1"
+    assert manifest["count"] == 130 and manifest["seed"] == 7 and manifest["model"]["ref"] == DEFAULT_REF
     for entry in manifest["files"]:
         assert hashlib.sha256((objects / "shards" / entry["name"]).read_bytes()).hexdigest() == entry["sha256"]
     assert (objects / "contact-sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

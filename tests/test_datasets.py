@@ -82,7 +82,9 @@ def test_name_that_is_also_a_path_is_refused_as_ambiguous(embedded_env, tmp_path
     run = lambda source: subprocess.run([*cganctl_command(), "submit", "generate", "--fill-to", "80", "--dataset", source],  # noqa: E731
                                         cwd=tmp_path / "work", env=embedded_env, capture_output=True, text=True, timeout=120)
     assert "both a registered dataset and a path here: write ./tiny" in _one_error(run("tiny"))
-    assert "classes unknown to model default:1: zebra" in _one_error(run("./tiny"))  # the folder was read, not the archive
+    from scheduler.model_registry import builtin_model
+
+    assert f"classes unknown to model {builtin_model('default').ref}: zebra" in _one_error(run("./tiny"))  # the folder was read, not the archive
 
 
 def test_stored_archive_is_checked_against_its_key(embedded_env, tmp_path):

@@ -139,3 +139,19 @@ def test_fill_to_reads_train_split_of_tar(ctx, tmp_path):
                 archive.addfile(info, io.BytesIO(b"x"))
     assert spec(ctx, fill_to=5, dataset=str(path)).counts["cat"] == 3
     assert Path(path).exists()
+
+
+def test_shipped_models_are_versioned(ctx, monkeypatch):
+    """NAME is the last shipped version, NAME:N the N-th; an older version stays usable by old specs."""
+    from scheduler import model_registry
+
+    registry, _settings = ctx
+    monkeypatch.setattr(model_registry, "BUILTIN_FILES", {"default": ("default-generator", "default-generator"), "default-classifier": ("default-classifier",)})
+    assert registry.resolve("default", "generator").ref == "default:2"
+    assert registry.resolve("default:latest", "generator").ref == "default:2"
+    assert registry.resolve("default:1", "generator").weights_key == "builtin:default-generator.safetensors"
+    with pytest.raises(InvalidInput, match="unknown model 'default:3'"):
+        registry.resolve("default:3", "generator")
+    assert [m.ref for m in registry.all() if m.name == "default"] == ["default:1", "default:2"]
+    monkeypatch.setattr(model_registry, "BUILTIN_FILES", {"default": ("default-generator", "no-such-file"), "default-classifier": ("default-classifier",)})
+    assert registry.resolve("default", "generator").ref == "default:1"  # versions whose files are not installed are skipped

@@ -28,7 +28,7 @@ from starlette.routing import Route  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from harness.services import ROOT, cganctl  # noqa: E402
-from scheduler.model_registry import ModelRegistry  # noqa: E402
+from scheduler.model_registry import ModelRegistry, builtin_model  # noqa: E402
 from scheduler.runtime import Runtime  # noqa: E402
 from scheduler.service import UNIT, Service  # noqa: E402
 from scheduler.settings import Settings  # noqa: E402
@@ -219,7 +219,7 @@ def test_generate_job_page(generated):
     manifest = text.split('id="manifest"')[1].split("</table>")[0]
     assert "webdataset" in manifest and "2 (" in manifest  # two shard files and their size
     model_used = text.split('id="model-used"')[1].split("</table>")[0]
-    assert "default:1" in model_used and "shipped with cganctl" in model_used and "2 succeeded" in model_used
+    assert builtin_model("default").ref in model_used and "shipped with cganctl" in model_used and "2 succeeded" in model_used
     for shard in job.artifacts["shards"]:
         name = shard.split(f"jobs/{job.id}/", 1)[1]
         download = client.get(f"/jobs/{job.id}/files/{name}")
