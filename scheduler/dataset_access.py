@@ -56,11 +56,12 @@ def resolve_source(source: str, roots: list[Path] | None, *, flag: str = "--data
 def resolve(source: str, settings, *, flag: str = "--dataset", store=None) -> str:
     """What a submit stores in the spec for ``source``: ``cifar10``, ``store:KEY`` or an absolute path."""
     from . import datasets
+    from .store import open_store
 
     if source.startswith("s3://"):
-        return datasets.from_uri(source, settings, store or _store(settings), flag=flag)
+        return datasets.from_uri(source, settings, store or open_store(settings), flag=flag)
     if datasets.NAME.match(source) and source not in BUILTIN_DATASETS:
-        entry = datasets.get(store or _store(settings), source)
+        entry = datasets.get(store or open_store(settings), source)
         if entry is not None:
             if Path(source).exists():
                 raise DatasetRefused(f"{flag} {source} is both a registered dataset and a path here: write ./{source} for the path")
@@ -68,17 +69,12 @@ def resolve(source: str, settings, *, flag: str = "--dataset", store=None) -> st
     return resolve_source(source, settings.allowed_dataset_roots, flag=flag)
 
 
-def _store(settings):
-    from .store import open_store
-
-    return open_store(settings)
-
-
 def check_on_worker(source: str, settings, store=None) -> str:
     """The worker's own check of a spec's dataset (its settings, its file system, its store), as the
     local path or ``cifar10`` it then reads; raises DatasetRefused."""
     from . import datasets
+    from .store import open_store
 
     if source.startswith(datasets.STORE_SCHEME):
-        return str(datasets.local_copy(source, settings, store or _store(settings)))
+        return str(datasets.local_copy(source, settings, store or open_store(settings)))
     return resolve_source(source, settings.allowed_dataset_roots)

@@ -118,9 +118,9 @@ def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "
     from . import datasets
 
     if settings is not None and source.startswith(datasets.STORE_SCHEME):
-        from .dataset_access import _store
+        from .store import open_store
 
-        store = _store(settings)
+        store = open_store(settings)
         indexed = datasets.indexed_splits(source, store)
         if indexed is not None:
             if split not in indexed:
