@@ -304,12 +304,13 @@ def test_submit_killed_after_the_row_commits_is_reconciled(tmp_path):
             from scheduler.service import Service
             from scheduler.submission import GenerateRequest
             service = Service()
-            send = service.dispatcher.send
+            dispatcher = service.lean.dispatcher if service.lean else service.dispatcher  # the lean path on this fleet
+            real_enqueue = dispatcher.enqueue
             def enqueue(job, n):
                 print(job.id, flush=True)
-                send(job, [0])
+                real_enqueue(job, 1)  # shard 0's message only
                 os.kill(os.getpid(), signal.SIGKILL)
-            service.dispatcher.enqueue = enqueue
+            dispatcher.enqueue = enqueue
             service.submit(service.spec_for(GenerateRequest(count=40, shard_size=10, balanced=True)))
             """
         )
