@@ -68,9 +68,11 @@ def index_key(name: str) -> str:
 def get(store: ObjectStore, name: str) -> DatasetEntry | None:
     try:
         data = json.loads(store.get_bytes(index_key(name)))
+        return DatasetEntry(**{f.name: data[f.name] for f in dataclasses.fields(DatasetEntry)})
     except NotFound:
         return None
-    return DatasetEntry(**{f.name: data[f.name] for f in dataclasses.fields(DatasetEntry)})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"the index of dataset {name} ({index_key(name)}) is unreadable ({type(exc).__name__}); add the dataset again") from None
 
 
 def registered(store: ObjectStore) -> list[DatasetEntry]:

@@ -54,21 +54,30 @@ class LeanDatabase:
         if self._connection is None:
             url = self.settings.sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
             try:
-                self._connection = psycopg.connect(url, autocommit=True, connect_timeout=5)
+                connection = psycopg.connect(url, autocommit=True, connect_timeout=5)
             except psycopg.Error as exc:
                 raise ServiceUnavailable(f"database {self.shown} is unreachable: {_reason(exc)}") from exc
-            self._require_schema()
+            try:
+                self._require_schema(connection)
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
         return self._connection
 
-    def _require_schema(self) -> None:
+    def _require_schema(self, connection: psycopg.Connection) -> None:
         """The schema check of ``scheduler.db.require_schema``: one SELECT compared with the packaged head."""
         from .migrations import head_revision
 
         try:
-            row = self.query_one("SELECT version_num FROM alembic_version")
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT version_num FROM alembic_version")
+                row = cursor.fetchone()
         except psycopg.errors.UndefinedTable:
             row = None
-        if row is None or row["version_num"] != head_revision():
+        except psycopg.Error as exc:
+            raise ServiceUnavailable(f"database {self.shown} failed: {_reason(exc)}") from exc
+        if row is None or row[0] != head_revision():
             raise ServiceUnavailable(f"the job table at {self.shown} is not at the current schema; run `cganctl db upgrade`")
 
     def query_one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
@@ -80,8 +89,6 @@ class LeanDatabase:
             with self.connection.cursor(row_factory=dict_row) as cursor:
                 cursor.execute(sql, tuple(params))  # type: ignore[arg-type]  # the SQL is this module's constants
                 return cursor.fetchall()
-        except psycopg.errors.UndefinedTable:
-            raise
         except psycopg.Error as exc:
             raise ServiceUnavailable(f"database {self.shown} failed: {_reason(exc)}") from exc
 

@@ -134,3 +134,12 @@ def test_fleet_s3_uri_and_registered_name(fleet_env, table, start_worker, tmp_pa
     done = table.get(train["id"])
     assert done.status == "succeeded", done.error
     assert done.spec["dataset"].startswith("store:datasets/tiny-fleet/") and "test" in done.metrics
+
+
+def test_corrupt_index_is_one_error_line(embedded_env, tmp_path):
+    from scheduler.store import open_store
+
+    cganctl(embedded_env, "datasets", "add", "tiny", str(_archive(tmp_path)), check=True)
+    open_store(settings_from_env(embedded_env)).put_bytes("datasets/tiny.json", b"{not json")
+    message = _one_error(cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", "tiny", "--steps", "2"))
+    assert "the index of dataset tiny (datasets/tiny.json) is unreadable" in message
