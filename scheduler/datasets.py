@@ -106,7 +106,9 @@ def _splits(path: Path, settings: Settings) -> dict[str, dict[str, int]]:
 
 def add(store: ObjectStore, settings: Settings, name: str, path: Path) -> DatasetEntry:
     """Check, upload and register ``path`` as dataset ``name`` (replacing an earlier registration)."""
-    if not NAME.match(name) or name == "cifar10":
+    from .dataset_access import BUILTIN_DATASETS
+
+    if not NAME.match(name) or name in BUILTIN_DATASETS:
         raise DatasetError(f"invalid dataset name {name!r}: lower-case letters, digits, '-' and '_' (at most 64), not 'cifar10'")
     suffix = archive_suffix(path.name)
     if suffix is None or not path.is_file():

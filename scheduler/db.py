@@ -31,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .errors import ServiceUnavailable
 from .records import aware_utc, utcnow  # noqa: F401  (re-exported: the ORM modules use them)
+from .redact import reason
 from .settings import Settings, redact_url
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
@@ -165,7 +166,7 @@ def upgrade(settings: Settings) -> str:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except SQLAlchemyError as exc:
-        raise ServiceUnavailable(f"database {redact_url(settings.sqlalchemy_url)} failed: {_reason(exc)}") from exc
+        raise ServiceUnavailable(f"database {redact_url(settings.sqlalchemy_url)} failed: {reason(exc)}") from exc
     return head_revision(settings)
 
 
@@ -191,7 +192,7 @@ def current_revision(settings: Settings) -> str | None:
                     raise
                 return None
     except SQLAlchemyError as exc:
-        raise ServiceUnavailable(f"database {redact_url(settings.sqlalchemy_url)} is unreachable: {_reason(exc)}") from exc
+        raise ServiceUnavailable(f"database {redact_url(settings.sqlalchemy_url)} is unreachable: {reason(exc)}") from exc
 
 
 def require_schema(settings: Settings) -> None:
@@ -220,10 +221,3 @@ def _upgrade_sqlite_once(settings: Settings) -> None:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
-
-def _reason(exc: SQLAlchemyError) -> str:
-    """The driver's first line, scrubbed: a driver error can echo the URL or its password."""
-    from .redact import scrub
-
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return scrub(lines[0] if lines else type(exc).__name__)

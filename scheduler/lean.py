@@ -23,11 +23,11 @@ from psycopg.types.json import Jsonb
 from .errors import ServiceUnavailable
 from .model_registry import ModelRecord, ModelRegistry
 from .records import JobRecord, aware_utc, new_job_values, new_shard_values
-from .redact import redact_url, scrub
+from .redact import reason, redact_url
 from .settings import Settings
 from .taskmessages import TASK_FOR_KIND, broker_priority, redis_list_key, redis_message, task_args
 
-JSON_COLUMNS = {"spec", "progress_info", "metrics", "artifacts", "stats", "meta"}
+JSON_COLUMNS = {"spec", "progress_info", "metrics", "artifacts", "stats"}  # the JSON columns of jobs and job_shards
 
 
 def applies(settings: Settings) -> bool:
@@ -36,9 +36,6 @@ def applies(settings: Settings) -> bool:
     return settings.lean_submit and database.startswith(("postgresql://", "postgresql+psycopg://")) and broker.startswith(("redis://", "rediss://"))
 
 
-def _reason(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return scrub(lines[0] if lines else type(exc).__name__)
 
 
 class LeanDatabase:
@@ -56,7 +53,7 @@ class LeanDatabase:
             try:
                 connection = psycopg.connect(url, autocommit=True, connect_timeout=5)
             except psycopg.Error as exc:
-                raise ServiceUnavailable(f"database {self.shown} is unreachable: {_reason(exc)}") from exc
+                raise ServiceUnavailable(f"database {self.shown} is unreachable: {reason(exc)}") from exc
             try:
                 self._require_schema(connection)
             except BaseException:
@@ -76,7 +73,7 @@ class LeanDatabase:
         except psycopg.errors.UndefinedTable:
             row = None
         except psycopg.Error as exc:
-            raise ServiceUnavailable(f"database {self.shown} failed: {_reason(exc)}") from exc
+            raise ServiceUnavailable(f"database {self.shown} failed: {reason(exc)}") from exc
         if row is None or row[0] != head_revision():
             raise ServiceUnavailable(f"the job table at {self.shown} is not at the current schema; run `cganctl db upgrade`")
 
@@ -90,7 +87,7 @@ class LeanDatabase:
                 cursor.execute(sql, tuple(params))  # type: ignore[arg-type]  # the SQL is this module's constants
                 return cursor.fetchall()
         except psycopg.Error as exc:
-            raise ServiceUnavailable(f"database {self.shown} failed: {_reason(exc)}") from exc
+            raise ServiceUnavailable(f"database {self.shown} failed: {reason(exc)}") from exc
 
     def close(self) -> None:
         if self._connection is not None:
@@ -126,7 +123,7 @@ class LeanJobTable:
                 _insert(cursor, "jobs", [values])
                 _insert(cursor, "job_shards", new_shard_values(values["id"], shard_counts))
         except psycopg.Error as exc:
-            raise ServiceUnavailable(f"could not write the job row: {_reason(exc)}") from exc
+            raise ServiceUnavailable(f"could not write the job row: {reason(exc)}") from exc
         return JobRecord.from_values(values)
 
     def delete(self, job_id: str) -> None:
@@ -171,13 +168,13 @@ class RedisDispatcher:
         try:
             self.client = redis.Redis.from_url(self.url, socket_connect_timeout=3, socket_timeout=5)
         except ValueError as exc:  # an option redis-py cannot read
-            raise ServiceUnavailable(f"broker {self.shown} is unreachable: {_reason(exc)}") from None
+            raise ServiceUnavailable(f"broker {self.shown} is unreachable: {reason(exc)}") from None
 
     def check(self) -> str:
         try:
             self.client.ping()
         except redis.RedisError as exc:
-            raise ServiceUnavailable(f"broker {self.shown} is unreachable: {_reason(exc)}") from exc
+            raise ServiceUnavailable(f"broker {self.shown} is unreachable: {reason(exc)}") from exc
         return self.shown
 
     def enqueue(self, job: JobRecord, shard_count: int) -> None:
@@ -190,7 +187,7 @@ class RedisDispatcher:
                     pipe.lpush(key, message)
                 pipe.execute()
         except redis.RedisError as exc:
-            raise ServiceUnavailable(f"could not enqueue job {job.id} on {self.shown}: {_reason(exc)}") from exc
+            raise ServiceUnavailable(f"could not enqueue job {job.id} on {self.shown}: {reason(exc)}") from exc
 
     def wait_local(self) -> None:
         """Nothing runs here: workers elsewhere execute the job."""

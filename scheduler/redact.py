@@ -128,6 +128,13 @@ def scrub(text: str, settings=None) -> str:
     return settings_scrubber(settings)(str(text))
 
 
+def reason(exc: BaseException) -> str:
+    """The first line of what a driver, the broker or S3 said (a wrapped driver error's own), scrubbed:
+    such a message can echo a URL or its password."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return scrub(lines[0] if lines else type(exc).__name__)
+
+
 class ScrubFilter(logging.Filter):
     """A logging filter that scrubs the message and the traceback text of every record it sees."""
 
