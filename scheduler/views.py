@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -91,11 +92,35 @@ def print_job(service, job: JobRecord) -> None:
                 console.print(markup_safe(f"  {name}: {value}"))
 
 
+# The per-class columns an evaluate job writes (worker/evaluate_job.py: _per_class), in this order: a short
+# header and whether the value is a fraction (shown in percent, else a FID with one decimal). Short, so that
+# all of them fit in 80 columns; a column not named here keeps its key and shows 4 significant digits.
+PER_CLASS_COLUMNS = {
+    "label_accuracy": ("label\nacc. %", True),
+    "classifier_intra_fid": ("intra-FID\nclassif.", False),
+    "inception_intra_fid": ("intra-FID\nIncep.", False),
+    "cas_accuracy": ("CAS\n%", True),
+    "augmentation_baseline": ("aug. real\n%", True),
+    "augmentation_augmented": ("+ gen.\n%", True),
+    "augmentation_gain": ("gain\npoints", True),
+}
+
+
 def print_per_class(per_class: dict[str, dict]) -> None:
-    columns = sorted({k for row in per_class.values() for k in row})
-    table = Table("class", *(markup_safe(c, one_line=True) for c in columns))
+    present = {k for row in per_class.values() for k in row}
+    columns = [c for c in PER_CLASS_COLUMNS if c in present] + sorted(present - set(PER_CLASS_COLUMNS))
+    headers = (markup_safe(PER_CLASS_COLUMNS.get(c, (c,))[0]) for c in columns)
+    table = Table("class", *headers, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+
+    def cell(column: str, value: object) -> str:
+        if not isinstance(value, float):
+            return "-" if value is None else value
+        if column not in PER_CLASS_COLUMNS:
+            return f"{value:.4g}"
+        return f"{value * 100:.1f}" if PER_CLASS_COLUMNS[column][1] else f"{value:.1f}"
+
     for name, row in per_class.items():
-        table.add_row(text(name), *(text(f"{row[c]:.4g}" if isinstance(row.get(c), float) else row.get(c, "-")) for c in columns))
+        table.add_row(text(name), *(text(cell(c, row.get(c))) for c in columns))
     console.print(table)
 
 

@@ -116,8 +116,17 @@ def test_evaluate_with_downstream_writes_the_metrics(embedded_env, tmp_path):
     assert m["prdc_protocol"]["feature_space"] == "classifier" and m["prdc_protocol"]["real_count"] == 20
     assert m["prdc_protocol"]["fake_count"] == 30
     assert set(m["per_class"]["frog"]) >= {"cas_accuracy", "augmentation_gain", "augmentation_baseline"}
-    shown = cganctl(embedded_env, "jobs", "show", job["id"], check=True).stdout
+    shown = cganctl(dict(embedded_env, COLUMNS="80"), "jobs", "show", job["id"], check=True).stdout
     assert "usefulness" in shown and "CAS" in shown
+    # the per-class table fits 80 columns: every header whole, no cell cut short, accuracies in percent
+    after = shown[shown.index("usefulness"):shown.index("artifacts")]
+    header_top = after.rindex("\n", 0, after.index("\nclass "))  # headers take two lines
+    table = after[header_top:]
+    assert "…" not in table and max(len(line) for line in table.splitlines()) <= 80
+    for header in ("label", "acc. %", "intra-FID", "aug. real", "+ gen.", "gain"):
+        assert header in table, header
+    frog = next(line for line in table.splitlines() if line.startswith("frog "))
+    assert f"{m['per_class']['frog']['cas_accuracy'] * 100:.1f}" in frog.split()
 
 
 @pytest.mark.parametrize(
