@@ -462,11 +462,16 @@ def stage_train(run: Run, data):
 
 
 # ------------------------------------------------------------------------------------------- (d) generate
-def shipped(name: str) -> tuple[Path, dict]:
+def shipped(name: str) -> tuple[Path, dict, str]:
+    """The latest shipped version of the registry name ``name`` ("default", "default-classifier"):
+    its weights file, its metadata and its reference ("default:2"), as `cganctl` resolves ``name``."""
     from cganmodel.pretrained import default_model_files
+    from scheduler.model_registry import BUILTIN_PREFIX, builtin_model
 
-    weights, meta = default_model_files(name)
-    return weights, json.loads(meta.read_text())
+    record = builtin_model(name)
+    assert record is not None, f"no shipped model {name!r}"
+    weights, _ = default_model_files(record.weights_key.removeprefix(BUILTIN_PREFIX).removesuffix(".safetensors"))
+    return weights, record.meta, record.ref
 
 
 def stage_generate(run: Run) -> None:
@@ -481,8 +486,9 @@ def stage_generate(run: Run) -> None:
     count = run.args.gen_count
     frog = CIFAR.index("frog")
     log(f"(d) generate: {count} frogs with the shipped default on {run.device}")
-    G = load_generator(*shipped("default-generator")).to(run.device)
-    out: dict = {"count": count, "model": "default:1 (shipped)"}
+    weights, meta, ref = shipped("default")
+    G = load_generator(weights, meta).to(run.device)
+    out: dict = {"count": count, "model": f"{ref} (shipped)"}
     # forward alone
     z = torch.randn(count, int(G.z_dim), generator=torch.Generator().manual_seed(0)).to(run.device)
     y = torch.full((count,), frog, dtype=torch.int64, device=run.device)
@@ -502,7 +508,7 @@ def stage_generate(run: Run) -> None:
         for index, start in enumerate(range(0, count, 2500)):
             buf = io.BytesIO()
             write_shard(buf, (Sample(key=f"{start + i:08d}", image=images[start + i], label=frog, class_name="frog",
-                                     meta={"label": "frog", "seed": 0, "shard": index, "model": "default:1"})
+                                     meta={"label": "frog", "seed": 0, "shard": index, "model": ref})
                               for i in range(min(2500, count - start))), "webdataset")
             store.put_bytes(f"jobs/bench/shards/{shard_name(index, 'webdataset')}", buf.getvalue(), "application/x-tar")
         out["encode_upload_alone_s"] = round(time.perf_counter() - t, 3)
@@ -542,12 +548,15 @@ def stage_score(run: Run, data, trainer) -> bytes:
 
     per_class = max(run.args.fid_samples // len(data.classes), 2)
     log(f"(e) score: {per_class} samples a class, shipped classifier, reference = {len(data)} train images")
-    clf = load_classifier(*shipped("default-classifier")).to(run.device).eval()
+    clf_weights, clf_meta, _ = shipped("default-classifier")
+    clf = load_classifier(clf_weights, clf_meta).to(run.device).eval()
     reference = reference_stats(data, classifier=clf, device=run.device)
     results, grid = {}, b""
     candidates = [("trained", trainer.ema)]
     if not run.smoke:
-        candidates.append(("shipped_default", load_generator(*shipped("default-generator")).to(run.device)))
+        weights, meta, ref = shipped("default")
+        candidates.append(("shipped_default", load_generator(weights, meta).to(run.device)))
+        results["shipped_default_model"] = ref
     for name, G in candidates:
         metrics, png = evaluate_generator(G, data.classes, classifier=clf, samples_per_class=per_class, seed=0,
                                           reference=reference, device=run.device)
