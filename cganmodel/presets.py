@@ -42,6 +42,10 @@ _GAN_COMMON = {
     "compile": False,  # torch.compile G and D (CUDA only)
     "log_every": 10,  # progress / loss-history interval, in steps
     "samples_per_class": 8,  # columns of each checkpoint's samples.png
+    # BatchNorm "standing statistics" of the exported EMA generator: its running mean/var recomputed with its
+    # own weights over this many batches of batch_size random (z, y) (the EMA otherwise carries the raw G's
+    # statistics, which belong to other weights); 0 keeps them as trained.
+    "standing_stats": 100,
 }
 
 PRESETS: dict[str, Preset] = {
@@ -147,6 +151,7 @@ class TrainConfig:
     compile: bool = None  # type: ignore[assignment]
     log_every: int = None  # type: ignore[assignment]
     samples_per_class: int = None  # type: ignore[assignment]
+    standing_stats: int = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         recipe = preset(self.preset).recipe
@@ -169,6 +174,7 @@ class TrainConfig:
             "checkpoint_every": self.checkpoint_every >= 0,
             "log_every": self.log_every >= 1,
             "samples_per_class": self.samples_per_class >= 1,
+            "standing_stats": self.standing_stats >= 0,
             "device": _device_ok(self.device),
         })
 

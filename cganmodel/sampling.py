@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,30 @@ def sample_noise(n: int, z_dim: int, gen: torch.Generator, truncation: float | N
         else:
             raise GenerationError(f"truncation {truncation:g} is too small: noise still outside it after {MAX_NOISE_REDRAWS} redraw rounds")
     return z
+
+
+def standing_statistics(G: nn.Module, num_classes: int, *, batches: int, batch_size: int, seed: int,
+                        device: str | torch.device = "cpu") -> nn.Module:
+    """A copy of ``G`` whose BatchNorm running statistics are recomputed with its own weights: the
+    cumulative average over ``batches`` forward passes of ``batch_size`` standard-normal latents and uniform
+    labels drawn from ``torch.Generator().manual_seed(seed)`` (BigGAN's "standing statistics"). An EMA
+    generator needs this: its weights are an average, but its BatchNorm buffers are the raw G's."""
+    G = copy.deepcopy(G)
+    norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    gen = torch.Generator().manual_seed(seed)
+    G.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            z = sample_noise(batch_size, int(G.z_dim), gen)
+            y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+            G(z.to(device), y.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return G.eval()
 
 
 def generate(

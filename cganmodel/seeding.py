@@ -7,7 +7,8 @@ every shard, checkpoint and evaluation made with it: the formulas are frozen.
   images; chunk ``c`` is seeded with ``chunk_seed(shard_seed(s, i), c)``.
 - Sampling with ``min_confidence``: round 0 uses the call's seed, round ``r`` uses ``round_seed(seed, r)``.
 - GAN training: every stream of the trainer is ``mix_seed(train seed, stream[, epoch])``
-  (see :data:`TRAIN_STREAMS`).
+  (see :data:`TRAIN_STREAMS`); an export's standing statistics use ``mix_seed(train seed,
+  TRAIN_STREAMS["standing_stats"], step)``.
 - Classifier training: batch order and augmentation streams are ``stream_seed(seed, *keys)``.
 - Downstream evaluation: ``mix_seed(job seed, DOWNSTREAM_STREAMS[...])``.
 """
@@ -23,7 +24,7 @@ GENERATE_CHUNK = 500
 DOWNSTREAM_STREAMS = {"generated": 1, "real_subset": 2}
 
 #: The GAN trainer's random streams, as the second argument of :func:`mix_seed`.
-TRAIN_STREAMS = {"trainer": 1, "torch_cpu": 2, "epoch_order": 3, "torch_cuda": 4, "trainer_cuda": 5}
+TRAIN_STREAMS = {"trainer": 1, "torch_cpu": 2, "epoch_order": 3, "torch_cuda": 4, "trainer_cuda": 5, "standing_stats": 6}
 
 
 def _sha_seed(text: str) -> int:

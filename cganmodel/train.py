@@ -34,7 +34,7 @@ from cganmodel.grid import labelled_grid_png, loss_curve_png
 from cganmodel.imaging import to_float
 from cganmodel.presets import TrainConfig
 from cganmodel.pretrained import save_generator
-from cganmodel.sampling import generate
+from cganmodel.sampling import generate, standing_statistics
 from cganmodel.seeding import TRAIN_STREAMS, mix_seed
 from cganmodel.training import TrainResult
 
@@ -369,5 +369,11 @@ class Trainer:
         self._pending.clear()
 
     def export(self) -> tuple[bytes, dict[str, Any]]:
-        """The EMA generator as safetensors bytes plus its JSON metadata (see ``pretrained``)."""
-        return save_generator(self.ema, self.gan_cfg, step=self.step, train_config=self.train_cfg.to_dict())
+        """The EMA generator as safetensors bytes plus its JSON metadata (see ``pretrained``), with
+        ``standing_stats`` batches of BatchNorm standing statistics (``sampling.standing_statistics``)."""
+        cfg = self.train_cfg
+        G = self.ema
+        if cfg.standing_stats:
+            G = standing_statistics(self.ema, len(self.gan_cfg.classes), batches=cfg.standing_stats, batch_size=cfg.batch_size,
+                                    seed=mix_seed(cfg.seed, TRAIN_STREAMS["standing_stats"], self.step), device=self.device)
+        return save_generator(G, self.gan_cfg, step=self.step, train_config=cfg.to_dict())

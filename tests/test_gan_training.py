@@ -160,7 +160,7 @@ def test_mismatched_checkpoint_refused(checkpoint_files) -> None:
 
 
 def test_export_and_load_generator(tmp_path) -> None:
-    trainer = Trainer(tiny_gan("resnet"), tiny_train("resnet", 2, checkpoint_every=0), tiny_data())
+    trainer = Trainer(tiny_gan("resnet"), tiny_train("resnet", 2, checkpoint_every=0, standing_stats=0), tiny_data())
     trainer.run()
     weights, meta = trainer.export()
     meta = json.loads(json.dumps(meta))
@@ -182,6 +182,35 @@ def test_export_and_load_generator(tmp_path) -> None:
     bad["config"]["g_widths"] = [32, 16, 16, 16]
     with pytest.raises(CheckpointError, match="does not match the model"):
         load_generator(weights, bad)
+
+
+@pytest.mark.parametrize("preset", ["mlp", "resnet"])
+def test_export_recomputes_batchnorm_statistics_with_the_ema_weights(preset: str) -> None:
+    """The exported EMA generator's BatchNorm buffers are the average batch statistics of its own
+    activations over ``standing_stats`` seeded batches, not the raw G's buffers; the export is reproducible."""
+    from cganmodel.sampling import standing_statistics
+
+    trainer = Trainer(tiny_gan(preset), tiny_train(preset, 4, checkpoint_every=0, standing_stats=5), tiny_data())
+    trainer.run()
+    weights, meta = trainer.export()
+    assert trainer.export()[0] == weights  # same step, same seed: same bytes
+    exported = load_generator(weights, meta).state_dict()
+    ema = trainer.ema.state_dict()
+    means = [k for k in exported if k.endswith("running_mean")]
+    assert means and all(exported[k].shape == ema[k].shape for k in means)
+    assert any(not torch.equal(exported[k], ema[k]) for k in means)  # the raw G's statistics were replaced
+    assert all(int(exported[k.replace("running_mean", "num_batches_tracked")]) == 5 for k in means)
+    assert all(torch.equal(exported[k], v) for k, v in ema.items() if "running" not in k and "num_batches" not in k)
+    # what the first BatchNorm saw, batch by batch, with the EMA's weights: its running mean is their average
+    seen = []
+    first = next(m for m in trainer.ema.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    hook = first.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach().transpose(0, 1).flatten(1).mean(1)))
+    again = standing_statistics(trainer.ema, len(CLASSES), batches=5, batch_size=8, seed=123)
+    hook.remove()
+    first_again = next(m for m in again.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    assert len(seen) == 5 and not again.training and first_again.momentum == first.momentum
+    torch.testing.assert_close(first_again.running_mean, torch.stack(seen).mean(0))
+    assert trainer.ema.state_dict().keys() == ema.keys() and all(torch.equal(trainer.ema.state_dict()[k], ema[k]) for k in ema)
 
 
 def test_default_model_files() -> None:
