@@ -10,6 +10,9 @@ one copy). When ``--checkpoint`` already holds a state, training continues from 
 is bit-identical to an uninterrupted one on the same CPU setup (``cganmodel.train``'s guarantee). A
 missing checkpoint starts fresh with a message; a corrupt one fails with the file named.
 
+``--export-only`` trains nothing: it exports the checkpoint's EMA generator to ``--out`` with the current
+export code (e.g. after the export gained BatchNorm standing statistics) and the checkpoint's facts.
+
 Every ``--snapshot-minutes`` the EMA generator is exported to ``<runs>/ema-<cpu-seconds>cpus.safetensors``
 (+ .json) so `python -m bench.fid_vs_minutes` can score the run against CPU time. The final export goes to
 ``<out>.safetensors`` / ``<out>.json`` with the training facts (preset, steps, hardware, CPU seconds
@@ -81,7 +84,11 @@ def main() -> None:
     parser.add_argument("--snapshot-minutes", type=float, default=10.0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override the preset's recipe, as `cganctl submit train --set` (a trial; the shipped run uses none)")
+    parser.add_argument("--export-only", action="store_true",
+                        help="train nothing: export --checkpoint's EMA generator to --out with the current export code")
     args = parser.parse_args()
+    if args.export_only and not args.checkpoint:
+        sys.exit("error: --export-only needs --checkpoint")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -110,6 +117,12 @@ def main() -> None:
             if "run.json" in files:
                 prior = json.loads(files["run.json"])
             print(f"resumed from {args.checkpoint} at step {trainer.step}", flush=True)
+    if args.export_only:
+        if files is None:
+            sys.exit(f"error: --export-only: no checkpoint in {args.checkpoint}")
+        export(trainer, args.out, prior)
+        print(f"exported step {trainer.step} -> {args.out}.safetensors", flush=True)
+        return
 
     budget = args.minutes * 60
     start = time.perf_counter()
