@@ -75,10 +75,11 @@ def standing_statistics(G: nn.Module, num_classes: int, *, batches: int, batch_s
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every batch weighs the same
     gen = torch.Generator().manual_seed(seed)
+    z_dim = int(G.z_dim)  # type: ignore[arg-type]
     G.train()
     with torch.no_grad():
         for _ in range(batches):
-            z = sample_noise(batch_size, int(G.z_dim), gen)
+            z = sample_noise(batch_size, z_dim, gen)
             y = torch.randint(0, num_classes, (batch_size,), generator=gen)
             G(z.to(device), y.to(device))
     for m, momentum in zip(norms, momenta):

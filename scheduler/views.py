@@ -114,7 +114,7 @@ def print_per_class(per_class: dict[str, dict]) -> None:
 
     def cell(column: str, value: object) -> str:
         if not isinstance(value, float):
-            return "-" if value is None else value
+            return "-" if value is None else str(value)
         if column not in PER_CLASS_COLUMNS:
             return f"{value:.4g}"
         return f"{value * 100:.1f}" if PER_CLASS_COLUMNS[column][1] else f"{value:.1f}"
