@@ -166,9 +166,23 @@ def frechet_distance(
             offset = np.eye(len(mu1)) * eps
             covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if bad(covmean):
-        raise ValueError("Frechet distance: the covariance product has no usable square root")
+        if not (np.isfinite(sigma1).all() and np.isfinite(sigma2).all()):
+            raise ValueError("Frechet distance: the covariance product has no usable square root")
+        trace_covmean = _trace_sqrt_product(sigma1, sigma2)
+    else:
+        trace_covmean = float(np.trace(covmean.real))
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean.real))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean)
+
+
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr(sqrt(S1 S2)) as Tr(sqrt(A S2 A)) with A = sqrt(S1): the same value (S1 S2 is similar to A S2 A), but
+    A S2 A is symmetric PSD, so eigh gives a real root even where sqrtm of the rank-deficient product
+    (few samples, many features) does not. Round-off negative eigenvalues count as 0."""
+    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+    a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = a @ sigma2 @ a
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
 
 
 def stats_to_bytes(stats: Mapping[str, np.ndarray]) -> bytes:
