@@ -465,12 +465,11 @@ def stage_train(run: Run, data):
 def shipped(name: str) -> tuple[Path, dict, str]:
     """The latest shipped version of the registry name ``name`` ("default", "default-classifier"):
     its weights file, its metadata and its reference ("default:2"), as `cganctl` resolves ``name``."""
-    from cganmodel.pretrained import default_model_files
-    from scheduler.model_registry import BUILTIN_PREFIX, builtin_model
+    from scheduler.model_registry import builtin_model, builtin_weights_path
 
     record = builtin_model(name)
-    assert record is not None, f"no shipped model {name!r}"
-    weights, _ = default_model_files(record.weights_key.removeprefix(BUILTIN_PREFIX).removesuffix(".safetensors"))
+    weights = builtin_weights_path(record) if record else None
+    assert record is not None and weights is not None, f"no shipped model {name!r}"
     return weights, record.meta, record.ref
 
 

@@ -58,6 +58,13 @@ def builtin_versions(name: str) -> list[ModelRecord]:
     return records
 
 
+def builtin_weights_path(record: ModelRecord) -> Path | None:
+    """The installed weights file of a shipped model's record; None for a trained (object-store) model."""
+    if not record.weights_key.startswith(BUILTIN_PREFIX):
+        return None
+    return weights_dir() / record.weights_key[len(BUILTIN_PREFIX) :]
+
+
 def builtin_model(name: str, version: int | None = None) -> ModelRecord | None:
     """A shipped model: ``version`` of ``name``, or its latest; None when there is no such version."""
     records = builtin_versions(name)

@@ -86,14 +86,21 @@ def test_inception_features_match_fid_helper_and_fid_behaves() -> None:
 
 
 def test_frechet_distance_of_rank_deficient_statistics() -> None:
-    """Few samples in many dimensions (a tiny evaluate job): sqrtm of the product can fail; the symmetric
-    form gives the same trace, so the distance is finite, >= 0, matches a well-conditioned case and is 0 on itself."""
+    """Few samples in many dimensions with dead (all-zero) units, as in a tiny evaluate job: at a large scale
+    sqrtm of the product fails even with eps*I; the symmetric form gives the same trace, so the distance is
+    the unscaled one (computed by sqrtm) times scale**2, and ~0 on itself."""
     from cganmodel.fid import _trace_sqrt_product, feature_stats, frechet_distance
 
     rng = np.random.default_rng(0)
-    a, b = feature_stats(rng.normal(size=(12, 128))), feature_stats(rng.normal(size=(24, 128)) + 0.5)
-    d = frechet_distance(*a, *b)
-    assert np.isfinite(d) and d > 0
-    assert abs(frechet_distance(*a, *a)) < 1e-3  # round-off only, against Tr(S) of about 128
+    f1, f2 = np.maximum(rng.normal(size=(12, 128)), 0), np.maximum(rng.normal(size=(24, 128)) + 0.5, 0)
+    f1[:, :64] = 0
+    plain = frechet_distance(*feature_stats(f1), *feature_stats(f2))
+    scale = 1e4
+    a, b = feature_stats(f1 * scale), feature_stats(f2 * scale)
+    with np.errstate(all="ignore"):
+        root = scipy.linalg.sqrtm(a[1] @ b[1])
+    assert not np.isfinite(root).all() or np.abs(np.diagonal(root).imag).max() > 1e-3  # the case the fallback is for
+    assert frechet_distance(*a, *b) == pytest.approx(plain * scale**2, rel=1e-6)
+    assert abs(frechet_distance(*a, *a)) < 1e-3 * np.trace(a[1])  # round-off only
     s1, s2 = np.cov(rng.normal(size=(500, 8)), rowvar=False), np.cov(rng.normal(size=(500, 8)) * 2, rowvar=False)
     assert abs(_trace_sqrt_product(s1, s2) - np.trace(scipy.linalg.sqrtm(s1 @ s2).real)) < 1e-8

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from scheduler.model_registry import BUILTIN_PREFIX, ModelRecord, weights_dir
+from scheduler.model_registry import ModelRecord, builtin_weights_path
 
 if TYPE_CHECKING:
     from torch.nn import Module
@@ -25,9 +25,8 @@ class LoadedModel:
 
 
 def _weights(runtime: Runtime, record: ModelRecord) -> bytes:
-    if record.weights_key.startswith(BUILTIN_PREFIX):
-        return (weights_dir() / record.weights_key[len(BUILTIN_PREFIX) :]).read_bytes()
-    return runtime.store.get_bytes(record.weights_key)
+    path = builtin_weights_path(record)
+    return path.read_bytes() if path else runtime.store.get_bytes(record.weights_key)
 
 
 def load(runtime: Runtime, ref: str, kind: str) -> LoadedModel:
