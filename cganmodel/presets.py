@@ -46,6 +46,9 @@ _GAN_COMMON = {
     # own weights over this many batches of batch_size random (z, y) (the EMA otherwise carries the raw G's
     # statistics, which belong to other weights); 0 keeps them as trained.
     "standing_stats": 100,
+    # Learning-rate schedule: 0 keeps lr_g / lr_d constant; N > 0 holds them until generator update N, then
+    # decays both linearly to 0 at `steps` (as SNGAN / Mimicry do at the end of a run).
+    "lr_decay_start": 0,
 }
 
 PRESETS: dict[str, Preset] = {
@@ -152,6 +155,7 @@ class TrainConfig:
     log_every: int = None  # type: ignore[assignment]
     samples_per_class: int = None  # type: ignore[assignment]
     standing_stats: int = None  # type: ignore[assignment]
+    lr_decay_start: int = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         recipe = preset(self.preset).recipe
@@ -175,8 +179,15 @@ class TrainConfig:
             "log_every": self.log_every >= 1,
             "samples_per_class": self.samples_per_class >= 1,
             "standing_stats": self.standing_stats >= 0,
+            "lr_decay_start": self.lr_decay_start == 0 or 0 < self.lr_decay_start < self.steps,
             "device": _device_ok(self.device),
         })
+
+    def lr_scale(self, step: int) -> float:
+        """Factor on ``lr_g`` / ``lr_d`` for the update after ``step`` generator updates (``lr_decay_start``)."""
+        if not self.lr_decay_start or step < self.lr_decay_start:
+            return 1.0
+        return max(0.0, (self.steps - step) / (self.steps - self.lr_decay_start))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -150,7 +150,17 @@ class Trainer:
             return F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
         return -out.mean()
 
+    def _set_lr(self) -> None:
+        """Apply the recipe's schedule (``TrainConfig.lr_scale``); with none the optimisers are left untouched."""
+        cfg = self.train_cfg
+        if cfg.lr_decay_start:
+            scale = cfg.lr_scale(self.step)
+            for opt, lr in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = lr * scale
+
     def _train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._set_lr()
         d_losses = []
         for _ in range(self.train_cfg.n_dis or 1):
             real, y_real = self._next_real()

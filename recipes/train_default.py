@@ -98,7 +98,8 @@ def main() -> None:
     gan_cfg = GANConfig(preset=args.preset, num_classes=len(data.classes), classes=list(data.classes))
     overrides = dict(item.split("=", 1) for item in args.overrides)
     try:
-        recipe = resolve_recipe(args.preset, {**overrides, "steps": 10**8, "batch_size": args.batch_size, "checkpoint_every": 0, "seed": args.seed})
+        # No step limit unless one is set (e.g. with lr_decay_start): the run is bounded by --minutes.
+        recipe = resolve_recipe(args.preset, {"steps": 10**8, **overrides, "batch_size": args.batch_size, "checkpoint_every": 0, "seed": args.seed})
     except ValueError as exc:
         sys.exit(f"error: {exc}")
     train_cfg = TrainConfig(**recipe)
@@ -132,7 +133,8 @@ def main() -> None:
     if args.runs:
         args.runs.mkdir(parents=True, exist_ok=True)
     log = (args.runs / "train.log").open("a") if args.runs else None
-    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": torch.get_num_threads(), "from_step": trainer.step}
+    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": torch.get_num_threads(),
+               "from_step": trainer.step, "overrides": overrides}
 
     def facts() -> dict:
         elapsed = time.perf_counter() - start

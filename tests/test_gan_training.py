@@ -70,6 +70,37 @@ def test_resume_is_exact(preset: str) -> None:
         assert final[7][fname] == blob, fname
 
 
+def test_linear_lr_decay_schedule_and_resume() -> None:
+    """``lr_decay_start`` holds both learning rates, then decays them linearly to 0 at ``steps``; a run
+    resumed mid-decay is bit-identical to a straight one; 0 (the default) leaves the optimisers alone."""
+    data = tiny_data()
+    cfg = tiny_train("resnet", 6, lr_g=4e-4, lr_d=2e-4, lr_decay_start=2)
+    assert [cfg.lr_scale(s) for s in range(7)] == [1, 1, 1, 0.75, 0.5, 0.25, 0]
+    trainer = Trainer(tiny_gan("resnet"), cfg, data)
+    seen: list[tuple[float, float]] = []
+    saved: dict[int, dict[str, bytes]] = {}
+
+    def poll() -> bool:  # before each step: the rates the previous step used
+        seen.append((trainer.opt_g.param_groups[0]["lr"], trainer.opt_d.param_groups[0]["lr"]))
+        return False
+
+    trainer.run(should_stop=poll, on_checkpoint=lambda step, files: saved.__setitem__(step, files))
+    used = seen[1:] + [(trainer.opt_g.param_groups[0]["lr"], trainer.opt_d.param_groups[0]["lr"])]
+    assert [g for g, _ in used] == pytest.approx([4e-4 * f for f in (1, 1, 1, 0.75, 0.5, 0.25)])
+    assert [d for _, d in used] == pytest.approx([2e-4 * f for f in (1, 1, 1, 0.75, 0.5, 0.25)])
+    resumed = Trainer(tiny_gan("resnet"), cfg, data)
+    resumed.load_checkpoint(saved[3])
+    final: dict[int, dict[str, bytes]] = {}
+    resumed.run(on_checkpoint=lambda step, files: final.__setitem__(step, files))
+    assert final[6] == saved[6]
+
+    constant = Trainer(tiny_gan("resnet"), tiny_train("resnet", 3, lr_g=4e-4), data)
+    constant.run()
+    assert constant.opt_g.param_groups[0]["lr"] == 4e-4
+    with pytest.raises(ValueError, match="lr_decay_start=6"):
+        tiny_train("resnet", 6, lr_decay_start=6)
+
+
 def test_progress_stop_and_files() -> None:
     data = tiny_data()
     progress: list[dict] = []
