@@ -87,6 +87,22 @@ def standing_statistics(G: nn.Module, num_classes: int, *, batches: int, batch_s
     return G.eval()
 
 
+def average_parameters(models: Sequence[nn.Module]) -> nn.Module:
+    """A copy of ``models[0]`` whose parameters are the element-wise mean of the ``models``' parameters
+    (snapshots of one training run: weight averaging over a longer window than its EMA). Buffers stay the
+    first model's: recompute BatchNorm statistics for the averaged weights with :func:`standing_statistics`."""
+    if not models:
+        raise ValueError("no models to average")
+    named = [dict(m.named_parameters()) for m in models]
+    if any(n.keys() != named[0].keys() or any(n[k].shape != v.shape for k, v in named[0].items()) for n in named):
+        raise ValueError("the models to average do not have the same parameters")
+    out = copy.deepcopy(models[0])
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            p.copy_(torch.stack([n[name].detach().double() for n in named]).mean(0).to(p.dtype))
+    return out
+
+
 def generate(
     G: nn.Module,
     labels: Sequence[int],

@@ -244,6 +244,58 @@ def test_export_recomputes_batchnorm_statistics_with_the_ema_weights(preset: str
     assert trainer.ema.state_dict().keys() == ema.keys() and all(torch.equal(trainer.ema.state_dict()[k], ema[k]) for k in ema)
 
 
+def test_averaging_snapshots_of_one_run(tmp_path) -> None:
+    """``recipes/average_generators.py`` averages exported snapshots' parameters element-wise, recomputes the
+    BatchNorm statistics for the averaged weights (not the first snapshot's), records its sources, and refuses
+    snapshots of different architectures with one error line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cganmodel.sampling import average_parameters
+
+    trainer = Trainer(tiny_gan("resnet"), tiny_train("resnet", 6, checkpoint_every=0, standing_stats=3), tiny_data())
+    stems = []
+    for stop_at in (2, 4, 6):
+        trainer.train_cfg = TrainConfig(**dict(trainer.train_cfg.to_dict(), steps=stop_at))
+        trainer.run()
+        weights, meta = trainer.export()
+        stem = tmp_path / f"ema-{stop_at}"
+        stem.with_suffix(".safetensors").write_bytes(weights)
+        stem.with_suffix(".json").write_text(json.dumps(meta))
+        stems.append(stem)
+    snaps = [load_generator(s.with_suffix(".safetensors"), json.loads(s.with_suffix(".json").read_text())) for s in stems]
+    assert [json.loads(s.with_suffix(".json").read_text())["step"] for s in stems] == [2, 4, 6]
+
+    alone = average_parameters(snaps[:1])
+    assert all(torch.equal(p, q) for p, q in zip(alone.parameters(), snaps[0].parameters()))
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "recipes/average_generators.py"), *(str(s.with_suffix(".json")) for s in reversed(stems)),
+                           "--out", str(tmp_path / "avg")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((tmp_path / "avg.json").read_text())
+    assert [s["step"] for s in meta["averaged_from"]["snapshots"]] == [2, 4, 6] and meta["step"] == 6
+    avg = load_generator(tmp_path / "avg.safetensors", meta).state_dict()
+    firsts = [sn.state_dict() for sn in snaps]
+    params = dict(snaps[0].named_parameters())
+    for name in params:
+        torch.testing.assert_close(avg[name], torch.stack([f[name] for f in firsts]).mean(0))
+    assert any(not torch.equal(params[n], firsts[1][n]) for n in params)  # the snapshots do differ
+    means = [k for k in avg if k.endswith("running_mean")]
+    assert means and all(not torch.equal(avg[k], f[k]) for k in means for f in firsts)
+    assert all(int(avg[k.replace("running_mean", "num_batches_tracked")]) == 3 for k in means)
+
+    other = Trainer(tiny_gan("resnet", g_widths=(16, 16, 16, 8)), tiny_train("resnet", 1, checkpoint_every=0), tiny_data())
+    other.run()
+    weights, meta = other.export()
+    (tmp_path / "other.safetensors").write_bytes(weights)
+    (tmp_path / "other.json").write_text(json.dumps(meta))
+    bad = subprocess.run([sys.executable, str(root / "recipes/average_generators.py"), str(stems[0].with_suffix(".json")),
+                          str(tmp_path / "other.json"), "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_default_model_files() -> None:
     st, js = default_model_files()
     assert st.name == "default-generator.safetensors" and js.name == "default-generator.json"
