@@ -41,7 +41,7 @@ def resolve_source(source: str, roots: list[Path] | None, *, flag: str = "--data
         mode = real.stat().st_mode
     except FileNotFoundError:
         raise DatasetRefused(
-            f"cannot use {flag} data source {source!r} does not exist (use cifar10, an ImageFolder directory or a .tar/.tar.gz of one)"
+            f"{flag}: data source {source!r} does not exist (use cifar10, an ImageFolder directory or a .tar/.tar.gz of one)"
         ) from None
     except (OSError, RuntimeError) as exc:  # a symlink loop, a permission error
         raise DatasetRefused(f"{flag} {source} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None

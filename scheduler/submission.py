@@ -124,13 +124,13 @@ def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "
         indexed = datasets.indexed_splits(source, store)
         if indexed is not None:
             if split not in indexed:
-                raise InvalidInput(f"cannot use {flag} {source} has no {split!r} split")
+                raise InvalidInput(f"{flag}: {source} has no {split!r} split")
             return indexed[split]
         source = str(datasets.local_copy(source, settings, store))
     try:
         return count_images(source, split=split, limits=settings.dataset_limits() if settings is not None else None, require_split=require_split)
     except DataError as exc:
-        raise InvalidInput(f"cannot use {flag} {exc}") from None
+        raise InvalidInput(f"{flag}: {exc}") from None
 
 
 def _source(source: str, settings: Settings | None, flag: str) -> str:
@@ -293,7 +293,7 @@ def _check_test_split(reference: str, classes: list[str], settings: Settings | N
     try:
         found = list(_dataset_counts(reference, settings, "--reference", split="test", require_split=True))
     except InvalidInput as exc:
-        raise InvalidInput(f"--downstream needs a reference with a test split: {str(exc).removeprefix('cannot use --reference ')}") from None
+        raise InvalidInput(f"--downstream needs a reference with a test split: {str(exc).removeprefix('--reference: ')}") from None
     if found != classes:
         raise InvalidInput(f"the test split of {reference} has classes {', '.join(found)}; the model has {', '.join(classes)}")
 

@@ -79,7 +79,7 @@ def test_fill_to_generates_each_deficit(ctx, tmp_path):
         (dict(labels=["frog"], count=10, min_confidence=1.5), "invalid --min-confidence 1.5: should be less than or equal to 1"),
         (dict(labels=["frog"], count=10, format="zip"), "invalid --format 'zip': should be 'webdataset', 'imagefolder' or 'npz'"),
         (dict(fill_to=10), "--fill-to needs --dataset"),
-        (dict(fill_to=10, dataset="/nonexistent/data"), "cannot use --dataset data source '/nonexistent/data' does not exist"),
+        (dict(fill_to=10, dataset="/nonexistent/data"), "--dataset: data source '/nonexistent/data' does not exist"),
         (dict(fill_to=10, count=3, dataset="/x"), "drop --count"),
         (dict(labels=["frog"], count=10, dataset="/x"), "--dataset goes with --fill-to"),
         (dict(labels=["frog"], count=10, truncation=-1.0), "invalid --truncation -1.0: should be greater than or equal to 0.05"),
