@@ -97,3 +97,47 @@ def test_real_run_without_cuda_is_refused(tmp_path) -> None:
     assert result.returncode != 0
     assert result.stderr.strip() == "error: no CUDA device: the real GPU run needs one (scripts/gpu-run --smoke runs the tiny CPU version)"
     assert not (tmp_path / "out").exists()
+
+
+def test_pack_leaves_what_the_gpu_run_does_not_read_behind_and_restores_it(tmp_path) -> None:
+    """``scripts/gpu-pack --leave`` takes the CPU default's training state and the older default generators out
+    of git's index (files kept on disk, listed in .git/info/exclude), so what travels fits 64 MiB;
+    ``--restore`` puts the index and the exclude file back exactly as they were."""
+    import os
+    import sys
+
+    repo = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True, timeout=120)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # this venv's python3 there
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+    def pack(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(repo / "scripts" / "gpu-pack"), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+
+    exclude = repo / ".git" / "info" / "exclude"
+    before_exclude, before_index = exclude.read_text(), git("ls-files", "-s")
+    from scheduler.model_registry import BUILTIN_FILES
+
+    checkpoint = "recipes/checkpoints/default-generator"
+    *older, latest = BUILTIN_FILES["default"]
+    old = [f"cganmodel/weights/{stem}.{ext}" for stem in older for ext in ("safetensors", "json")]
+    assert git("ls-files", checkpoint) and all(git("ls-files", f) for f in old)
+
+    for _ in range(2):  # twice: idempotent
+        done = pack("--leave")
+        assert done.returncode == 0, done.stderr
+    travels = float(done.stdout.split("travels: ")[1].split(" MiB")[0])
+    assert travels < 24, done.stdout  # the tree without them (gpu-carry/ adds about 24 MiB)
+    assert not git("ls-files", checkpoint) and not any(git("ls-files", f) for f in old)
+    assert (repo / checkpoint / "optim.safetensors").is_file() and all((repo / f).is_file() for f in old)  # still on disk
+    assert checkpoint not in git("ls-files", "--others", "--exclude-standard")  # ignored: does not travel
+    assert git("ls-files", f"cganmodel/weights/{latest}.safetensors")  # the latest travels
+    assert exclude.read_text().count("scripts/gpu-pack") == 1
+
+    done = pack("--restore")
+    assert done.returncode == 0 and f"restored {1 + len(old)} " in done.stdout, done.stdout + done.stderr
+    assert git("ls-files", "-s") == before_index and exclude.read_text() == before_exclude
+    assert git("status", "--porcelain") == ""
+    assert pack("--bogus").returncode == 2
