@@ -22,6 +22,7 @@ import torch
 from cganmodel.classifier import load_classifier
 from cganmodel.data import load_image_dataset
 from cganmodel.evaluation import evaluate_generator, reference_stats
+from cganmodel.fid import stats_from_bytes, stats_to_bytes
 from cganmodel.pretrained import load_generator
 
 
@@ -35,6 +36,8 @@ def main() -> None:
     parser.add_argument("--inception-reference-limit", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--reference-cache", default=None,
+                        help="file of the classifier reference statistics: read if present, else computed and written (same classifier and reference only)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -42,7 +45,13 @@ def main() -> None:
     stem = Path(args.classifier)
     classifier = load_classifier(stem.with_suffix(".safetensors"), json.loads(stem.with_suffix(".json").read_text()))
     data = load_image_dataset(args.reference, split="train")
-    reference = reference_stats(data, classifier=classifier)
+    cache = Path(args.reference_cache) if args.reference_cache else None
+    if cache is not None and cache.is_file():
+        reference = stats_from_bytes(cache.read_bytes())
+    else:
+        reference = reference_stats(data, classifier=classifier)
+        if cache is not None:
+            cache.write_bytes(stats_to_bytes(reference))
     inception_ref = None
     if args.inception_samples_per_class:
         inception_ref = reference_stats(data, inception=True, max_images=args.inception_reference_limit)

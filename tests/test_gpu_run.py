@@ -134,7 +134,7 @@ def test_pack_leaves_what_the_gpu_run_does_not_read_behind_and_restores_it(tmp_p
     assert (repo / checkpoint / "optim.safetensors").is_file() and all((repo / f).is_file() for f in old)  # still on disk
     assert checkpoint not in git("ls-files", "--others", "--exclude-standard")  # ignored: does not travel
     assert git("ls-files", f"cganmodel/weights/{latest}.safetensors")  # the latest travels
-    assert exclude.read_text().count("scripts/gpu-pack") == 1
+    assert exclude.read_text().count("left behind for the GPU trip") == 1  # one block, not one per --leave
 
     done = pack("--restore")
     assert done.returncode == 0 and f"restored {1 + len(old)} " in done.stdout, done.stdout + done.stderr
