@@ -19,7 +19,7 @@ from PIL import Image
 
 from cganmodel.data import ImageData
 from cganmodel.gan import GANConfig
-from cganmodel.pretrained import default_model_files, load_generator
+from cganmodel.pretrained import load_generator
 from cganmodel.sampling import generate
 from cganmodel.train import TrainConfig, Trainer
 
@@ -101,8 +101,11 @@ def test_resume_on_cuda_continues_the_run() -> None:
 
 
 def test_same_seed_same_images_on_cuda() -> None:
-    weights, meta_path = default_model_files("default-generator")
-    G = load_generator(weights, json.loads(meta_path.read_text())).cuda()
+    from scheduler.model_registry import builtin_model, builtin_weights_path
+
+    record = builtin_model("default")  # the latest shipped version: the only one scripts/gpu-pack sends along
+    assert record is not None
+    G = load_generator(builtin_weights_path(record), record.meta).cuda()
     labels = [i % 10 for i in range(300)]
     a = generate(G, labels, 3, device="cuda", batch_size=128).images
     b = generate(G, labels, 3, device="cuda", batch_size=128).images
