@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--classifier", required=True, help="stem of the classifier .safetensors/.json")
     parser.add_argument("--reference", required=True)
     parser.add_argument("--samples-per-class", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (the trials table uses 0; another seed confirms a close call)")
     parser.add_argument("--inception-samples-per-class", type=int, default=0)
     parser.add_argument("--inception-reference-limit", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=None)
@@ -61,7 +62,7 @@ def main() -> None:
         meta = json.loads(Path(path).read_text())
         G = load_generator(Path(path).with_suffix(".safetensors"), meta)
         start = time.perf_counter()
-        metrics, _ = evaluate_generator(G, data.classes, classifier=classifier, samples_per_class=args.samples_per_class, reference=reference)
+        metrics, _ = evaluate_generator(G, data.classes, classifier=classifier, samples_per_class=args.samples_per_class, seed=args.seed, reference=reference)
         row = {
             "snapshot": path,
             "preset": meta["config"]["preset"],
@@ -71,7 +72,7 @@ def main() -> None:
             "classifier_fid": round(metrics["classifier_fid"], 3),
         }
         if inception_ref is not None:
-            inc, _ = evaluate_generator(G, data.classes, classifier=None, samples_per_class=args.inception_samples_per_class, reference=inception_ref, inception=True)
+            inc, _ = evaluate_generator(G, data.classes, classifier=None, samples_per_class=args.inception_samples_per_class, seed=args.seed, reference=inception_ref, inception=True)
             row["inception_fid_small_n"] = round(inc["inception_fid"], 2)
         row["eval_s"] = round(time.perf_counter() - start, 1)
         rows.append(row)
@@ -79,6 +80,7 @@ def main() -> None:
     protocol = {
         "reference": f"{args.reference} (train split, {len(data)} images)",
         "samples_per_class": args.samples_per_class,
+        "seed": args.seed,
         "inception": {"samples_per_class": args.inception_samples_per_class, "reference_images": args.inception_reference_limit}
         if args.inception_samples_per_class
         else None,
