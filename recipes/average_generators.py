@@ -53,13 +53,13 @@ def average(paths: list[Path], standing_batches: int | None = None) -> tuple[byt
     G = average_parameters([g.to(memory_format=torch.contiguous_format) for _, g, _ in loaded])
     seed = mix_seed(int(recipe.get("seed", 0)), TRAIN_STREAMS["standing_stats"], int(last.get("step", 0)))
     G = standing_statistics(G, len(cfg.classes), batches=batches, batch_size=int(recipe.get("batch_size", 64)), seed=seed)
-    extra = {k: v for k, v in last.items() if k not in ("kind", "format", "config", "classes", "z_dim", "image_size")}
-    extra["averaged_from"] = {
+    weights, meta = save_generator(G, cfg)
+    averaged_from = {
         "recipe": RECIPE,
         "standing_stats": batches,
         "snapshots": [{"file": p.name, "step": m.get("step"), "cpu_s": m.get("cpu_s")} for p, _, m in loaded],
     }
-    return save_generator(G, cfg, **extra)
+    return weights, {**last, **meta, "averaged_from": averaged_from}  # the last snapshot's facts; save_generator's keys win
 
 
 def main() -> None:
