@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--reference", required=True)
     parser.add_argument("--samples-per-class", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (the trials table uses 0; another seed confirms a close call)")
+    parser.add_argument("--truncation", type=float, default=None, help="sample at this noise truncation, as `submit generate --truncation` (default: none)")
     parser.add_argument("--inception-samples-per-class", type=int, default=0)
     parser.add_argument("--inception-reference-limit", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=None)
@@ -62,7 +63,7 @@ def main() -> None:
         meta = json.loads(Path(path).read_text())
         G = load_generator(Path(path).with_suffix(".safetensors"), meta)
         start = time.perf_counter()
-        metrics, _ = evaluate_generator(G, data.classes, classifier=classifier, samples_per_class=args.samples_per_class, seed=args.seed, reference=reference)
+        metrics, _ = evaluate_generator(G, data.classes, classifier=classifier, samples_per_class=args.samples_per_class, seed=args.seed, truncation=args.truncation, reference=reference)
         row = {
             "snapshot": path,
             "preset": meta["config"]["preset"],
@@ -72,7 +73,8 @@ def main() -> None:
             "classifier_fid": round(metrics["classifier_fid"], 3),
         }
         if inception_ref is not None:
-            inc, _ = evaluate_generator(G, data.classes, classifier=None, samples_per_class=args.inception_samples_per_class, seed=args.seed, reference=inception_ref, inception=True)
+            inc, _ = evaluate_generator(G, data.classes, classifier=None, samples_per_class=args.inception_samples_per_class, seed=args.seed,
+                                        truncation=args.truncation, reference=inception_ref, inception=True)
             row["inception_fid_small_n"] = round(inc["inception_fid"], 2)
         row["eval_s"] = round(time.perf_counter() - start, 1)
         rows.append(row)
@@ -81,6 +83,7 @@ def main() -> None:
         "reference": f"{args.reference} (train split, {len(data)} images)",
         "samples_per_class": args.samples_per_class,
         "seed": args.seed,
+        "truncation": args.truncation,
         "inception": {"samples_per_class": args.inception_samples_per_class, "reference_images": args.inception_reference_limit}
         if args.inception_samples_per_class
         else None,

@@ -30,6 +30,7 @@ from cganmodel.fid import (
     frechet_distance,
 )
 from cganmodel.imaging import to_uint8
+from cganmodel.sampling import sample_noise
 
 GRID_SAMPLES_PER_CLASS = 8
 DEFAULT_Z_DIM = 128
@@ -112,6 +113,7 @@ def _generate(
     num_classes: int,
     samples_per_class: int,
     seed: int,
+    truncation: float | None,
     batch_size: int,
     device: torch.device | str,
     on_progress: Progress | None,
@@ -119,7 +121,7 @@ def _generate(
     """``samples_per_class`` images of every class, class-major; noise drawn up front from ``seed``."""
     z_dim = int(getattr(G, "z_dim", DEFAULT_Z_DIM))
     labels = torch.arange(num_classes).repeat_interleave(samples_per_class)
-    z = torch.randn(len(labels), z_dim, generator=torch.Generator().manual_seed(seed))
+    z = sample_noise(len(labels), z_dim, torch.Generator().manual_seed(seed), truncation)
     report = _report(on_progress, "generate", 0, len(labels))
     out = []
     was_training = G.training
@@ -170,6 +172,7 @@ def evaluate_generator(
     classifier: nn.Module | None,
     samples_per_class: int = 100,
     seed: int = 0,
+    truncation: float | None = None,
     reference: Mapping[str, np.ndarray] | None = None,
     inception: bool = False,
     batch_size: int = 250,
@@ -177,7 +180,8 @@ def evaluate_generator(
     on_progress: Progress | None = None,
     features_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], bytes]:
-    """Generate ``samples_per_class`` images of each class with ``G(z, y)`` (on ``device``) and score them.
+    """Generate ``samples_per_class`` images of each class with ``G(z, y)`` (on ``device``) and score them;
+    the noise is ``sample_noise`` from ``seed`` at ``truncation`` (None: untruncated), as a generate job's.
 
     Metrics: ``label_accuracy`` (+ ``_per_class``: classifier argmax == conditioning label) when a
     classifier is given; ``classifier_fid`` / ``classifier_intra_fid`` (+ ``_mean``) when a reference is
@@ -194,7 +198,7 @@ def evaluate_generator(
     wants_fid = reference is not None and (classifier is not None or inception)
     if samples_per_class < (2 if wants_fid else 1):
         raise ValueError(f"samples_per_class={samples_per_class} is too small")
-    images, labels = _generate(G, len(classes), samples_per_class, seed, batch_size, device, on_progress)
+    images, labels = _generate(G, len(classes), samples_per_class, seed, truncation, batch_size, device, on_progress)
 
     metrics: dict[str, Any] = {}
     if classifier is not None:
@@ -219,6 +223,7 @@ def evaluate_generator(
         "samples_per_class": samples_per_class,
         "num_classes": len(classes),
         "seed": seed,
+        "truncation": truncation,
         "z_dim": int(getattr(G, "z_dim", DEFAULT_Z_DIM)),
         "reference_images": int(reference["count"][0]) if reference is not None and "count" in reference else None,
         "feature_extractors": {

@@ -165,6 +165,7 @@ def submit_evaluate(
     reference_limit: Annotated[Optional[int], typer.Option("--reference-limit", help="Use at most N reference images.")] = None,
     inception: Annotated[bool, typer.Option("--inception/--no-inception", help="Standard Inception FID (slow on CPU).")] = EvaluateRequest.inception,
     seed: Annotated[int, typer.Option("--seed")] = EvaluateRequest.seed,
+    truncation: Annotated[Optional[float], typer.Option("--truncation", help="Sample as `submit generate --truncation` does: resample noise beyond this magnitude.")] = None,
     downstream: Annotated[bool, typer.Option("--downstream", help="Also score usefulness: CAS, augmentation gain, precision/recall, density/coverage (needs a reference with a test split).")] = False,
     downstream_fraction: Annotated[Optional[float], typer.Option("--downstream-fraction", help="Fraction (0, 1] of the real train split in the augmentation baseline.")] = None,
     downstream_steps: Annotated[Optional[int], typer.Option("--downstream-steps", help="Optimiser steps of each downstream classifier.")] = None,
@@ -178,7 +179,7 @@ def submit_evaluate(
     """Score a generator: FID, label accuracy per class, intra-FID, a sample grid (and usefulness with --downstream)."""
     request = EvaluateRequest(
         model=model, classifier=classifier, reference=reference, samples_per_class=samples_per_class,
-        reference_limit=reference_limit, inception=inception, seed=seed, downstream=downstream,
+        reference_limit=reference_limit, inception=inception, seed=seed, truncation=truncation, downstream=downstream,
         downstream_fraction=downstream_fraction, downstream_steps=downstream_steps,
         downstream_per_class=downstream_per_class, downstream_min_confidence=downstream_min_confidence,
     )

@@ -40,7 +40,11 @@ class ShardStatus(str, enum.Enum):
 
 
 SHARD_FINAL = (ShardStatus.succeeded.value, ShardStatus.failed.value, ShardStatus.cancelled.value)
-MIN_TRUNCATION = 0.05  # GenerateSpec.truncation's lower bound (ge=): ~300 noise redraw rounds at most
+MIN_TRUNCATION = 0.05  # the lower bound of every spec's truncation (ge=): ~300 noise redraw rounds at most
+Truncation = Annotated[float | None, Field(
+    ge=MIN_TRUNCATION, allow_inf_nan=False,
+    description="noise magnitude cut-off (cganmodel.sampling.sample_noise); at least MIN_TRUNCATION (smaller values need unbounded redraws)",
+)]
 FINISHED = tuple(s.value for s in JobStatus if s.finished)
 from cganmodel.presets import MAX_SEED  # noqa: E402  (seeds are signed 64-bit in torch.Generator / numpy)
 
@@ -100,6 +104,7 @@ class EvaluateSpec(_Spec):
     reference_limit: int | None = Field(None, gt=0, description="use at most this many reference images")
     inception: bool = True
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    truncation: Truncation = Field(None, description="sample the evaluation and downstream images at this truncation, as a generate job would")
     downstream: bool = Field(False, description="also score usefulness: CAS, augmentation gain, PRDC")
     downstream_fraction: float = Field(0.1, gt=0, le=1, description="fraction of the real train split in the augmentation baseline")
     downstream_steps: int = Field(400, gt=0, le=200_000, description="optimiser steps of every downstream classifier")
@@ -112,10 +117,7 @@ class GenerateSpec(_Spec):
     model: str = Field(..., description="NAME:VERSION, resolved at submit")
     counts: dict[str, int] = Field(..., description="images per class name, in the model's class order")
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    truncation: float | None = Field(
-        None, ge=MIN_TRUNCATION, allow_inf_nan=False,
-        description="noise magnitude cut-off; at least MIN_TRUNCATION (smaller values need unbounded redraws)",
-    )
+    truncation: Truncation = None
     min_confidence: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     classifier: str | None = Field(None, description="NAME:VERSION used with min_confidence")
     format: Literal["webdataset", "imagefolder", "npz"] = "webdataset"

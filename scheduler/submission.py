@@ -85,6 +85,7 @@ class EvaluateRequest:
     reference_limit: int | None = None
     inception: bool = True
     seed: int = 0
+    truncation: float | None = None
     downstream: bool = False  # also score usefulness (cganmodel.downstream): CAS, augmentation gain, PRDC
     downstream_fraction: float | None = None
     downstream_steps: int | None = None
@@ -276,7 +277,8 @@ def evaluate_spec(r: EvaluateRequest, models: ModelRegistry, settings: Settings 
         raise InvalidInput(f"--{extra[0].replace('_', '-')} goes with --downstream")
     reference = _source(r.reference, settings, "--reference")
     spec = build(EvaluateSpec, model=generator.ref, classifier=scorer.ref, reference=reference, samples_per_class=r.samples_per_class,
-                 reference_limit=r.reference_limit, inception=r.inception, seed=r.seed, downstream=r.downstream or None, **downstream)
+                 reference_limit=r.reference_limit, inception=r.inception, seed=r.seed, truncation=r.truncation,
+                 downstream=r.downstream or None, **downstream)
     if spec.reference != "cifar10":
         found = list(_dataset_counts(spec.reference, settings, "--reference"))
         if found != list(generator.meta["classes"]):

@@ -105,10 +105,11 @@ FAST = ["--samples-per-class", "3", "--reference-limit", "20", "--no-inception"]
 def test_evaluate_with_downstream_writes_the_metrics(embedded_env, tmp_path):
     ref = _image_tree(tmp_path / "ref", {"train": 4, "test": 2}, CIFAR)
     args = ["--downstream", "--downstream-steps", "3", "--downstream-per-class", "2", "--downstream-fraction", "0.5"]
-    out = cganctl(embedded_env, "submit", "evaluate", "--reference", str(ref), *FAST, *args, "--json", check=True)
+    out = cganctl(embedded_env, "submit", "evaluate", "--reference", str(ref), *FAST, *args, "--truncation", "1.5", "--json", check=True)
     job = json.loads(out.stdout)
     assert job["status"] == "succeeded", job
     m = job["metrics"]
+    assert m["protocol"]["truncation"] == 1.5 and m["downstream_protocol"]["truncation"] == 1.5  # both sample sets
     for key in ("cas_accuracy", "augmentation_gain", "precision", "recall", "density", "coverage"):
         assert isinstance(m[key], float), key
     assert m["downstream_protocol"]["steps"] == 3 and m["downstream_protocol"]["real_subset_images"] == 20
@@ -136,6 +137,7 @@ def test_evaluate_with_downstream_writes_the_metrics(embedded_env, tmp_path):
         ({"train": 3, "test": 1}, CIFAR, ["--downstream-fraction", "0"], "invalid --downstream-fraction"),
         ({"train": 3, "test": 1}, CIFAR, ["--downstream-fraction", "1.5"], "invalid --downstream-fraction"),
         ({"train": 3, "test": 1}, CIFAR[:9], [], "has classes"),
+        ({"train": 3, "test": 1}, CIFAR, ["--truncation", "0.01"], "invalid --truncation 0.01: should be greater than or equal to 0.05"),
     ],
 )
 def test_bad_downstream_input(embedded_env, tmp_path, layout, classes, extra, message):

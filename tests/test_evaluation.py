@@ -110,6 +110,25 @@ def test_evaluate_generator_metrics_and_grid(data: ImageData, classifier: nn.Mod
     assert again == metrics and png_again == png  # batching does not change the samples
     other, _ = evaluate_generator(G, CLASSES, classifier=classifier, samples_per_class=12, seed=4, reference=reference)
     assert other["classifier_fid"] != metrics["classifier_fid"]
+    assert protocol["truncation"] is None
+
+
+def test_evaluate_generator_samples_at_a_truncation(data: ImageData, classifier: nn.Module) -> None:
+    """``truncation`` draws the noise as a generate job does (``sample_noise``); None is the untruncated draw."""
+    from cganmodel.sampling import sample_noise
+
+    reference = reference_stats(data, classifier=classifier)
+    torch.manual_seed(0)
+    G = StandInGenerator()
+    seen: list[torch.Tensor] = []
+    G.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    plain, _ = evaluate_generator(G, CLASSES, classifier=classifier, samples_per_class=12, seed=3, reference=reference)
+    assert torch.equal(torch.cat(seen), torch.randn(36, G.z_dim, generator=torch.Generator().manual_seed(3)))
+    seen.clear()
+    cut, _ = evaluate_generator(G, CLASSES, classifier=classifier, samples_per_class=12, seed=3, truncation=0.5, reference=reference)
+    z = torch.cat(seen)
+    assert torch.equal(z, sample_noise(36, G.z_dim, torch.Generator().manual_seed(3), 0.5)) and z.abs().max() <= 0.5
+    assert cut["protocol"]["truncation"] == 0.5 and cut["classifier_fid"] != plain["classifier_fid"]
 
 
 def test_evaluate_generator_inception_wiring(

@@ -45,6 +45,7 @@ def downstream(
         generator.module,
         labels.tolist(),
         seed,
+        truncation=spec.truncation,
         classifier=classifier.module if filtering else None,
         min_confidence=spec.downstream_min_confidence,
         device=generator.device,
@@ -65,6 +66,7 @@ def downstream(
     metrics["downstream_protocol"].update(
         reference=spec.reference,
         generated_noise_seed=seed,
+        truncation=spec.truncation,
         min_confidence=spec.downstream_min_confidence,
         filter=(
             f"kept generated images the scoring classifier {spec.classifier} gives their label with "

@@ -94,6 +94,7 @@ def run(ctx: JobContext, spec: EvaluateSpec) -> tuple[dict, dict]:
         classifier=classifier.module,
         samples_per_class=spec.samples_per_class,
         seed=spec.seed,
+        truncation=spec.truncation,
         reference=reference,
         inception=spec.inception,
         device=generator.device,
