@@ -167,7 +167,8 @@ def print_usefulness(metrics: dict) -> None:
 
 
 def print_models(records) -> None:
-    table = Table("model", "kind", "preset", "classes", "source")
+    table = Table("model", "kind", "preset", "classes")
+    table.add_column("source", overflow="fold")  # a weights key is long: wrap it, never cut it
     for m in records:
         preset = (m.meta.get("config") or {}).get("preset", "-")
         table.add_row(*(text(v) for v in (m.ref, m.kind, preset, len(m.meta.get("classes", [])), m.job_id or m.weights_key)))

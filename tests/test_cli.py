@@ -219,3 +219,15 @@ def test_results_download_path_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out, out
+
+
+def test_models_list_shows_every_shipped_version_whole_in_80_columns(embedded_env):
+    from scheduler.model_registry import BUILTIN_FILES
+
+    shown = cganctl(dict(embedded_env, COLUMNS="80"), "models", "list", check=True).stdout
+    assert "…" not in shown and max(len(line) for line in shown.splitlines()) <= 80
+    flat = "".join(ch for line in shown.splitlines() for ch in line if ch not in "│ ")
+    for version, stem in enumerate(BUILTIN_FILES["default"], start=1):
+        assert f"default:{version}generatorresnet10builtin:{stem}.safetensors" in flat, stem
+    listed = json.loads(cganctl(embedded_env, "models", "list", "--json", check=True).stdout)
+    assert [m["ref"] for m in listed] == [f"default:{v}" for v in range(1, len(BUILTIN_FILES["default"]) + 1)] + ["default-classifier:1"]
