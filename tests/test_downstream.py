@@ -110,6 +110,7 @@ def test_evaluate_with_downstream_writes_the_metrics(embedded_env, tmp_path):
     assert job["status"] == "succeeded", job
     m = job["metrics"]
     assert m["protocol"]["truncation"] == 1.5 and m["downstream_protocol"]["truncation"] == 1.5  # both sample sets
+    assert m["prdc_protocol"]["fake"].endswith("noise truncated at 1.5"), m["prdc_protocol"]
     for key in ("cas_accuracy", "augmentation_gain", "precision", "recall", "density", "coverage"):
         assert isinstance(m[key], float), key
     assert m["downstream_protocol"]["steps"] == 3 and m["downstream_protocol"]["real_subset_images"] == 20

@@ -91,7 +91,8 @@ def downstream(
             description=description,
             real_desc=f"the FID reference images: train split of {spec.reference}"
             + (f", a seed-0 subset of {spec.reference_limit}" if spec.reference_limit else ""),
-            fake_desc=f"the evaluation samples: {spec.samples_per_class} a class, seed {spec.seed}",
+            fake_desc=f"the evaluation samples: {spec.samples_per_class} a class, seed {spec.seed}"
+            + (f", noise truncated at {spec.truncation:g}" if spec.truncation is not None else ""),
         )
     )
     return metrics
