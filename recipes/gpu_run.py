@@ -566,7 +566,7 @@ def stage_score(run: Run, data, trainer) -> bytes:
                            f"default classifier argmax == label; classifier-feature FID vs {len(data)} train images")
     run.metrics["score"] = results
     # the trained generator's samples (the same images the metrics saw) for Inception FID on a CPU later
-    images, labels = _generate(trainer.ema, len(data.classes), per_class, 0, 250, run.device, None)
+    images, labels = _generate(trainer.ema, len(data.classes), per_class, seed=0, truncation=None, batch_size=250, device=run.device, on_progress=None)
     parts = -(-images.nbytes // (15 * 2**20))  # raw bytes: each part stays under 16 MiB even uncompressed
     for i, sel in enumerate(np.array_split(np.arange(len(labels)), parts), 1):
         with open(run.out / f"samples-{i}.npz", "wb") as handle:
@@ -795,6 +795,10 @@ def main() -> None:
     grid = guarded(run, "score", lambda: stage_score(run, data, trainer)) or b""
     stage_files(run, grid)
     log(f"done in {time.perf_counter() - T0:.0f} s: {args.out}/summary.md")
+    failed = [name for name in ("generate", "score") if isinstance(run.metrics.get(name), dict) and "error" in run.metrics[name]]
+    if failed:  # every file is written first (the device returns them either way); the exit status says it
+        log(f"stages that failed: {', '.join(failed)} (errors in metrics.json)")
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
