@@ -452,7 +452,18 @@ def main() -> None:
     if not root.handlers:
         root.addHandler(cli_log_handler())
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come back as exceptions: one `error:` line below
+    except typer.TyperException as exc:  # Typer's own click: a bad option value, an unknown option or command
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `cganctl submit` alone: the help is the answer
+            exc.show()  # type: ignore[attr-defined]  # rich help has printed itself already; plain help prints here
+        else:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"error: {plain(exc.format_message(), one_line=True)}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # a prompt answered with end-of-input
+        typer.echo("error: aborted", err=True)
+        sys.exit(1)
     except CganError as exc:
         typer.echo(f"error: {plain(scrub(str(exc)))}", err=True)
         sys.exit(exc.exit_code)
@@ -463,3 +474,4 @@ def main() -> None:
             sys.exit(2)
         typer.echo(f"error: {plain(scrub(f'{type(exc).__name__}: {exc}'), one_line=True)}", err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) and Ctrl-C (130) come back as a number

@@ -51,6 +51,10 @@ def test_help_is_fast_and_imports_no_torch():
         (["--label", "frog", "--count", "10", "--min-confidence", "1.5"], "invalid --min-confidence 1.5: should be less than or equal to 1"),
         (["--fill-to", "10", "--dataset", "/does/not/exist"], "does not exist"),
         (["--label", "frog", "--count", "10", "--priority", "12"], "--priority must be between 0"),
+        # typed options and unknown names: Typer's usage errors, also one line (no usage box)
+        (["--label", "frog", "--count", "abc"], "Invalid value for '--count'"),
+        (["--label", "frog", "--count", "10", "--truncation", "abc"], "Invalid value for '--truncation'"),
+        (["--label", "frog", "--count", "10", "--bogus"], "No such option: --bogus (see 'cganctl submit generate --help')"),
     ],
 )
 def test_bad_generate_input(embedded_env, args, message):
@@ -59,6 +63,15 @@ def test_bad_generate_input(embedded_env, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert _job_rows(embedded_env) == []
+
+
+def test_unknown_command_is_one_error_line_and_a_bare_group_shows_its_help(embedded_env):
+    result = cganctl(embedded_env, "submit", "generat")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: No such command 'generat'. Did you mean 'generate'? (see 'cganctl submit --help')"]
+    bare = cganctl(embedded_env, "submit")
+    assert bare.returncode == 2 and "generate" in bare.stdout + bare.stderr and "error:" not in bare.stderr
+    assert "Traceback" not in result.stderr + bare.stderr
 
 
 @pytest.mark.parametrize(
