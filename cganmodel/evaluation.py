@@ -76,7 +76,7 @@ def reference_stats(
     inception: bool = False,
     inception_per_class: bool = False,
     max_images: int | None = None,
-    batch_size: int = 250,
+    batch_size: int | None = None,
     device: torch.device | str = "cpu",
     on_progress: Progress | None = None,
     features_out: dict[str, np.ndarray] | None = None,
@@ -84,6 +84,7 @@ def reference_stats(
     """Feature statistics of an ImageData (``.images`` uint8 NHWC, ``.labels``, ``.classes``).
 
     ``max_images`` keeps a fixed (seed 0) random subset. The classifier should be in eval mode.
+    ``batch_size``: images per forward (default: each network's own, ``FeatureExtractor.batch_size``).
     ``features_out``, if given, receives the raw features of that subset per space (for PRDC)."""
     extractors = _extractors(classifier, inception, device)
     if not extractors:
@@ -187,7 +188,8 @@ def evaluate_generator(
     classifier is given; ``classifier_fid`` / ``classifier_intra_fid`` (+ ``_mean``) when a reference is
     given too; ``inception_fid`` (+ intra-FID where the reference has per-class Inception stats) when
     ``inception``; and ``protocol``. Returns the metrics and a labelled PNG grid (8 samples a class).
-    ``features_out``, if given, receives the generated images' features per space (for PRDC)."""
+    ``features_out``, if given, receives the generated images' features per space (for PRDC).
+    ``batch_size`` is the generator's and the label classifier's; the feature networks use their own."""
     from cganmodel.grid import labelled_grid_png
 
     if inception and reference is None:
@@ -213,7 +215,7 @@ def evaluate_generator(
     for ex in extractors:
         assert reference is not None
         report = _report(on_progress, f"features/{ex.name}", 0, len(labels))
-        feats = ex.features(images, batch_size=batch_size, on_batch=report)
+        feats = ex.features(images, on_batch=report)  # each network's own batch
         if features_out is not None:
             features_out[ex.name] = feats
         metrics.update(_fid_metrics(ex.name, feats, labels, classes, reference))

