@@ -455,7 +455,8 @@ def main() -> None:
         code = app(standalone_mode=False)  # usage errors come back as exceptions: one `error:` line below
     except typer.TyperException as exc:  # Typer's own click: a bad option value, an unknown option or command
         if type(exc).__name__ == "NoArgsIsHelpError":  # `cganctl submit` alone: the help is the answer
-            exc.show()  # type: ignore[attr-defined]  # rich help has printed itself already; plain help prints here
+            if exc.format_message().strip():  # rich help has printed itself already; plain help prints here
+                exc.show()  # type: ignore[attr-defined]
         else:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
