@@ -460,7 +460,7 @@ def main() -> None:
         else:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            typer.echo(f"error: {plain(exc.format_message(), one_line=True)}{hint}", err=True)
+            typer.echo(f"error: {plain(scrub(exc.format_message()), one_line=True)}{hint}", err=True)
         sys.exit(exc.exit_code)
     except typer.Abort:  # a prompt answered with end-of-input
         typer.echo("error: aborted", err=True)
