@@ -49,7 +49,10 @@ def resolve_source(source: str, roots: list[Path] | None, *, flag: str = "--data
         raise DatasetRefused(f"{flag} {source} is neither a folder nor a regular file")
     if roots is not None and not _within(real, roots):
         shown = ", ".join(str(r) for r in roots)
-        raise DatasetRefused(f"{flag} {source} lies outside the dataset roots ({shown}); set CGAN_DATASET_ROOTS or move it there")
+        raise DatasetRefused(
+            f"{flag} {source} lies outside the dataset roots ({shown}); "
+            f"register it in the store with 'cganctl datasets add NAME {source}', set CGAN_DATASET_ROOTS or move it there"
+        )
     return str(path)
 
 
