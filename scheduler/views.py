@@ -80,6 +80,7 @@ def print_job(service, job: JobRecord) -> None:
         summary = {k: v for k, v in job.metrics.items() if k != "per_class"}
         console.print("[bold]metrics[/bold]")
         console.print_json(json.dumps(summary, default=str))
+        print_scores(job.metrics)
         print_usefulness(job.metrics)
         if per_class:
             print_per_class(per_class)
@@ -147,9 +148,25 @@ def print_outcome(service, job: JobRecord) -> None:
             if isinstance(key, str):
                 typer.echo(f"{name}: {store.location(key)}")
         if job.metrics:
+            print_scores(job.metrics)
             print_usefulness(job.metrics)
         if job.metrics and job.metrics.get("per_class"):
             print_per_class(job.metrics["per_class"])
+
+
+def print_scores(metrics: dict) -> None:
+    """One line of an evaluate job's headline figures, with the sample and reference counts they stand on."""
+    protocol = metrics.get("protocol") or {}
+    parts = []
+    if isinstance(metrics.get("label_accuracy"), float):
+        parts.append(f"label accuracy {metrics['label_accuracy']:.1%} ({metrics.get('classifier', '?')})")
+    for space, name in (("inception", "Inception FID"), ("classifier", "classifier FID")):
+        if isinstance(metrics.get(f"{space}_fid"), float):
+            parts.append(f"{name} {metrics[f'{space}_fid']:.2f}")
+    if not parts:
+        return
+    counts = f"{protocol.get('num_samples', '?')} samples vs {protocol.get('reference_images', '?')} reference images"
+    console.print("[bold]scores[/bold] " + markup_safe(f"{'; '.join(parts)} ({counts})"), highlight=False)
 
 
 def print_usefulness(metrics: dict) -> None:

@@ -118,8 +118,11 @@ def test_evaluate_with_downstream_writes_the_metrics(embedded_env, tmp_path):
     assert m["prdc_protocol"]["feature_space"] == "classifier" and m["prdc_protocol"]["real_count"] == 20
     assert m["prdc_protocol"]["fake_count"] == 30
     assert set(m["per_class"]["frog"]) >= {"cas_accuracy", "augmentation_gain", "augmentation_baseline"}
+    # the job's progress ends complete, not at a throttled stage's last count
+    assert (job["progress_done"], job["progress_total"], job["progress_info"]) == (30, 30, {"stage": "done"}), job
     shown = cganctl(dict(embedded_env, COLUMNS="80"), "jobs", "show", job["id"], check=True).stdout
     assert "usefulness" in shown and "CAS" in shown
+    assert f"scores label accuracy {m['label_accuracy']:.1%}" in shown and "classifier FID" in shown
     # the per-class table fits 80 columns: every header whole, no cell cut short, accuracies in percent
     after = shown[shown.index("usefulness"):shown.index("artifacts")]
     header_top = after.rindex("\n", 0, after.index("\nclass "))  # headers take two lines
