@@ -111,10 +111,11 @@ def parse_policy(policy: str) -> list[str]:
     return names
 
 
-def _check(config: Any, checks: dict[str, bool]) -> None:
-    bad = [k for k, ok in checks.items() if not ok]
+def _check(config: Any, checks: dict[str, tuple[bool, str]]) -> None:
+    """``checks``: key -> (its value passes, the rule in words); the message names each failing key and its rule."""
+    bad = [f"{k}={getattr(config, k)!r} (should be {rule})" for k, (ok, rule) in checks.items() if not ok]
     if bad:
-        raise ValueError("invalid training config: " + ", ".join(f"{k}={getattr(config, k)!r}" for k in bad))
+        raise ValueError("invalid training config: " + ", ".join(bad))
 
 
 def _device_ok(device: str) -> bool:
@@ -167,20 +168,20 @@ class TrainConfig:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         parse_policy(self.diffaug or "")
         _check(self, {
-            "steps": self.steps >= 1,
-            "batch_size": self.batch_size >= 1,
-            "seed": 0 <= self.seed <= MAX_SEED,
-            "n_dis": self.n_dis >= 1,
-            "lr_g": self.lr_g > 0,
-            "lr_d": self.lr_d > 0,
-            "betas": all(0 <= b < 1 for b in self.betas),
-            "ema_decay": 0 <= self.ema_decay < 1,
-            "checkpoint_every": self.checkpoint_every >= 0,
-            "log_every": self.log_every >= 1,
-            "samples_per_class": self.samples_per_class >= 1,
-            "standing_stats": self.standing_stats >= 0,
-            "lr_decay_start": self.lr_decay_start == 0 or 0 < self.lr_decay_start < self.steps,
-            "device": _device_ok(self.device),
+            "steps": (self.steps >= 1, "at least 1"),
+            "batch_size": (self.batch_size >= 1, "at least 1"),
+            "seed": (0 <= self.seed <= MAX_SEED, "0 to 2**63-1"),
+            "n_dis": (self.n_dis >= 1, "at least 1"),
+            "lr_g": (self.lr_g > 0, "greater than 0"),
+            "lr_d": (self.lr_d > 0, "greater than 0"),
+            "betas": (all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
+            "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
+            "checkpoint_every": (self.checkpoint_every >= 0, "0 (none) or more"),
+            "log_every": (self.log_every >= 1, "at least 1"),
+            "samples_per_class": (self.samples_per_class >= 1, "at least 1"),
+            "standing_stats": (self.standing_stats >= 0, "0 or more"),
+            "lr_decay_start": (self.lr_decay_start == 0 or 0 < self.lr_decay_start < self.steps, "0 (constant) or between 0 and steps"),
+            "device": (_device_ok(self.device), "auto, cpu, cuda or cuda:N"),
         })
 
     def lr_scale(self, step: int) -> float:
@@ -225,17 +226,17 @@ class ClassifierTrainConfig:
             if getattr(self, f.name) is None:
                 setattr(self, f.name, recipe[f.name])
         _check(self, {
-            "steps": self.steps >= 1,
-            "batch_size": self.batch_size >= 1,
-            "seed": 0 <= self.seed <= MAX_SEED,
-            "lr": self.lr > 0,
-            "warmup_fraction": 0 <= self.warmup_fraction <= 1,
-            "momentum": 0 <= self.momentum < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
-            "progress_every": self.progress_every >= 1,
-            "device": _device_ok(self.device),
+            "steps": (self.steps >= 1, "at least 1"),
+            "batch_size": (self.batch_size >= 1, "at least 1"),
+            "seed": (0 <= self.seed <= MAX_SEED, "0 to 2**63-1"),
+            "lr": (self.lr > 0, "greater than 0"),
+            "warmup_fraction": (0 <= self.warmup_fraction <= 1, "in [0, 1]"),
+            "momentum": (0 <= self.momentum < 1, "in [0, 1)"),
+            "weight_decay": (self.weight_decay >= 0, "0 or more"),
+            "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
+            "checkpoint_every": (self.checkpoint_every >= 1, "at least 1"),
+            "progress_every": (self.progress_every >= 1, "at least 1"),
+            "device": (_device_ok(self.device), "auto, cpu, cuda or cuda:N"),
         })
 
     def to_dict(self) -> dict[str, Any]:

@@ -197,7 +197,7 @@ def test_min_confidence_keeps_only_confident_samples(embedded_env, tmp_path):
         (["--set", "lr_gg=1"], "--set lr_gg: unknown key for preset 'resnet'"),
         (["--set", "lr_g=fast"], "--set lr_g=fast: could not convert string to float"),
         (["--set", "lr_g"], "--set 'lr_g': expected KEY=VALUE"),
-        (["--preset", "mlp", "--set", "n_dis=0"], "invalid training config: n_dis=0"),
+        (["--preset", "mlp", "--set", "n_dis=0"], "invalid training config: n_dis=0 (should be at least 1)"),
         (["--preset", "gpt"], "unknown preset 'gpt'"),
         (["--steps", "0"], "invalid training config: steps=0") ,
     ],

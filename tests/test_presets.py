@@ -35,7 +35,7 @@ def test_overrides_are_typed_from_the_defaults():
         ({"nope": "1"}, "--set nope: unknown key for preset 'resnet'"),
         ({"lr_g": "abc"}, "--set lr_g=abc"),
         ({"lr_g": "nan"}, "not a finite number"),
-        ({"n_dis": "0"}, "invalid training config: n_dis=0"),
+        ({"n_dis": "0"}, "invalid training config: n_dis=0 (should be at least 1)"),
         ({"betas": "0.5"}, "expected 2 comma-separated numbers"),
         ({"diffaug": "colour"}, "unknown DiffAugment policies"),
         ({"compile": "maybe"}, "expected true or false"),
