@@ -433,7 +433,14 @@ def ui(
 
 
 def _settings_error(exc: Exception) -> str | None:
-    """One line for an invalid ``CGAN_*`` value (a pydantic ValidationError of Settings), else None."""
+    """One line for an invalid ``CGAN_*`` value (a pydantic ValidationError of Settings, or pydantic-settings'
+    SettingsError for a JSON-valued one that does not parse), else None."""
+    if type(exc).__name__ == "SettingsError":
+        import re
+
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"CGAN_{field.group(1).upper()}" if field else "CGAN_*"
+        return f"invalid setting {name}: not valid JSON ({exc.__cause__ or exc})"
     if type(exc).__name__ != "ValidationError" or "Settings" not in str(getattr(exc, "title", "")):
         return None
     first = exc.errors()[0]  # type: ignore[attr-defined]

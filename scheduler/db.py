@@ -26,10 +26,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .errors import ServiceUnavailable
+from .errors import InvalidInput, ServiceUnavailable
 from .records import aware_utc, utcnow  # noqa: F401  (re-exported: the ORM modules use them)
 from .redact import reason
 from .settings import Settings, redact_url
@@ -139,9 +139,13 @@ def _engine_for(url: str) -> Engine:
 
 
 def get_engine(settings: Settings) -> Engine:
+    """The engine of the job table; a data folder that cannot be made or a URL that does not parse is bad input."""
     if settings.sqlalchemy_url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return _engine_for(settings.sqlalchemy_url)
+        settings.make_folder(settings.data_dir)
+    try:
+        return _engine_for(settings.sqlalchemy_url)
+    except ArgumentError as exc:  # no URL, or no such dialect/driver: nothing to connect to
+        raise InvalidInput(f"invalid setting CGAN_DATABASE_URL {redact_url(settings.sqlalchemy_url)}: {reason(exc)}") from None
 
 
 def alembic_config(settings: Settings):

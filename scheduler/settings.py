@@ -128,6 +128,16 @@ class Settings(BaseSettings):
     def local_store_dir(self) -> Path:
         return self.data_dir / "objects"
 
+    def make_folder(self, path: Path) -> Path:
+        """Create ``path``, a folder under ``data_dir``; one that cannot be made is an invalid CGAN_DATA_DIR."""
+        from .errors import InvalidInput
+
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"invalid setting CGAN_DATA_DIR: cannot create {path}: {exc.strerror or exc}") from None
+        return path
+
     def describe(self) -> dict[str, str]:
         """What `cganctl status` prints: every endpoint, never a secret."""
         return {

@@ -207,4 +207,4 @@ class S3Store:
 
 
 def open_store(settings: Settings) -> ObjectStore:
-    return S3Store(settings) if settings.s3_bucket else LocalStore(settings.local_store_dir)
+    return S3Store(settings) if settings.s3_bucket else LocalStore(settings.make_folder(settings.local_store_dir))

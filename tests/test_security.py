@@ -309,11 +309,21 @@ def test_submit_refuses_what_a_worker_would_reject(embedded_env, tmp_path, args,
     assert "cganctl.db" not in " ".join(p.name for p in (tmp_path / "data").glob("*")) or cganctl(embedded_env, "jobs", "list", "--json").stdout.strip() == "[]"
 
 
-def test_invalid_setting_is_one_error_line(embedded_env):
-    env = dict(embedded_env, CGAN_MAX_COUNT="lots")
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("CGAN_MAX_COUNT", "lots", "error: invalid setting CGAN_MAX_COUNT: Input should be a valid integer"),
+        ("CGAN_ROUTES", "{bad", "error: invalid setting CGAN_ROUTES: not valid JSON (Expecting property name"),
+        ("CGAN_DATA_DIR", "/proc/no-such-folder", "error: invalid setting CGAN_DATA_DIR: cannot create /proc/no-such-folder"),
+        ("CGAN_DATABASE_URL", "nonsense", "error: invalid setting CGAN_DATABASE_URL nonsense: Could not parse"),
+        ("CGAN_DATABASE_URL", "nosuchdb://u:hunter2@h/x", "error: invalid setting CGAN_DATABASE_URL nosuchdb://u:***@h/x: Can't load plugin"),
+    ],
+)
+def test_invalid_setting_is_one_error_line(embedded_env, setting, value, message):
+    env = dict(embedded_env, **{setting: value})
     result = cganctl(env, "submit", "generate", "--label", "cat", "--count", "10", timeout=120)
-    assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith("error: invalid setting CGAN_MAX_COUNT")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith(message) and "hunter2" not in result.stderr, result.stderr
 
 
 def test_first_use_is_concurrency_safe(embedded_env):
