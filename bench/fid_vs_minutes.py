@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -21,9 +22,21 @@ import torch
 
 from cganmodel.classifier import load_classifier
 from cganmodel.data import load_image_dataset
+from cganmodel.dataset_index import fingerprint
 from cganmodel.evaluation import evaluate_generator, reference_stats
 from cganmodel.fid import stats_from_bytes, stats_to_bytes
 from cganmodel.pretrained import load_generator
+
+
+def _cache_file(folder: Path, classifier_stem: Path, reference: str) -> Path:
+    """The cache file of one classifier's statistics of one reference: keyed by the classifier's weights and
+    the reference's absolute path and content fingerprint (a changed file or folder gets a new entry)."""
+    key = {
+        "classifier_sha256": hashlib.sha256(classifier_stem.with_suffix(".safetensors").read_bytes()).hexdigest(),
+        "reference": str(Path(reference).expanduser().absolute()),
+        "content": fingerprint(reference),
+    }
+    return folder / f"classifier-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]}.safetensors"
 
 
 def main() -> None:
@@ -39,7 +52,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--reference-cache", default=None,
-                        help="file of the classifier reference statistics: read if present, else computed and written (same classifier and reference only)")
+                        help="folder of classifier reference statistics, one file per (classifier weights, reference path and content): "
+                             "read if present, else computed and written")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,12 +61,13 @@ def main() -> None:
     stem = Path(args.classifier)
     classifier = load_classifier(stem.with_suffix(".safetensors"), json.loads(stem.with_suffix(".json").read_text()))
     data = load_image_dataset(args.reference, split="train")
-    cache = Path(args.reference_cache) if args.reference_cache else None
+    cache = _cache_file(Path(args.reference_cache), stem, args.reference) if args.reference_cache else None
     if cache is not None and cache.is_file():
         reference = stats_from_bytes(cache.read_bytes())
     else:
         reference = reference_stats(data, classifier=classifier)
         if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_bytes(stats_to_bytes(reference))
     inception_ref = None
     if args.inception_samples_per_class:
