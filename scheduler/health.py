@@ -38,13 +38,26 @@ def check_all(settings=None) -> dict:
         "database": _probe(database),
         "object store": _probe(runtime.store.check),
     }
-    report = {"services": services, "workers": None}
+    report: dict = {"services": services, "workers": None, "unserved": {}}
     if not settings.embedded and services["broker"]["ok"]:
-        report["workers"] = _workers(settings)
+        report["workers"] = live_workers(settings)
+        if services["database"]["ok"]:
+            report["unserved"] = unserved_queues(runtime, report["workers"])
     return report
 
 
-def _workers(settings) -> dict:
+def unserved_queues(runtime, workers: dict) -> dict[str, int]:
+    """Queues with queued jobs that no live worker consumes, and how many jobs wait on each.
+
+    ``workers``: those that answered (``live_workers``). A ``--pool solo`` worker does not answer while it
+    runs a task, so a queue with a running job counts as served too (a busy fleet is not an idle one)."""
+    depths = runtime.table.queue_depths()
+    served = {q for w in workers.values() for q in w["queues"]} | {q for q, d in depths.items() if d["running"]}
+    return {q: d["queued"] for q, d in depths.items() if d["queued"] and q not in served}
+
+
+def live_workers(settings) -> dict:
+    """The workers that answer a broadcast within 1.5 s: name -> {queues, active (tasks running)}."""
     from worker.celery_app import make_app
 
     inspect = make_app(settings).control.inspect(timeout=1.5)

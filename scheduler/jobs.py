@@ -124,6 +124,16 @@ class JobTable:
         with self._session() as session:
             return [JobRecord.from_row(r) for r in session.scalars(query)]
 
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Queued and running jobs per queue (the queues of unfinished jobs only), sorted by queue."""
+        active = (JobStatus.queued.value, JobStatus.running.value)
+        depths: dict[str, dict[str, int]] = {}
+        with self._session() as session:
+            rows = session.execute(select(Job.queue, Job.status, func.count()).where(Job.status.in_(active)).group_by(Job.queue, Job.status))
+            for queue, status, count in rows:
+                depths.setdefault(queue, dict.fromkeys(active, 0))[status] = count
+        return dict(sorted(depths.items()))
+
     # --- transitions ------------------------------------------------------------------------------
     def _runnable(self, job_id: str) -> JobRecord | Claim:
         """The job if a delivery of its task may run, else why not."""

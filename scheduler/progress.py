@@ -6,6 +6,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .records import JobRecord
 from .textsafe import markup_safe
+from .views import unserved_line
 
 
 def _describe(job: JobRecord) -> str:
@@ -15,9 +16,13 @@ def _describe(job: JobRecord) -> str:
 
 
 def follow_job(service, job_id: str, *, quiet: bool = False) -> JobRecord:
-    if quiet:
-        return service.wait(job_id)
     console = Console(stderr=True)
+
+    def unserved(queue: str) -> None:
+        console.print(markup_safe(unserved_line(queue)), highlight=False, soft_wrap=True)
+
+    if quiet:
+        return service.wait(job_id, on_unserved=unserved)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -29,7 +34,7 @@ def follow_job(service, job_id: str, *, quiet: bool = False) -> JobRecord:
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("", total=None, unit="")
         job = None
-        for job in service.follow(job_id):
+        for job in service.follow(job_id, on_unserved=unserved):
             bar.update(task, description=_describe(job), completed=job.progress_done, total=job.progress_total, unit=job.progress_unit or "")
     assert job is not None
     return job

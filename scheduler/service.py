@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .lean import LeanSubmit
 
 UNIT = {"train": "steps", "evaluate": "images", "generate": "images"}
+QUEUED_HINT_S = 5.0  # a followed job still queued this long on a fleet: is any live worker consuming its queue?
 
 
 class Service:
@@ -136,15 +137,23 @@ class Service:
             spec = spec.model_copy(update={"resume_from": old.id})
         return self.submit(spec, queue=queue or old.queue, priority=old.priority if priority is None else priority, retry_of=old.id)
 
-    def follow(self, job_id: str, interval: float = 0.5) -> Iterator[JobRecord]:
-        """Yield the job's row each time it changes, until it has finished."""
+    def follow(
+        self, job_id: str, interval: float = 0.5, on_unserved: Callable[[str], None] | None = None
+    ) -> Iterator[JobRecord]:
+        """Yield the job's row each time it changes, until it has finished. On a fleet, a job still queued
+        after ``QUEUED_HINT_S`` is checked once: ``on_unserved(queue)`` when no live worker consumes its queue."""
         last = None
-        swept = time.monotonic()
+        swept = started = time.monotonic()
+        hinted = on_unserved is None or self.runtime.settings.embedded
         while True:
             if time.monotonic() - swept > 2:
                 swept = time.monotonic()
                 self.sweep()
             job = self.get(job_id)
+            if not hinted and job.status == JobStatus.queued and time.monotonic() - started > QUEUED_HINT_S:
+                hinted = True
+                if on_unserved is not None and not self.queue_served(job.queue):
+                    on_unserved(job.queue)
             if job.updated_at != last or job.finished:
                 last = job.updated_at
                 yield job
@@ -152,9 +161,20 @@ class Service:
                 return
             time.sleep(interval)
 
-    def wait(self, job_id: str, on_update: Callable[[JobRecord], None] | None = None) -> JobRecord:
+    def queue_served(self, queue: str) -> bool:
+        """Does a live worker consume ``queue`` (``health.unserved_queues``)? True when asking fails: no false alarm."""
+        from .health import live_workers, unserved_queues
+
+        try:
+            return queue not in unserved_queues(self.runtime, live_workers(self.runtime.settings))
+        except Exception:
+            return True
+
+    def wait(
+        self, job_id: str, on_update: Callable[[JobRecord], None] | None = None, on_unserved: Callable[[str], None] | None = None
+    ) -> JobRecord:
         job = None
-        for job in self.follow(job_id):
+        for job in self.follow(job_id, on_unserved=on_unserved):
             if on_update:
                 on_update(job)
         assert job is not None

@@ -166,7 +166,7 @@ def print_scores(metrics: dict) -> None:
     if not parts:
         return
     counts = f"{protocol.get('num_samples', '?')} samples vs {protocol.get('reference_images', '?')} reference images"
-    console.print("[bold]scores[/bold] " + markup_safe(f"{'; '.join(parts)} ({counts})"), highlight=False)
+    console.print("[bold]scores[/bold] " + markup_safe(f"{'; '.join(parts)} ({counts})"), highlight=False, soft_wrap=True)
 
 
 def print_usefulness(metrics: dict) -> None:
@@ -207,3 +207,11 @@ def print_status(report: dict) -> None:
         for name, w in sorted(workers.items()):
             wt.add_row(text(name), text(", ".join(w["queues"])), text(w["active"]))
         console.print(wt)
+    for queue, count in sorted((report.get("unserved") or {}).items()):
+        console.print(markup_safe(unserved_line(queue, count)), highlight=False, soft_wrap=True)
+
+
+def unserved_line(queue: str, count: int | None = None) -> str:
+    """The warning for a queue that no live worker consumes (`status`, and `--wait` on a job that stays queued)."""
+    jobs = "" if count is None else f"{count} job{'s' if count != 1 else ''} queued on '{queue}' and "
+    return f"warning: {jobs}no live worker consumes queue '{queue}'; start one with: cganctl worker --queues {queue}"

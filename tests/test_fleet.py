@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import subprocess
 import time
 
 import pytest
 
 from harness.datasets import tiny_image_folder
-from harness.services import cganctl, settings_from_env, wait_for
+from harness.services import ROOT, cganctl, cganctl_command, settings_from_env, wait_for
 from scheduler.store import S3Store
 
 pytestmark = pytest.mark.integration
@@ -65,15 +66,31 @@ def test_three_workers_share_one_job(fleet_env, start_worker, table, store):
     assert sum(f["count"] for f in manifest["files"]) == 300
 
 
-def test_queue_routing(fleet_env, start_worker, table):
+def test_queue_routing(fleet_env, start_worker, table, tmp_path):
+    queue = "routed"  # a queue of this test's own: the job table is shared by the session's tests
     start_worker("gpuonly", queues="gpu")
-    out = cganctl(fleet_env, "submit", "generate", "--label", "frog", "--count", "5", "--queue", "cpu", "--json", check=True).stdout
+    out = cganctl(fleet_env, "submit", "generate", "--label", "frog", "--count", "5", "--queue", queue, "--json", check=True).stdout
     job_id = json.loads(out)["id"]
     time.sleep(3)
-    assert table.get(job_id).status == "queued"  # nobody consumes 'cpu' yet
-    start_worker("cpuonly", queues="cpu")
+    assert table.get(job_id).status == "queued"  # nobody consumes it yet
+    # the operator is told: `status` names the queue nobody consumes, and so does a `--wait` that stays queued
+    assert json.loads(cganctl(fleet_env, "status", "--json", check=True).stdout)["unserved"].get(queue) == 1
+    warning = f"no live worker consumes queue '{queue}'; start one with: cganctl worker --queues {queue}"
+    assert f"warning: 1 job queued on '{queue}' and {warning}" in cganctl(fleet_env, "status", check=True).stdout
+    log = tmp_path / "wait.log"
+    with open(log, "w") as err:
+        waiting = subprocess.Popen([*cganctl_command(), "submit", "generate", "--label", "frog", "--count", "5", "--queue", queue, "--wait"],
+                                   env=fleet_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            wait_for(lambda: f"warning: {warning}" in log.read_text(), timeout=60)
+            start_worker("routedonly", queues=queue)
+            out, _ = waiting.communicate(timeout=120)  # the warning does not end the wait: the job runs once a worker comes
+        finally:
+            waiting.kill()
+    assert waiting.returncode == 0 and "succeeded" in out, (out, log.read_text())
     wait_for(lambda: table.get(job_id).status == "succeeded", timeout=90)
-    assert table.get(job_id).worker.startswith("cpuonly@")
+    assert table.get(job_id).worker.startswith("routedonly@")
+    assert queue not in json.loads(cganctl(fleet_env, "status", "--json", check=True).stdout)["unserved"]
 
 
 def test_cancel_queued_and_running_then_retry_resumes(fleet_env, start_worker, table, store, tmp_path):

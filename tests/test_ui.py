@@ -435,6 +435,7 @@ def test_fleet_and_job_pages_on_real_services(fleet_env, start_worker, tmp_path)
     assert re.search(r"uiw1@\S*</td>\s*<td>cpu, uitest</td>\s*<td class=\"num\">0</td>", row), row  # answered: queues, no task
     running = service.submit(TrainSpec(preset="mlp", dataset=str(data), steps=1_000_000, batch_size=8, checkpoint_every=20), queue="uitest")
     waiting = service.submit(TrainSpec(preset="mlp", dataset=str(data), steps=10, batch_size=8, checkpoint_every=5), queue="nobody")
+    behind = service.submit(TrainSpec(preset="mlp", dataset=str(data), steps=10, batch_size=8, checkpoint_every=5), queue="uitest")
     store = service.runtime.store
     try:
         deadline = time.monotonic() + 120
@@ -447,8 +448,10 @@ def test_fleet_and_job_pages_on_real_services(fleet_env, start_worker, tmp_path)
         assert "uiw1@" in workers and running.id[:12] in workers, workers  # what it runs, from the job table
         assert "busy: a --pool solo worker answers between tasks" in workers  # it cannot answer inspect mid-task
         queues = fleet.text.split('id="queues"')[1].split("</table>")[0]
-        assert re.search(r"<td>nobody</td><td class=\"num\">1</td><td class=\"num\">0</td>", queues), queues
-        assert re.search(r"<td>uitest</td><td class=\"num\">0</td><td class=\"num\">1</td>", queues), queues
+        # 'nobody' is marked: no worker answered for it and none runs a job from it; 'uitest' runs one (its busy solo worker
+        # does not answer the broadcast, and the running job shows it is served)
+        assert re.search(r"<td>nobody <span class=\"badge no\"[^>]*>no live worker</span></td><td class=\"num\">1</td><td class=\"num\">0</td>", queues), queues
+        assert re.search(r"<td>uitest</td><td class=\"num\">1</td><td class=\"num\">1</td>", queues), queues
 
         page = client.get(f"/jobs/{running.id}")  # checkpoints listed and served from S3
         assert page.status_code == 200 and 'http-equiv="refresh"' in page.text
@@ -459,6 +462,7 @@ def test_fleet_and_job_pages_on_real_services(fleet_env, start_worker, tmp_path)
     finally:
         service.cancel(running.id)
         service.cancel(waiting.id)
+        service.cancel(behind.id)
     deadline = time.monotonic() + 60
     while service.get(running.id).status != "cancelled":
         assert time.monotonic() < deadline, worker.log_tail()

@@ -287,7 +287,7 @@ class Dashboard:
             workers=workers,
             worker_names=names,
             running=running,
-            depths=queries.queue_depths(self.table),
+            depths=self.table.queue_depths(),
             embedded=self.service.runtime.settings.embedded,
             refresh=None if request.query_params.get("refresh") == "0" else LIST_REFRESH_S,
         )

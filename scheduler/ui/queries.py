@@ -246,17 +246,6 @@ def scores_by_step(table: JobTable, job: JobRecord) -> list[dict]:
 
 
 # --- fleet -----------------------------------------------------------------------------------------------
-def queue_depths(table: JobTable) -> dict[str, dict[str, int]]:
-    """Queued and running jobs per queue, from the job table."""
-    active = (JobStatus.queued.value, JobStatus.running.value)
-    with table._session() as session:
-        rows = session.execute(select(Job.queue, Job.status, func.count()).where(Job.status.in_(active)).group_by(Job.queue, Job.status))
-        depths: dict[str, dict[str, int]] = defaultdict(lambda: {s: 0 for s in active})
-        for queue, status, count in rows:
-            depths[queue][status] = count
-    return dict(sorted(depths.items()))
-
-
 def running_by_worker(table: JobTable) -> dict[str, list[tuple[JobRecord, int | None]]]:
     """What each worker runs, from the job table: (job, shard index or None) per worker.
 
