@@ -147,6 +147,15 @@ def print_outcome(service, job: JobRecord) -> None:
         for name, key in artifacts.items():
             if isinstance(key, str):
                 typer.echo(f"{name}: {store.location(key)}")
+        if job.kind == "train" and isinstance(metrics.get("model"), str):
+            from cganmodel.presets import PRESETS
+
+            preset = PRESETS.get(job.spec.get("preset"))
+            flag = "--classifier" if preset is not None and preset.kind == "classifier" else "--model"
+            typer.echo(plain(f"registered as {metrics['model']}: use it with {flag} {metrics['model']}"))
+            test = metrics.get("test")
+            if isinstance(test, dict) and isinstance(test.get("accuracy"), float):
+                typer.echo(f"test accuracy {test['accuracy']:.1%} on the dataset's {test.get('count', '?')} test images")
         if job.metrics:
             print_scores(job.metrics)
             print_usefulness(job.metrics)

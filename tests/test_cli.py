@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 
@@ -222,6 +223,18 @@ def test_train_shows_and_uses_the_resolved_recipe(embedded_env, tmp_path):
     assert job.status == "succeeded" and job.spec["recipe"]["lr_g"] == 1e-4
     meta = json.loads((settings_from_env(embedded_env).local_store_dir / "jobs" / job.id / "model" / "model.json").read_text())
     assert meta["train_config"]["lr_g"] == 1e-4 and meta["train_config"]["batch_size"] == 8
+    ref = job.metrics["model"]
+    assert f"registered as {ref}: use it with --model {ref}" in result.stdout.splitlines(), result.stdout
+
+    # a classifier says which flag takes it, and its test accuracy where the dataset has a test split
+    split = tmp_path / "split"
+    tiny_image_folder(split / "train")
+    tiny_image_folder(split / "test", per_class=2)
+    result = cganctl(embedded_env, "submit", "train", "--preset", "classifier", "--dataset", str(split), "--steps", "2",
+                     "--batch-size", "8", "--checkpoint-every", "1", "--name", "tinyclf", "--wait", check=True)
+    lines = result.stdout.splitlines()
+    assert "registered as tinyclf:1: use it with --classifier tinyclf:1" in lines, result.stdout
+    assert any(re.fullmatch(r"test accuracy \d+\.\d% on the dataset's 6 test images", line) for line in lines), result.stdout
 
 
 def test_results_download_path_imports_no_torch():
