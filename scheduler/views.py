@@ -150,7 +150,7 @@ def print_outcome(service, job: JobRecord) -> None:
         if job.kind == "train" and isinstance(metrics.get("model"), str):
             from cganmodel.presets import PRESETS
 
-            preset = PRESETS.get(job.spec.get("preset"))
+            preset = PRESETS.get(str(job.spec.get("preset")))
             flag = "--classifier" if preset is not None and preset.kind == "classifier" else "--model"
             typer.echo(plain(f"registered as {metrics['model']}: use it with {flag} {metrics['model']}"))
             test = metrics.get("test")
