@@ -281,7 +281,8 @@ def results_download(
     to: Annotated[str, typer.Option("--to", help="Destination folder (no symbolic link inside it is written through).")],
     layout: Annotated[Layout, typer.Option("--layout", help="webdataset: the shard files; imagefolder: DIR/<class>/<key>.png")] = Layout.webdataset,
 ) -> None:
-    """Fetch a generate job's files, verify every checksum against the manifest, optionally unpack."""
+    """Fetch a job's results: a generate job's shards (every checksum verified against the manifest, optionally
+    unpacked), a train job's model (weights, model.json, loss curve, samples), an evaluate job's metrics and grid."""
     from .results import download
 
     if not to.strip():

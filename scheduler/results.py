@@ -1,4 +1,5 @@
-"""`cganctl results download`: fetch a generate job's shards, verify them against the manifest, unpack."""
+"""`cganctl results download`: fetch a generate job's shards, verify them against the manifest, unpack;
+or a train job's model (weights + model.json, loss curve, samples) and an evaluate job's metrics and grid."""
 from __future__ import annotations
 
 import hashlib
@@ -44,11 +45,16 @@ def _safe_target(dest: Path, path: Path) -> Path:
 
 def download(service, job_id: str, dest: Path, layout: str) -> str:
     job = service.get(job_id)
-    if job.kind != "generate":
-        raise InvalidInput(f"job {job.id} is a {job.kind} job: only generate jobs have results to download")
     if job.status != "succeeded":
         raise InvalidInput(f"job {job.id} is {job.status}: its results are complete only once it succeeded")
     store = service.runtime.store
+    if job.kind != "generate":
+        if layout != "webdataset":
+            raise InvalidInput(f"--layout {layout} is for generate jobs, not {job.kind} jobs (job {job.id})")
+        try:
+            return _download_files(store, job, Path(dest))
+        except OSError as exc:
+            raise CganError(f"could not write to {dest}: {exc.strerror or exc}") from None
     manifest_bytes = store.get_bytes(job.artifacts["manifest"])
     try:
         manifest = Manifest.from_bytes(manifest_bytes)
@@ -62,6 +68,27 @@ def download(service, job_id: str, dest: Path, layout: str) -> str:
         raise CganError(f"could not write to {dest}: {exc.strerror or exc}") from None
     except ValueError as exc:  # a link met while unpacking, an unsafe member name
         raise UnsafeDestination(str(exc)) from None
+
+
+def job_files(store, job) -> dict[str, str]:
+    """The files a train or evaluate job's download holds: name in the folder -> object key.
+
+    train: everything under its ``model/`` (the weights and ``model.json``, which loading them needs), its loss
+    curve and sample grid; evaluate: ``metrics.json`` and ``samples.png``."""
+    artifacts = job.artifacts or {}
+    keys = [artifacts.get("metrics"), artifacts.get("samples"), artifacts.get("loss_curve")]
+    if job.kind == "train" and artifacts.get("model"):
+        keys += list(store.list(artifacts["model"].rsplit("/", 1)[0] + "/"))
+    return {key.rsplit("/", 1)[1]: key for key in keys if isinstance(key, str)}
+
+
+def _download_files(store, job, dest: Path) -> str:
+    files = job_files(store, job)
+    refuse_links(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, key in sorted(files.items()):
+        store.download(key, _safe_target(dest, dest / name))
+    return f"{len(files)} files of {job.kind} job {job.id} saved in {dest}: {', '.join(sorted(files))}"
 
 
 def _download(store, manifest: Manifest, manifest_bytes: bytes, dest: Path, layout: str) -> str:

@@ -225,6 +225,15 @@ def test_train_shows_and_uses_the_resolved_recipe(embedded_env, tmp_path):
     assert meta["train_config"]["lr_g"] == 1e-4 and meta["train_config"]["batch_size"] == 8
     ref = job.metrics["model"]
     assert f"registered as {ref}: use it with --model {ref}" in result.stdout.splitlines(), result.stdout
+    # its results: the model (weights + the model.json that loading them needs), loss curve and samples, byte for byte
+    out = cganctl(embedded_env, "results", "download", job.id[:8], "--to", str(tmp_path / "model"), check=True).stdout
+    assert out.strip() == f"4 files of train job {job.id} saved in {tmp_path / 'model'}: generator.safetensors, loss.png, model.json, samples.png"
+    store = settings_from_env(embedded_env).local_store_dir
+    assert (tmp_path / "model" / "generator.safetensors").read_bytes() == (store / job.artifacts["model"]).read_bytes()
+    assert json.loads((tmp_path / "model" / "model.json").read_text()) == meta
+    bad = cganctl(embedded_env, "results", "download", job.id, "--to", str(tmp_path / "x"), "--layout", "imagefolder")
+    assert bad.returncode == 2 and bad.stderr.strip() == f"error: --layout imagefolder is for generate jobs, not train jobs (job {job.id})"
+    assert not (tmp_path / "x").exists()
 
     # a classifier says which flag takes it, and its test accuracy where the dataset has a test split
     split = tmp_path / "split"

@@ -118,6 +118,9 @@ def test_evaluate_with_downstream_writes_the_metrics(embedded_env, tmp_path):
     assert m["prdc_protocol"]["feature_space"] == "classifier" and m["prdc_protocol"]["real_count"] == 20
     assert m["prdc_protocol"]["fake_count"] == 30
     assert set(m["per_class"]["frog"]) >= {"cas_accuracy", "augmentation_gain", "augmentation_baseline"}
+    fetched = cganctl(embedded_env, "results", "download", job["id"], "--to", str(tmp_path / "ev"), check=True).stdout
+    assert fetched.strip().endswith("saved in " + str(tmp_path / "ev") + ": metrics.json, samples.png")
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["cas_accuracy"] == m["cas_accuracy"]
     # the job's progress ends complete, not at a throttled stage's last count
     assert (job["progress_done"], job["progress_total"], job["progress_info"]) == (30, 30, {"stage": "done"}), job
     shown = cganctl(dict(embedded_env, COLUMNS="80"), "jobs", "show", job["id"], check=True).stdout
