@@ -42,7 +42,10 @@ def check_all(settings=None) -> dict:
     if not settings.embedded and services["broker"]["ok"]:
         report["workers"] = live_workers(settings)
         if services["database"]["ok"]:
-            report["unserved"] = unserved_queues(runtime, report["workers"])
+            try:
+                report["unserved"] = unserved_queues(runtime, report["workers"])
+            except Exception:  # e.g. a SQLite table without its schema yet: status reports, it never crashes
+                pass
     return report
 
 
