@@ -113,7 +113,10 @@ def _cifar10(split: str, root: str | None):  # -> torchvision.datasets.CIFAR10
     try:
         return CIFAR10(root=root, train=(split == "train"), download=True)
     except Exception as exc:
-        raise DataError(f"cannot load CIFAR-10 under {root!r} ({exc})") from None
+        raise DataError(
+            f"cannot load CIFAR-10 under {root!r} ({exc}): without a network, give a local ImageFolder folder "
+            "or a .tar/.tar.gz of one instead of cifar10"
+        ) from None
 
 
 def load_image_dataset(

@@ -181,4 +181,7 @@ def cli_log_handler() -> logging.Handler:
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(ScrubFilter(tracebacks=False))
+    # An in-process job's failure is the job's error, which the CLI prints as its own `error:` line; the
+    # executor's log line of it (for a worker's log) would say it twice.
+    handler.addFilter(lambda record: record.name != "worker.execute")
     return handler

@@ -246,6 +246,21 @@ def test_train_shows_and_uses_the_resolved_recipe(embedded_env, tmp_path):
     assert any(re.fullmatch(r"test accuracy \d+\.\d% on the dataset's 6 test images", line) for line in lines), result.stdout
 
 
+def test_a_job_failing_in_process_is_one_error_line(embedded_env, tmp_path):
+    """An embedded job that fails while it runs (an image that passes the header checks, then does not decode):
+    exit 1, the job's error once (not also the executor's log line of it), the row failed."""
+    data = tiny_image_folder(tmp_path / "ds")
+    broken = data / "cat" / "0.png"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    result = cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "2",
+                     "--batch-size", "8", "--checkpoint-every", "1", "--wait")
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "truncated" in line]
+    assert errors == ["error: DataError: cannot decode image 'cat/0.png' (image file is truncated)"], result.stderr
+    assert "Traceback" not in result.stderr and "worker.execute" not in result.stderr
+    assert [j.status for j in _job_rows(embedded_env)] == ["failed"]
+
+
 def test_results_download_path_imports_no_torch():
     code = (
         "import sys\n"
