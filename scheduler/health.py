@@ -38,12 +38,13 @@ def check_all(settings=None) -> dict:
         "database": _probe(database),
         "object store": _probe(runtime.store.check),
     }
-    report: dict = {"services": services, "workers": None, "unserved": {}}
+    report: dict = {"services": services, "workers": None, "unserved": {}, "silent": []}
     if not settings.embedded and services["broker"]["ok"]:
         report["workers"] = live_workers(settings)
         if services["database"]["ok"]:
             try:
                 report["unserved"] = unserved_queues(runtime, report["workers"])
+                report["silent"] = silent_workers(runtime, report["workers"])
             except Exception:  # e.g. a SQLite table without its schema yet: status reports, it never crashes
                 pass
     return report
@@ -57,6 +58,11 @@ def unserved_queues(runtime, workers: dict) -> dict[str, int]:
     depths = runtime.table.queue_depths()
     served = {q for w in workers.values() for q in w["queues"]} | {q for q, d in depths.items() if d["running"]}
     return {q: d["queued"] for q, d in depths.items() if d["queued"] and q not in served}
+
+
+def silent_workers(runtime, workers: dict) -> list[str]:
+    """Workers that run a job (job table) but did not answer: busy ``--pool solo`` workers, whose queues are unknown."""
+    return sorted(runtime.table.running_workers() - set(workers))
 
 
 def live_workers(settings) -> dict:

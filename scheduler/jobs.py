@@ -134,6 +134,14 @@ class JobTable:
                 depths.setdefault(queue, dict.fromkeys(active, 0))[status] = count
         return dict(sorted(depths.items()))
 
+    def running_workers(self) -> set[str]:
+        """Names of the workers that run a job or a shard now, from the job table."""
+        running = JobStatus.running.value
+        with self._session() as session:
+            jobs = session.scalars(select(Job.worker).where(Job.status == running, Job.worker.is_not(None)))
+            shards = session.scalars(select(Shard.worker).where(Shard.status == ShardStatus.running.value, Shard.worker.is_not(None)))
+            return {name for name in (*jobs, *shards) if name}
+
     # --- transitions ------------------------------------------------------------------------------
     def _runnable(self, job_id: str) -> JobRecord | Claim:
         """The job if a delivery of its task may run, else why not."""

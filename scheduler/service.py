@@ -162,11 +162,13 @@ class Service:
             time.sleep(interval)
 
     def queue_served(self, queue: str) -> bool:
-        """Does a live worker consume ``queue`` (``health.unserved_queues``)? True when asking fails: no false alarm."""
-        from .health import live_workers, unserved_queues
+        """Does a live worker consume ``queue`` (``health.unserved_queues``)? True whenever that is unsure (a busy
+        worker did not answer and might consume it) or asking fails: no false alarm."""
+        from .health import live_workers, silent_workers, unserved_queues
 
         try:
-            return queue not in unserved_queues(self.runtime, live_workers(self.runtime.settings))
+            workers = live_workers(self.runtime.settings)
+            return queue not in unserved_queues(self.runtime, workers) or bool(silent_workers(self.runtime, workers))
         except Exception:
             return True
 

@@ -216,11 +216,16 @@ def print_status(report: dict) -> None:
         for name, w in sorted(workers.items()):
             wt.add_row(text(name), text(", ".join(w["queues"])), text(w["active"]))
         console.print(wt)
+    silent = report.get("silent") or []
     for queue, count in sorted((report.get("unserved") or {}).items()):
-        console.print(markup_safe(unserved_line(queue, count)), highlight=False, soft_wrap=True)
+        console.print(markup_safe(unserved_line(queue, count, silent)), highlight=False, soft_wrap=True)
 
 
-def unserved_line(queue: str, count: int | None = None) -> str:
-    """The warning for a queue that no live worker consumes (`status`, and `--wait` on a job that stays queued)."""
+def unserved_line(queue: str, count: int | None = None, silent: list[str] | None = None) -> str:
+    """The warning for a queue that no live worker consumes (`status`, and `--wait` on a job that stays queued);
+    ``silent``: busy workers that did not answer, which may consume it."""
     jobs = "" if count is None else f"{count} job{'s' if count != 1 else ''} queued on '{queue}' and "
-    return f"warning: {jobs}no live worker consumes queue '{queue}'; start one with: cganctl worker --queues {queue}"
+    line = f"warning: {jobs}no live worker consumes queue '{queue}'; start one with: cganctl worker --queues {queue}"
+    if silent:
+        line += f" (unless a busy worker that did not answer consumes it: {', '.join(silent)})"
+    return line

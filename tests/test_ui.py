@@ -448,10 +448,17 @@ def test_fleet_and_job_pages_on_real_services(fleet_env, start_worker, tmp_path)
         assert "uiw1@" in workers and running.id[:12] in workers, workers  # what it runs, from the job table
         assert "busy: a --pool solo worker answers between tasks" in workers  # it cannot answer inspect mid-task
         queues = fleet.text.split('id="queues"')[1].split("</table>")[0]
-        # 'nobody' is marked: no worker answered for it and none runs a job from it; 'uitest' runs one (its busy solo worker
-        # does not answer the broadcast, and the running job shows it is served)
-        assert re.search(r"<td>nobody <span class=\"badge no\"[^>]*>no live worker</span></td><td class=\"num\">1</td><td class=\"num\">0</td>", queues), queues
+        # 'nobody' is marked: no worker answered for it and none runs a job from it (hedged: the busy solo worker did not
+        # answer, so its queues are unknown); 'uitest' runs one, so it is served
+        assert re.search(r"<td>nobody <span class=\"badge no\" title=\"[^\"]*did not answer consumes it: uiw1@[^\"]*\">no answering worker</span></td>"
+                         r"<td class=\"num\">1</td><td class=\"num\">0</td>", queues), queues
         assert re.search(r"<td>uitest</td><td class=\"num\">1</td><td class=\"num\">1</td>", queues), queues
+        from scheduler.health import check_all
+
+        report = check_all(settings)
+        assert report["unserved"].get("nobody") == 1 and "uitest" not in report["unserved"], report
+        assert [n for n in report["silent"] if n.startswith("uiw1@")], report  # busy: did not answer
+        assert service.queue_served("nobody")  # unsure while a worker is silent: a --wait does not warn
 
         page = client.get(f"/jobs/{running.id}")  # checkpoints listed and served from S3
         assert page.status_code == 200 and 'http-equiv="refresh"' in page.text
