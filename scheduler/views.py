@@ -189,6 +189,7 @@ def print_usefulness(metrics: dict) -> None:
         f"(gain {metrics['augmentation_gain']:+.2%}); precision {metrics['precision']:.3f}, recall "
         f"{metrics['recall']:.3f}, density {metrics['density']:.3f}, coverage {metrics['coverage']:.3f} ({space} features)",
         highlight=False,
+        soft_wrap=True,
     )
 
 
