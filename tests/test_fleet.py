@@ -149,6 +149,11 @@ def test_train_then_generate_and_evaluate_with_the_new_model(fleet_env, start_wo
     for step in (10, 20, 30):
         assert store.exists(f"jobs/{trained['id']}/checkpoints/step-{step:07d}/generator.safetensors")
     assert store.get_bytes(trained["artifacts"]["samples"])[:4] == b"\x89PNG"
+    # its model comes down from S3 byte for byte, with the model.json that loading it needs
+    fetched = cganctl(fleet_env, "results", "download", trained["id"], "--to", str(tmp_path / "model"), check=True).stdout
+    assert fetched.strip().endswith("generator.safetensors, loss.png, model.json, samples.png"), fetched
+    assert (tmp_path / "model" / "generator.safetensors").read_bytes() == store.get_bytes(trained["artifacts"]["model"])
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["job_id"] == trained["id"]
 
     bad = cganctl(fleet_env, "submit", "generate", "--model", "tinyfrogs", "--label", "dog", "--count", "4")
     assert bad.returncode == 2 and "valid labels: airplane, cat, frog" in bad.stderr
