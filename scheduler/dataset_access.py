@@ -14,9 +14,10 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+from . import datasets
+from .datasets import BUILTIN_DATASETS
 from .errors import InvalidInput
-
-BUILTIN_DATASETS = ("cifar10",)
+from .store import open_store
 
 
 class DatasetRefused(InvalidInput):
@@ -58,9 +59,6 @@ def resolve_source(source: str, roots: list[Path] | None, *, flag: str = "--data
 
 def resolve(source: str, settings, *, flag: str = "--dataset", store=None) -> str:
     """What a submit stores in the spec for ``source``: ``cifar10``, ``store:KEY`` or an absolute path."""
-    from . import datasets
-    from .store import open_store
-
     if source.startswith("s3://"):
         return datasets.from_uri(source, settings, store or open_store(settings), flag=flag)
     if datasets.NAME.match(source) and source not in BUILTIN_DATASETS:
@@ -75,9 +73,6 @@ def resolve(source: str, settings, *, flag: str = "--dataset", store=None) -> st
 def check_on_worker(source: str, settings, store=None) -> str:
     """The worker's own check of a spec's dataset (its settings, its file system, its store), as the
     local path or ``cifar10`` it then reads; raises DatasetRefused."""
-    from . import datasets
-    from .store import open_store
-
     if source.startswith(datasets.STORE_SCHEME):
         return str(datasets.local_copy(source, settings, store or open_store(settings)))
     return resolve_source(source, settings.allowed_dataset_roots)

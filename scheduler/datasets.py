@@ -25,6 +25,7 @@ from .records import utcnow
 from .settings import Settings
 from .store import ObjectStore
 
+BUILTIN_DATASETS = ("cifar10",)  # names that are never a registered dataset: torchvision's copy, downloaded by the worker
 STORE_SCHEME = "store:"
 PREFIX = "datasets/"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -106,8 +107,6 @@ def _splits(path: Path, settings: Settings) -> dict[str, dict[str, int]]:
 
 def add(store: ObjectStore, settings: Settings, name: str, path: Path) -> DatasetEntry:
     """Check, upload and register ``path`` as dataset ``name`` (replacing an earlier registration)."""
-    from .dataset_access import BUILTIN_DATASETS
-
     if not NAME.match(name) or name in BUILTIN_DATASETS:
         raise DatasetError(f"invalid dataset name {name!r}: lower-case letters, digits, '-' and '_' (at most 64), not 'cifar10'")
     suffix = archive_suffix(path.name)
