@@ -151,20 +151,50 @@ def test_metric_names_follow_prometheus_conventions() -> None:
         assert not re.search(r"_(ms|milliseconds|minutes|hours|kb|mb|gb|percent)(_|$)", name), f"{name}: use base units"
 
 
+def used_metrics(exprs: list[str], where: str) -> set[str]:
+    """The metrics (base names, as defined) that PromQL ``exprs`` read; each must be defined."""
+    defined = defined_metrics()
+    used = set()
+    for name in {name for expr in exprs for name in re.findall(r"cganctl_[a-z0-9_]+", expr)}:
+        base = next((name[: -len(s)] for s in METRIC_SUFFIXES if name.endswith(s) and name[: -len(s)] in defined), name)
+        assert base in defined, f"{where} uses undefined metric {name}"
+        used.add(base)
+    return used
+
+
 def test_grafana_dashboard_uses_defined_metrics() -> None:
     import json
 
     dashboard = json.loads((DEPLOY / "grafana" / "cganctl-dashboard.json").read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     assert exprs
-    defined = defined_metrics()
-    used = {name for expr in exprs for name in re.findall(r"cganctl_[a-z0-9_]+", expr)}
-    for name in used:
-        base = next((name[: -len(s)] for s in METRIC_SUFFIXES if name.endswith(s) and name[: -len(s)] in defined), name)
-        assert base in defined, f"dashboard uses undefined metric {name}"
-    assert {"cganctl_queue_length", "cganctl_worker_images_generated", "cganctl_worker_gpu_memory_allocated_bytes"} <= {
-        next((n[: -len(s)] for s in METRIC_SUFFIXES if n.endswith(s)), n) for n in used
-    }
+    used = used_metrics(exprs, "dashboard")
+    assert {"cganctl_queue_length", "cganctl_worker_images_generated", "cganctl_worker_gpu_memory_allocated_bytes"} <= used
+
+
+ALERTS = DEPLOY / "prometheus" / "cganctl-alerts.yml"
+
+
+def test_alert_rules_use_defined_metrics_and_the_settings_defaults() -> None:
+    rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+    used = used_metrics([rule["expr"] for rule in rules], ALERTS.name)
+    assert {"cganctl_service_up", "cganctl_oldest_queued_job_age_seconds", "cganctl_worker_tasks_failed"} <= used
+    for rule in rules:
+        assert rule["alert"].startswith("Cganctl") and rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    expr = {rule["alert"]: rule["expr"] for rule in rules}
+    defaults = Settings.model_fields
+    assert f"> {defaults['task_time_limit'].default}" in expr["CganctlTaskRunningLong"]
+    tested = set(re.findall(r"alertname: (\w+)", (ALERTS.parent / "cganctl-alerts.test.yml").read_text()))
+    assert tested == set(expr), f"alerts without a promtool test case: {set(expr) - tested}"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
+    for args in (["check", "rules", ALERTS.name], ["test", "rules", "cganctl-alerts.test.yml"]):
+        done = subprocess.run(["promtool", *args], cwd=ALERTS.parent, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "SUCCESS" in done.stdout
 
 
 def _seconds(duration: str) -> int:
