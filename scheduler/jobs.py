@@ -331,10 +331,13 @@ class JobTable:
             .values(progress_done=total_done, updated_at=utcnow())
         )
 
-    def finish_shard(self, job_id: str, index: int, *, key: str, sha256: str, size: int, stats: dict) -> bool:
+    def finish_shard(self, job_id: str, index: int, *, key: str, sha256: str, size: int, stats: dict, token: str | None = None) -> bool:
+        """A running shard succeeded; with ``token``, only while that delivery still holds its lease."""
+        statement = update(Shard).where(Shard.job_id == job_id, Shard.index == index, Shard.status == ShardStatus.running.value)
+        if token is not None:
+            statement = statement.where(Shard.lease_owner == token)
         changed = self._write(
-            update(Shard)
-            .where(Shard.job_id == job_id, Shard.index == index, Shard.status == ShardStatus.running.value)
+            statement
             .values(
                 status=ShardStatus.succeeded.value, done=Shard.count, key=key, sha256=sha256, size=size, stats=stats,
                 finished_at=utcnow(), lease_expires_at=None,
@@ -368,12 +371,15 @@ class JobTable:
             rows = session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index))
             return [ShardRecord.from_row(r) for r in rows]
 
-    def succeed(self, job_id: str, *, metrics: dict | None, artifacts: dict | None) -> bool:
+    def succeed(self, job_id: str, *, metrics: dict | None, artifacts: dict | None, token: str | None = None) -> bool:
+        """A running job succeeded; with ``token``, only while that delivery still holds its lease."""
         now = utcnow()
+        statement = update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value)
+        if token is not None:
+            statement = statement.where(Job.lease_owner == token)
         return bool(
             self._write(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.running.value)
+                statement
                 .values(status=JobStatus.succeeded.value, finished_at=now, updated_at=now, metrics=metrics, artifacts=artifacts, lease_expires_at=None)
             )
         )

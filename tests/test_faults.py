@@ -474,3 +474,34 @@ def test_deadline_stops_a_task_even_with_pool_solo(tmp_path):
         job = _wait_finished(rt, job_id, 120)
         assert job.status == "failed" and "deadline" in job.error, job
         assert all(s.status in ("failed", "cancelled") for s in rt.table.shards(job_id))
+
+
+def test_a_hung_task_past_the_time_limit_goes_to_another_worker(tmp_path):
+    """A task whose thread blocks (here: an S3 server that accepts connections and never answers, frozen
+    with SIGSTOP) under --pool solo, where nothing kills it: past CGAN_TASK_TIME_LIMIT its heartbeat stops
+    renewing, the lease runs out and the shard runs again on another worker. When the hung delivery wakes
+    it writes nothing: the shard is recorded once, by the worker that holds it."""
+    with fleet(tmp_path, extra={"CGAN_TASK_TIME_LIMIT": "8"}) as f:
+        hung = f.start_worker("hung")
+        rt = _table(f.env)
+        f.s3.process.send_signal(signal.SIGSTOP)
+        try:
+            job_id = _submit(f.env, 10, 10)
+            first = wait_for(lambda: [s for s in rt.table.shards(job_id) if s.status == "running"], 60, 0.1, "a running shard")[0]
+            claimed = time.monotonic()
+            # its upload blocks; past 8 s the renewals stop, the lease (5 s) runs out, the reconciler re-sends it
+            wait_for(lambda: rt.table.shards(job_id)[0].status == "pending", 60, 0.2, "the hung shard taken back")
+            taken_back = time.monotonic() - claimed
+            assert "past the task time limit of 8 s" in hung.log.read_text(errors="replace"), hung.log_tail()
+            f.start_worker("rescuer")  # claims the re-sent shard; its upload waits for S3 too
+            wait_for(lambda: (lambda s: s.status == "running" and s.worker.startswith("rescuer@"))(rt.table.shards(job_id)[0]), 60, 0.1, "rescuer's claim")
+        finally:
+            f.s3.process.send_signal(signal.SIGCONT)  # both uploads go through now
+        job = _wait_finished(rt, job_id, 120)
+        _report(f"hung task (limit 8 s, lease 5 s) -> shard taken back {taken_back:.1f} s after its claim; job succeeded", time.monotonic() - claimed)
+        _assert_consistent(rt, job_id)
+        assert job.status == "succeeded"
+        shard = rt.table.shards(job_id)[0]
+        assert first.index == 0 and shard.attempts == 2 and shard.worker.startswith("rescuer@"), shard
+        assert 8 <= taken_back < 8 + 5 + 2 + 10, taken_back  # limit + lease + one reconcile interval (+ slack)
+        wait_for(lambda: "this delivery lost its lease" in hung.log.read_text(errors="replace"), 30, 0.2, "the hung delivery to wake and stop")

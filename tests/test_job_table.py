@@ -186,3 +186,28 @@ def test_lease_renewal_same_delivery_and_duty(table):
     assert not table.hold_duty("reconciler", "w2", 30)
     assert table.hold_duty("reconciler", "w1", -1)
     assert table.hold_duty("reconciler", "w2", 30)
+
+
+def test_a_task_past_its_time_limit_stops_renewing_and_its_work_is_taken_back(table):
+    """A hung task (its thread never returns) on a --pool solo worker: the heartbeat renews the lease until
+    the task time limit, then stops, so the lease runs out and another delivery may claim the shard."""
+    import time
+
+    from worker.heartbeat import Heartbeat
+
+    table = JobTable(table.engine, lease_timeout=0.6)
+    job = _create(table, _generate(8, 4), shards=[4, 4])
+    assert table.claim_shard(job.id, 0, "w1", "task-a:0") == "ok"
+    first = table.shards(job.id)[0].lease_expires_at
+    with Heartbeat(table, job.id, "task-a:0", interval=0.1, shard=0, limit=1.0) as heartbeat:
+        time.sleep(0.7)  # past the first lease: only the renewals keep it
+        renewed = table.shards(job.id)[0].lease_expires_at
+        assert renewed > first and table.live_leases(job.id) and not heartbeat.lost
+        assert table.claim_shard(job.id, 0, "w2", "task-b:0") == "busy"
+        time.sleep(1.2)  # the "task" is still in here, past its limit: no renewal since, the lease ran out
+        assert heartbeat.lost and not heartbeat._thread.is_alive()
+        assert not table.live_leases(job.id)
+        assert table.claim_shard(job.id, 0, "w2", "task-b:0") == "ok"
+    shard = table.shards(job.id)[0]
+    assert shard.lease_owner == "task-b:0" and shard.attempts == 2
+    assert not table.renew_lease(job.id, "task-a:0", shard=0)  # the hung delivery can no longer write its lease

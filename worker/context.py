@@ -33,6 +33,16 @@ class JobContext:
         self._last_check = 0.0
 
     @property
+    def lease_lost(self) -> bool:
+        """This delivery no longer holds the work's lease: it must stop without writing."""
+        return self.heartbeat is not None and self.heartbeat.lost
+
+    @property
+    def token(self) -> str | None:
+        """The delivery's lease token: conditional writes of the result carry it."""
+        return self.heartbeat.token if self.heartbeat is not None else None
+
+    @property
     def store(self):
         return self.runtime.store
 
@@ -77,7 +87,7 @@ class JobContext:
     def should_stop(self) -> bool:
         """Polled at step boundaries: a cancel was asked for, the job ended elsewhere or the lease was lost."""
         now = time.monotonic()
-        if (self.heartbeat is not None and self.heartbeat.lost) or now > self.deadline:
+        if self.lease_lost or now > self.deadline:
             return True
         if now - self._last_check < self.interval:
             return False
@@ -88,8 +98,11 @@ class JobContext:
         """Raise ``JobCancelled`` on a cancel; ``TaskDeadlineExceeded`` past ``task_soft_time_limit``.
 
         Runs in the task's own thread between batches, so it works under ``--pool solo`` too, where
-        Celery's time limits are not enforced.
+        Celery's time limits are not enforced. A delivery that lost its lease (taken back while it hung)
+        stops first, whatever else holds: another delivery owns the work, so this one writes nothing.
         """
+        if self.lease_lost:
+            raise JobCancelled(self.job.id)
         if time.monotonic() > self.deadline:
             raise TaskDeadlineExceeded(
                 f"the task ran past its deadline of {self.runtime.settings.task_soft_time_limit} s (CGAN_TASK_SOFT_TIME_LIMIT)"

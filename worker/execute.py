@@ -78,22 +78,27 @@ def _run_job(runtime: Runtime, job_id: str, worker: str, token: str) -> str:
     job = table.get(job_id)
     spec = job.parsed_spec()
     runner = train_job if spec.kind == "train" else evaluate_job
-    with Heartbeat(table, job_id, token, runtime.settings.heartbeat_interval) as heartbeat:
+    with Heartbeat(table, job_id, token, runtime.settings.heartbeat_interval, limit=runtime.settings.task_time_limit) as heartbeat:
         context = JobContext(runtime, job, heartbeat=heartbeat)
         try:
             metrics, artifacts = runner.run(context, spec)
         except JobCancelled:
             if heartbeat.lost:
+                log.warning("job %s: this delivery lost its lease; the job is another delivery's", job_id)
                 return "lease lost"
             table.mark_cancelled(job_id)
             return "cancelled"
         except Exception as exc:
+            if heartbeat.lost:
+                log.warning("job %s: this delivery lost its lease (%s: %s); the job is another delivery's", job_id, type(exc).__name__, exc)
+                return "lease lost"
             if transient(exc):
                 raise
             log.exception("job %s failed", job_id)
             table.fail(job_id, _describe(exc))
             return "failed"
-        table.succeed(job_id, metrics=metrics, artifacts=artifacts)
+        if not table.succeed(job_id, metrics=metrics, artifacts=artifacts, token=token) and heartbeat.lost:
+            return "lease lost"
     return "ok"
 
 
@@ -107,7 +112,7 @@ def _run_shard(runtime: Runtime, job_id: str, index: int, worker: str, token: st
         return claim
     job = table.get(job_id)
     spec = job.parsed_spec()
-    with Heartbeat(table, job_id, token, runtime.settings.heartbeat_interval, shard=index) as heartbeat:
+    with Heartbeat(table, job_id, token, runtime.settings.heartbeat_interval, shard=index, limit=runtime.settings.task_time_limit) as heartbeat:
         context = JobContext(runtime, job, shard=index, heartbeat=heartbeat)
         try:
             generate_job.make_shard(context, spec, index)
@@ -117,6 +122,7 @@ def _run_shard(runtime: Runtime, job_id: str, index: int, worker: str, token: st
                     cleanup.close_unsuccessful(runtime, ended)
         except JobCancelled:
             if heartbeat.lost:
+                log.warning("job %s shard %d: this delivery lost its lease; the shard is another delivery's", job_id, index)
                 return "lease lost"
             ended = table.get(job_id)
             table.fail_shard(job_id, index, "cancelled" if not ended.finished or ended.status == "cancelled" else f"stopped: job {ended.status}", ShardStatus.cancelled)
@@ -125,6 +131,9 @@ def _run_shard(runtime: Runtime, job_id: str, index: int, worker: str, token: st
             cleanup.close_unsuccessful(runtime, table.get(job_id))
             return "cancelled"
         except Exception as exc:
+            if heartbeat.lost:
+                log.warning("job %s shard %d: this delivery lost its lease (%s: %s); the shard is another delivery's", job_id, index, type(exc).__name__, exc)
+                return "lease lost"
             if transient(exc):
                 raise
             log.exception("job %s shard %d failed", job_id, index)

@@ -75,9 +75,10 @@ def make_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
 
     key = shard_key(ctx, spec, index)
     ctx.put_retrying(key, data, "application/x-tar" if spec.format != "npz" else "application/zip")
-    ctx.table.finish_shard(
+    recorded = ctx.table.finish_shard(
         ctx.job.id,
         index,
+        token=ctx.token,
         key=key,
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
@@ -86,6 +87,8 @@ def make_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
             "candidates": {name: dict(c) for name, c in sorted(stats.items())},
         },
     )
+    if not recorded and ctx.lease_lost:  # taken back while this delivery hung: the shard is another's now
+        ctx.check_cancelled()  # raises JobCancelled: the task ends as "lease lost", writing nothing more
 
 
 def finalize_if_complete(ctx: JobContext, spec: GenerateSpec) -> bool:
