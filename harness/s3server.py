@@ -7,10 +7,12 @@
 Every port it opens is a free one picked here, so several servers (tests in parallel sessions) can
 run at once; a port taken between picking and binding makes ``weed`` exit at once, and we retry on
 fresh ports. Data goes to a fresh folder ``tmpdir/weed-XXXX``, the log to ``tmpdir/weed-XXXX.log``.
-Authentication is off: any access key is accepted.
+Authentication is off (any access key is accepted) unless ``credentials=(key, secret)`` is given: then
+only that identity may read and write, as on a real deployment.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -62,19 +64,23 @@ def weed_binary() -> str:
 class S3Server:
     """A running ``weed mini``; a context manager that stops it on exit."""
 
-    def __init__(self, process: subprocess.Popen[bytes], endpoint_url: str, bucket: str, log_path: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], endpoint_url: str, bucket: str, log_path: Path, credentials: tuple[str, str] | None = None
+    ) -> None:
         self.process = process
         self.endpoint_url = endpoint_url
         self.bucket = bucket
         self.log_path = log_path
+        self.credentials = credentials
 
     def client(self, **config: Any) -> Any:
-        """A boto3 S3 client for this server (any credentials are accepted)."""
+        """A boto3 S3 client for this server (its identity when auth is on; else any credentials)."""
+        key, secret = self.credentials or ("test", "test")
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
             region_name="us-east-1",
             config=client_config(**config),
         )
@@ -102,13 +108,17 @@ class S3Server:
         self.stop()
 
 
-def start_weed(tmpdir: str | Path, bucket: str = "cganctl-test", *, timeout_s: float = 30.0, attempts: int = 3) -> S3Server:
-    """Start ``weed mini`` on loopback and return once ``bucket`` answers a HEAD request."""
+def start_weed(
+    tmpdir: str | Path, bucket: str = "cganctl-test", *, timeout_s: float = 30.0, attempts: int = 3, credentials: tuple[str, str] | None = None
+) -> S3Server:
+    """Start ``weed mini`` on loopback and return once ``bucket`` answers a HEAD request.
+
+    ``credentials=(access key, secret)``: authentication on, with that one identity."""
     tmp = Path(tmpdir)
     tmp.mkdir(parents=True, exist_ok=True)
     log_tail = ""
     for _ in range(attempts):
-        server = _launch(tmp, bucket)
+        server = _launch(tmp, bucket, credentials)
         try:
             _wait_for_bucket(server, timeout_s)
             return server
@@ -139,7 +149,7 @@ def _free_ports(n: int) -> list[int]:
             sock.close()
 
 
-def _launch(tmp: Path, bucket: str) -> S3Server:
+def _launch(tmp: Path, bucket: str, credentials: tuple[str, str] | None = None) -> S3Server:
     data_dir = Path(tempfile.mkdtemp(prefix="weed-", dir=tmp))
     ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
     args = [
@@ -151,10 +161,15 @@ def _launch(tmp: Path, bucket: str) -> S3Server:
     # The default /tmp/seaweedfs-<kind>-<port>.sock files outlive a SIGTERM: keep them with the data.
     if len(str(data_dir / "filer.sock")) <= _MAX_SOCKET_PATH:
         args += [f"-s3.localSocket={data_dir / 's3.sock'}", f"-filer.localSocket={data_dir / 'filer.sock'}"]
+    if credentials is not None:
+        identity = {"name": "cganctl", "credentials": [{"accessKey": credentials[0], "secretKey": credentials[1]}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+        (data_dir / "s3.json").write_text(json.dumps({"identities": [identity]}))
+        args.append(f"-s3.config={data_dir / 's3.json'}")
     log_path = tmp / f"{data_dir.name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=data_dir)
-    return S3Server(process, f"http://127.0.0.1:{ports['s3.port']}", bucket, log_path)
+    return S3Server(process, f"http://127.0.0.1:{ports['s3.port']}", bucket, log_path, credentials)
 
 
 def _wait_for_bucket(server: S3Server, timeout_s: float) -> None:

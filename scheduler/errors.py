@@ -24,5 +24,19 @@ class ServiceUnavailable(CganError):
     exit_code = 3
 
 
+class ServiceRefused(CganError):
+    """A service answered and refused: credentials not accepted, no access, a bucket that does not exist.
+
+    Not transient: a retry meets the same refusal, so a task fails its job at once with this message."""
+
+    exit_code = 3
+
+
+class RetryBudgetSpent(CganError):
+    """A service stayed unavailable for the whole ``CGAN_TRANSIENT_RETRY_BUDGET``: the job fails with why."""
+
+    exit_code = 3
+
+
 class JobCancelled(Exception):
     """Raised inside a running job at a step boundary once a cancel was asked for."""

@@ -11,9 +11,16 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from .errors import NotFound, ServiceUnavailable
+from .errors import NotFound, ServiceRefused, ServiceUnavailable
 from .redact import redact_url, scrub
 from .settings import Settings
+
+# S3 error codes that say "this request will never be allowed as configured": a retry cannot help.
+# ("403" is what a HEAD request reports: it has no body to carry a code.)
+_REFUSED_CODES = frozenset({
+    "403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "AccountProblem",
+    "InvalidBucketName", "NoSuchBucket",
+})
 
 
 class ObjectStore(Protocol):
@@ -147,8 +154,13 @@ class S3Store:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
                 raise NotFound(f"{what}: not found in s3://{self.bucket}") from None
-            if code == "NoSuchBucket":
-                raise ServiceUnavailable(f"bucket s3://{self.bucket} does not exist at {self.shown_endpoint}") from None
+            if code in ("NoSuchBucket", "InvalidBucketName"):
+                raise ServiceRefused(f"bucket s3://{self.bucket} does not exist at {self.shown_endpoint} ({code}): create it or fix CGAN_S3_BUCKET") from None
+            if code in _REFUSED_CODES:
+                raise ServiceRefused(
+                    f"S3 {what} refused by {self.shown_endpoint} ({code}): the credentials (CGAN_S3_ACCESS_KEY_ID / "
+                    f"CGAN_S3_SECRET_ACCESS_KEY) are not accepted or have no access to s3://{self.bucket}"
+                ) from None
             raise ServiceUnavailable(f"S3 {what} failed: {code or scrub(str(exc))}") from exc
         except BotoCoreError as exc:
             raise ServiceUnavailable(f"S3 at {self.shown_endpoint} is unreachable: {scrub(str(exc))}") from exc
@@ -202,7 +214,7 @@ class S3Store:
         try:
             self._call("head bucket", self.client.head_bucket, Bucket=self.bucket)
         except NotFound:
-            raise ServiceUnavailable(f"bucket s3://{self.bucket} does not exist at {self.shown_endpoint}") from None
+            raise ServiceRefused(f"bucket s3://{self.bucket} does not exist at {self.shown_endpoint}: create it or fix CGAN_S3_BUCKET") from None
         return f"s3://{self.bucket} at {self.shown_endpoint}"
 
 

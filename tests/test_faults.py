@@ -133,10 +133,11 @@ def _bucket_ok(client, bucket: str) -> bool:
 
 
 @contextmanager
-def fleet(tmp_path: Path, *, own_postgres: bool = False, extra: dict[str, str] | None = None):
-    """Own Redis + own SeaweedFS + a fresh database (own PostgreSQL cluster if asked); yields a handle."""
+def fleet(tmp_path: Path, *, own_postgres: bool = False, extra: dict[str, str] | None = None, s3_credentials: tuple[str, str] = ("k", "s")):
+    """Own Redis + own SeaweedFS (auth on with ``s3_credentials``) + a fresh database (own PostgreSQL
+    cluster if asked); yields a handle."""
     redis = RedisServer(tmp_path)
-    s3 = start_weed(tmp_path / "s3", bucket="faults")
+    s3 = start_weed(tmp_path / "s3", bucket="faults", credentials=s3_credentials)
     pg = PostgresServer(tmp_path) if own_postgres else None
     workers: list[Worker] = []
     try:
@@ -148,8 +149,8 @@ def fleet(tmp_path: Path, *, own_postgres: bool = False, extra: dict[str, str] |
                 CGAN_BROKER_URL=redis.url,
                 CGAN_S3_ENDPOINT_URL=s3.endpoint_url,
                 CGAN_S3_BUCKET=s3.bucket,
-                CGAN_S3_ACCESS_KEY_ID="k",
-                CGAN_S3_SECRET_ACCESS_KEY="s",
+                CGAN_S3_ACCESS_KEY_ID=s3_credentials[0],
+                CGAN_S3_SECRET_ACCESS_KEY=s3_credentials[1],
                 **(extra or {}),
             )
             cganctl(env, "db", "upgrade", check=True)
@@ -505,3 +506,44 @@ def test_a_hung_task_past_the_time_limit_goes_to_another_worker(tmp_path):
         assert first.index == 0 and shard.attempts == 2 and shard.worker.startswith("rescuer@"), shard
         assert 8 <= taken_back < 8 + 5 + 2 + 10, taken_back  # limit + lease + one reconcile interval (+ slack)
         wait_for(lambda: "this delivery lost its lease" in hung.log.read_text(errors="replace"), 30, 0.2, "the hung delivery to wake and stop")
+
+
+def test_a_worker_whose_s3_secret_is_refused_fails_the_job_at_once(tmp_path):
+    """One host with an old secret: its uploads are refused (SignatureDoesNotMatch). Not an outage, so not
+    retried: the job fails at once with the reason and the settings to fix; the secret is never logged."""
+    with fleet(tmp_path, s3_credentials=("cganKEY", "right-secret-123")) as f:
+        stale = Worker(dict(f.env, CGAN_S3_SECRET_ACCESS_KEY="wrong-secret-456"), "stale", tmp_path / "worker-stale.log", queues="gpu", threads=1)
+        f.workers.append(stale)
+        stale.wait_ready()
+        rt = _table(f.env)
+        started = time.monotonic()
+        job_id = _submit(f.env, 20, 10)  # the submitting host has the right secret
+        job = _wait_finished(rt, job_id, 120)
+        took = time.monotonic() - started
+        _report("S3 secret refused on the worker -> job failed", took)
+        assert job.status == "failed" and "SignatureDoesNotMatch" in job.error and "CGAN_S3_SECRET_ACCESS_KEY" in job.error, job.error
+        assert took < 60, took  # CGAN_TRANSIENT_RETRY_BUDGET is 600 s: a refusal is not retried
+        assert all(s.status in ("failed", "cancelled") and s.attempts <= 1 for s in rt.table.shards(job_id))
+        assert not list(rt.store.list(f"jobs/{job_id}/"))
+        stale.stop()
+        assert "wrong-secret-456" not in stale.log.read_text(errors="replace")
+
+
+def test_s3_down_past_the_retry_budget_fails_the_job_once_with_the_reason(tmp_path):
+    """S3 gone for good: the upload is retried in the task (the bytes are kept) for CGAN_TRANSIENT_RETRY_BUDGET,
+    with warnings in the worker's log, then the job fails saying so; no Celery retry regenerates the shard
+    to spend a second budget."""
+    with fleet(tmp_path, extra={"CGAN_TRANSIENT_RETRY_BUDGET": "8"}) as f:
+        worker = f.start_worker("w1")
+        rt = _table(f.env)
+        f.s3.stop()
+        started = time.monotonic()
+        job_id = _submit(f.env, 10, 10)
+        job = _wait_finished(rt, job_id, 120)
+        took = time.monotonic() - started
+        _report("S3 down past an 8 s retry budget -> job failed", took)
+        assert job.status == "failed" and "CGAN_TRANSIENT_RETRY_BUDGET is 8 s" in job.error, job.error
+        assert took < 8 + 20, took
+        log = worker.log.read_text(errors="replace")
+        assert "retrying the upload" in log and " retry 1 in " not in log, worker.log_tail()
+        assert [s.attempts for s in rt.table.shards(job_id)] == [1]

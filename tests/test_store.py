@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from scheduler.errors import NotFound, ServiceUnavailable
+from scheduler.errors import NotFound, ServiceRefused, ServiceUnavailable
 from scheduler.settings import Settings
 from scheduler.store import LocalStore, S3Store
 
@@ -53,5 +53,29 @@ def test_unreachable_s3_is_a_clear_error():
 
 def test_missing_bucket_is_a_clear_error(s3):
     store = S3Store(Settings(s3_bucket="no-such-bucket-here", s3_endpoint_url=s3.endpoint_url, s3_access_key_id="k", s3_secret_access_key="s"))
-    with pytest.raises(ServiceUnavailable, match="no-such-bucket-here"):
+    with pytest.raises(ServiceRefused, match="no-such-bucket-here"):  # not an outage: a retry cannot help
         store.check()
+
+
+def test_refused_credentials_are_one_error_line_and_write_nothing(tmp_path):
+    """A wrong S3 secret (a rotated key, a host with an old env file) is a refusal, not an outage: `status`
+    and a submit say which settings to fix (exit 3), nothing is written, the secret is never shown."""
+    from harness.s3server import start_weed
+    from harness.services import base_env, cganctl
+
+    with start_weed(tmp_path / "s3", bucket="authed", credentials=("cganKEY", "right-secret-123")) as s3:
+        env = base_env(tmp_path / "data")
+        env.update(CGAN_S3_ENDPOINT_URL=s3.endpoint_url, CGAN_S3_BUCKET=s3.bucket, CGAN_S3_ACCESS_KEY_ID="cganKEY")
+        right, wrong = dict(env, CGAN_S3_SECRET_ACCESS_KEY="right-secret-123"), dict(env, CGAN_S3_SECRET_ACCESS_KEY="wrong-secret-456")
+        assert cganctl(right, "status").returncode == 0  # the server does accept its identity
+
+        status = cganctl(wrong, "status")
+        assert status.returncode == 3 and "not accepted" in status.stdout and "CGAN_S3_SECRET_ACCESS_KEY" in status.stdout, status.stdout
+        submit = cganctl(wrong, "submit", "generate", "--count", "20", "--balanced", "--wait", timeout=300)
+        assert submit.returncode == 3 and submit.stderr.startswith("error: S3 ") and submit.stderr.count("\n") == 1, submit.stderr
+        assert "not accepted" in submit.stderr
+        for output in (status.stdout, status.stderr, submit.stdout, submit.stderr):
+            assert "wrong-secret-456" not in output
+        assert not s3.client().list_objects_v2(Bucket=s3.bucket).get("Contents")  # nothing half-written
+        assert cganctl(right, "jobs", "list", "--json", check=True).stdout.strip() == "[]"
+        assert cganctl(right, "submit", "generate", "--count", "20", "--balanced", "--wait", timeout=300).returncode == 0

@@ -5,11 +5,14 @@ Shared by the three runners (``train_job``, ``evaluate_job``, ``generate_job``) 
 """
 from __future__ import annotations
 
+import logging
 import time
 
 from scheduler.errors import JobCancelled
 from scheduler.jobs import JobRecord
 from scheduler.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 progress_hooks: list = []  # called as hook(context, done) on every report; worker.metrics adds one
 
@@ -120,19 +123,29 @@ class JobContext:
         """Upload bytes already made, retrying an unavailable store with back-off (never regenerating them).
 
         Retries for up to ``transient_retry_budget`` seconds, checking cancellation and the deadline
-        between tries; then the last ``ServiceUnavailable`` propagates (the task is retried by Celery).
+        between tries, with a warning in the worker's log at the first failure and once a minute; then
+        ``RetryBudgetSpent``: the job fails (a Celery retry would make the bytes again and spend a second
+        budget). A refusal (``ServiceRefused``: credentials, no bucket) is not retried at all.
         """
-        from scheduler.errors import ServiceUnavailable
+        from scheduler.errors import RetryBudgetSpent, ServiceUnavailable
 
-        budget_end = time.monotonic() + self.runtime.settings.transient_retry_budget
+        budget = self.runtime.settings.transient_retry_budget
+        started = time.monotonic()
         delay = 1.0
+        warned: float | None = None
         while True:
             try:
                 self.store.put_bytes(key, data, content_type)
+                if warned is not None:
+                    log.warning("job %s: the upload of %s went through after %.0f s of retries", self.job.id, key, time.monotonic() - started)
                 return
-            except ServiceUnavailable:
-                if time.monotonic() + delay > budget_end:
-                    raise
+            except ServiceUnavailable as exc:
+                spent = time.monotonic() - started
+                if spent + delay > budget:
+                    raise RetryBudgetSpent(f"{exc} (still failing after {spent:.0f} s of retries: CGAN_TRANSIENT_RETRY_BUDGET is {budget:g} s)") from exc
+                if warned is None or time.monotonic() - warned >= 60:  # the first failure, then once a minute
+                    log.warning("job %s: %s; retrying the upload (%.0f of %g s spent)", self.job.id, exc, spent, budget)
+                    warned = time.monotonic()
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
             self._last_check = 0.0

@@ -2,9 +2,12 @@
 
 Transient failures (broker, database or object store unreachable, SQLAlchemy connection errors
 included, at the claim too) are retried with Celery's own ``retry`` and bounded exponential back-off
-(:func:`retry_countdown`: 5, 10, 20, 40, 60, 60, ... s) until ``transient_retry_budget`` seconds of
-back-off are spent; only then does the job fail. A retry of the same delivery re-claims without counting
-an attempt; each new delivery counts one, and the attempt cap fails the job for good.
+(:func:`retry_countdown`: 5, 10, 20, 40, 60, 60, ... s) while less than ``transient_retry_budget``
+seconds of wall time have passed since the delivery's first transient failure (carried by the retry
+message as ``transient_since``, so time spent inside failing attempts counts too); then the job fails.
+A retry of the same delivery re-claims without counting an attempt; each new delivery counts one, and
+the attempt cap fails the job for good. Each task logs one line when it starts and one when it ends,
+with its job id (and shard) and outcome, so that ``grep JOB_ID`` finds a job in a worker's log.
 
 Every worker also runs the reconciler (:mod:`scheduler.reconcile`) on a thread started on
 ``worker_ready``; a pass runs only while this worker holds the table's reconciler lease.
@@ -12,6 +15,7 @@ Every worker also runs the reconciler (:mod:`scheduler.reconcile`) on a thread s
 from __future__ import annotations
 
 import threading
+import time
 
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
@@ -86,44 +90,50 @@ def retry_countdown(retries: int) -> int:
     return min(5 * 2**retries, 60)
 
 
-def retry_budget_spent(retries: int) -> float:
-    return sum(retry_countdown(i) for i in range(retries))
-
-
 def _worker_name(task: Task) -> str:
     return task.request.hostname or execute.default_worker_name()
 
 
-def _run(task: Task, job_id: str, shard: int | None = None) -> str:
+def _run(task: Task, job_id: str, shard: int | None = None, transient_since: float | None = None) -> str:
     # "<id>:<retries>": the task's own retries continue its attempt; a redelivery (same id, same
     # retries: its worker died) is a new attempt (scheduler.jobs.continues)
     token = f"{task.request.id}:{task.request.retries}"
+    what = f"job {job_id}" + (f" shard {shard}" if shard is not None else "")
+    log.info("%s: started (%s, task %s)", what, task.name, token)
+    started = time.monotonic()
     try:
         if shard is None:
-            return execute.run_job(runtime(), job_id, _worker_name(task), token)
-        return execute.run_shard(runtime(), job_id, shard, _worker_name(task), token)
+            outcome = execute.run_job(runtime(), job_id, _worker_name(task), token)
+        else:
+            outcome = execute.run_shard(runtime(), job_id, shard, _worker_name(task), token)
     except ServiceUnavailable as exc:
         retries = task.request.retries
-        if retry_budget_spent(retries + 1) > runtime().settings.transient_retry_budget:
+        since = transient_since or time.time()
+        spent, countdown = time.time() - since, retry_countdown(retries)
+        budget = runtime().settings.transient_retry_budget
+        if spent + countdown > budget:
             try:
                 execute.fail_after_retries(runtime(), job_id, exc, shard)
             except Exception as again:  # still down: the lease runs out and the reconciler takes over
-                log.error("job %s: could not record the failure: %s", job_id, again)
+                log.error("%s: could not record the failure: %s", what, again)
+            log.warning("%s: failed: %s (still failing after %.0f s: CGAN_TRANSIENT_RETRY_BUDGET is %g s)", what, exc, spent, budget)
             return "failed"
-        log.warning("job %s: %s; retry %d in %d s", job_id, exc, retries + 1, retry_countdown(retries))
-        raise task.retry(exc=exc, countdown=retry_countdown(retries)) from exc
+        log.warning("%s: %s; retry %d in %d s (%.0f of %g s spent)", what, exc, retries + 1, countdown, spent, budget)
+        raise task.retry(exc=exc, countdown=countdown, kwargs={"transient_since": since}) from exc
+    log.info("%s: %s in %.1f s", what, outcome, time.monotonic() - started)
+    return outcome
 
 
 @app.task(name=TASK_TRAIN, bind=True, max_retries=None)
-def train(self: Task, job_id: str) -> str:
-    return _run(self, job_id)
+def train(self: Task, job_id: str, transient_since: float | None = None) -> str:
+    return _run(self, job_id, transient_since=transient_since)
 
 
 @app.task(name=TASK_EVALUATE, bind=True, max_retries=None)
-def evaluate(self: Task, job_id: str) -> str:
-    return _run(self, job_id)
+def evaluate(self: Task, job_id: str, transient_since: float | None = None) -> str:
+    return _run(self, job_id, transient_since=transient_since)
 
 
 @app.task(name=TASK_GENERATE_SHARD, bind=True, max_retries=None)
-def generate_shard(self: Task, job_id: str, index: int) -> str:
-    return _run(self, job_id, index)
+def generate_shard(self: Task, job_id: str, index: int, transient_since: float | None = None) -> str:
+    return _run(self, job_id, index, transient_since)

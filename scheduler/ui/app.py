@@ -23,7 +23,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from ..errors import CganError, InvalidInput, NotFound, ServiceUnavailable
+from ..errors import CganError, InvalidInput, NotFound, ServiceRefused, ServiceUnavailable
 from ..jobs import JobRecord
 from . import queries
 from .charts import line_chart
@@ -323,7 +323,7 @@ def create_app(service=None, *, settings=None, token: str | None = None) -> Star
             return dash.error_page(request, 404, "Not found", str(exc))
         if isinstance(exc, (queries.BadRequest, InvalidInput)):
             return dash.error_page(request, 400, "Bad request", str(exc))
-        if isinstance(exc, ServiceUnavailable):
+        if isinstance(exc, ServiceUnavailable | ServiceRefused):
             return dash.error_page(request, 503, "A service is unavailable", str(exc))
         return await server_error(request, exc)
 
