@@ -413,8 +413,9 @@ def status(as_json: JsonOpt = False) -> None:
         _emit_json(report)
     else:
         print_status(report)
-    if not all(part["ok"] for part in report["services"].values()):
-        raise typer.Exit(3)
+    failed = [part for part in report["services"].values() if not part["ok"]]
+    if failed:  # 2 where a setting is invalid (nothing to reach), else 3 (a service did not answer)
+        raise typer.Exit(2 if any(part.get("exit_code") == 2 for part in failed) else 3)
 
 
 @app.command("ui")

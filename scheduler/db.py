@@ -146,6 +146,11 @@ def get_engine(settings: Settings) -> Engine:
         return _engine_for(settings.sqlalchemy_url)
     except ArgumentError as exc:  # no URL, or no such dialect/driver: nothing to connect to
         raise InvalidInput(f"invalid setting CGAN_DATABASE_URL {redact_url(settings.sqlalchemy_url)}: {reason(exc)}") from None
+    except ImportError as exc:  # a dialect whose driver is not installed (mysql://, postgresql:// via psycopg2)
+        raise InvalidInput(
+            f"invalid setting CGAN_DATABASE_URL {redact_url(settings.sqlalchemy_url)}: its driver is not installed ({exc}); "
+            "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+        ) from None
 
 
 def alembic_config(settings: Settings):

@@ -29,11 +29,24 @@ class CeleryDispatcher:
         self.app = make_app(runtime.settings)
 
     def check(self) -> str:
-        url = redact_url(self.runtime.settings.broker_url or "")
+        """The broker answers, within seconds: a PING with read and connect timeouts on Redis (kombu's
+        connection bounds only the connect, so a Redis that accepts and never answers would hang
+        `cganctl status` and the fleet page)."""
+        broker_url = self.runtime.settings.broker_url or ""
+        url = redact_url(broker_url)
         try:
-            with self.app.connection_for_write() as connection:
-                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=3)
-        except Exception as exc:  # kombu raises the transport's own errors
+            if broker_url.startswith(("redis://", "rediss://", "unix://")):
+                import redis
+
+                client = redis.Redis.from_url(broker_url, socket_connect_timeout=3, socket_timeout=5)
+                try:
+                    client.ping()
+                finally:
+                    client.close()
+            else:
+                with self.app.connection_for_write() as connection:
+                    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=3)
+        except Exception as exc:  # redis-py and kombu raise the transport's own errors
             raise ServiceUnavailable(f"broker {url} is unreachable: {scrub(str(exc))}") from exc
         return url
 

@@ -10,8 +10,8 @@ def _probe(func) -> dict:
 
     try:
         return {"ok": True, "detail": scrub(func())}
-    except CganError as exc:
-        return {"ok": False, "detail": scrub(str(exc))}
+    except CganError as exc:  # exit_code: 2 for an invalid setting, 3 for a service that did not answer
+        return {"ok": False, "detail": scrub(str(exc)), "exit_code": exc.exit_code}
     except Exception as exc:  # a status probe reports, it never crashes
         return {"ok": False, "detail": scrub(f"{type(exc).__name__}: {exc}")}
 
@@ -38,15 +38,20 @@ def check_all(settings=None) -> dict:
         "database": _probe(database),
         "object store": _probe(runtime.store.check),
     }
-    report: dict = {"services": services, "workers": None, "unserved": {}, "silent": []}
-    if not settings.embedded and services["broker"]["ok"]:
+    report: dict = {"services": services, "embedded": settings.embedded, "workers": None, "unserved": {}, "silent": [], "expired": []}
+    if settings.embedded:
+        return report
+    if services["broker"]["ok"]:
         report["workers"] = live_workers(settings)
-        if services["database"]["ok"]:
-            try:
+    if services["database"]["ok"]:
+        try:
+            if report["workers"] is not None:
                 report["unserved"] = unserved_queues(runtime, report["workers"])
-                report["silent"] = silent_workers(runtime, report["workers"])
-            except Exception:  # e.g. a SQLite table without its schema yet: status reports, it never crashes
-                pass
+            report["expired"] = runtime.table.expired_leases()
+            gone = {row["worker"] for row in report["expired"]}  # named on work whose lease ran out: not busy, gone
+            report["silent"] = [name for name in silent_workers(runtime, report["workers"] or {}) if name not in gone]
+        except Exception:  # e.g. a table without its schema yet: status reports, it never crashes
+            pass
     return report
 
 

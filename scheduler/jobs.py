@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import builtins
 import enum
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from sqlalchemy import func, or_, select, update
@@ -141,6 +141,31 @@ class JobTable:
             jobs = session.scalars(select(Job.worker).where(Job.status == running, Job.worker.is_not(None)))
             shards = session.scalars(select(Shard.worker).where(Shard.status == ShardStatus.running.value, Shard.worker.is_not(None)))
             return {name for name in (*jobs, *shards) if name}
+
+    def expired_leases(self, limit: int = 50) -> builtins.list[dict]:
+        """Running work whose lease ran out (its worker stopped renewing it) that no reconciler has taken
+        back yet: job id, shard index (None for a train/evaluate job), worker, seconds since its last heartbeat."""
+        now = utcnow()
+        running = JobStatus.running.value
+        with self._session() as session:
+            jobs = session.execute(
+                select(Job.id, Job.worker, Job.heartbeat_at)
+                .where(Job.status == running, Job.kind != "generate", Job.lease_expires_at < now).limit(limit)
+            ).all()
+            shards = session.execute(
+                select(Shard.job_id, Shard.index, Shard.worker, Shard.heartbeat_at)
+                .join(Job, Job.id == Shard.job_id)
+                .where(Shard.status == ShardStatus.running.value, Shard.lease_expires_at < now, Job.status.in_(ACTIVE)).limit(limit)
+            ).all()
+
+        def silent(beat) -> float | None:
+            if beat is None:
+                return None
+            return round((now - (beat if beat.tzinfo else beat.replace(tzinfo=timezone.utc))).total_seconds(), 1)
+
+        rows = [{"job": j, "shard": None, "worker": w, "silent_s": silent(b)} for j, w, b in jobs]
+        rows += [{"job": j, "shard": i, "worker": w, "silent_s": silent(b)} for j, i, w, b in shards]
+        return rows[:limit]
 
     # --- transitions ------------------------------------------------------------------------------
     def _runnable(self, job_id: str) -> JobRecord | Claim:

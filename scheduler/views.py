@@ -208,8 +208,11 @@ def print_status(report: dict) -> None:
         table.add_row(text(name), "yes" if part["ok"] else "[red]NO[/red]", text(part["detail"], one_line=False))
     console.print(table)
     workers = report.get("workers")
-    if workers is None:
+    silent = report.get("silent") or []
+    if report.get("embedded", workers is None):
         console.print("workers: none needed (embedded default: jobs run in-process)")
+    elif workers is None:
+        console.print("workers: unknown (the broker did not answer)")
     elif not workers:
         console.print("workers: none answered")
     else:
@@ -217,9 +220,25 @@ def print_status(report: dict) -> None:
         for name, w in sorted(workers.items()):
             wt.add_row(text(name), text(", ".join(w["queues"])), text(w["active"]))
         console.print(wt)
-    silent = report.get("silent") or []
+    if silent:
+        line = f"busy, did not answer (a --pool solo worker answers between tasks): {', '.join(silent)}"
+        console.print(markup_safe(line), highlight=False, soft_wrap=True)
     for queue, count in sorted((report.get("unserved") or {}).items()):
         console.print(markup_safe(unserved_line(queue, count, silent)), highlight=False, soft_wrap=True)
+    for row in report.get("expired") or []:
+        console.print(markup_safe(expired_line(row, any_worker=bool(workers))), highlight=False, soft_wrap=True)
+
+
+def expired_line(row: dict, any_worker: bool) -> str:
+    """The warning for running work whose worker stopped renewing its lease (crashed, or hung past its time limit)."""
+    what = f"job {row['job'][:12]}" + (f" shard {row['shard']}" if row["shard"] is not None else "")
+    since = f"no heartbeat for {row['silent_s']:.0f} s" if row.get("silent_s") is not None else "no heartbeat"
+    then = (
+        "the reconciler of a live worker sends it again within one reconcile interval"
+        if any_worker
+        else "no live worker answered to take it back: start one (cganctl worker)"
+    )
+    return f"warning: {what} running on {row['worker'] or '?'}: {since}, its lease ran out (the worker is gone or hung); {then}"
 
 
 def unserved_line(queue: str, count: int | None = None, silent: list[str] | None = None) -> str:

@@ -254,6 +254,22 @@ def test_redis_restart_without_persistence_recovers(tmp_path):
         assert recovery < RECOVERY_BOUND_S + 30, recovery
 
 
+def test_status_answers_within_seconds_when_redis_hangs(tmp_path):
+    """A Redis that accepts connections and never answers (SIGSTOP): `status` reports the broker down
+    (exit 3) within seconds instead of hanging, which is when an operator needs it."""
+    with fleet(tmp_path) as f:
+        f.redis.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            status = cganctl(f.env, "status", timeout=60)
+            took = time.monotonic() - started
+        finally:
+            f.redis.process.send_signal(signal.SIGCONT)
+        _report("Redis frozen -> status answered", took)
+        assert status.returncode == 3 and "Timeout" in status.stdout and "workers: unknown (the broker did not answer)" in status.stdout, status.stdout
+        assert took < 20, took
+
+
 def test_postgres_down_20s_recovers(tmp_path):
     with fleet(tmp_path, own_postgres=True) as f:
         f.start_worker("w1")
@@ -393,6 +409,12 @@ def test_worker_gone_cancel_and_retry_work(tmp_path):
         assert refused.returncode == 2 and "alive" in refused.stderr, refused.stderr
         doomed.stop(signal.SIGKILL)
         time.sleep(float(FAST.get("CGAN_LEASE_TIMEOUT", 45)) + 1)
+        # no worker left to reconcile: status names the stranded work and says what to do
+        status = cganctl(f.env, "status")
+        assert status.returncode == 0 and "workers: none answered\n" in status.stdout and "busy" not in status.stdout, status.stdout
+        assert f"warning: job {first[:12]} shard " in status.stdout and "its lease ran out" in status.stdout and "start one" in status.stdout
+        expired = json.loads(cganctl(f.env, "status", "--json", check=True).stdout)["expired"]
+        assert expired and all(row["job"] == first and row["worker"].startswith("doomed@") and row["silent_s"] >= 5 for row in expired)
         # no worker at all: cancel takes effect at once, retry of the cancelled job is a new job
         assert "cancelled" in cganctl(f.env, "jobs", "cancel", first, check=True).stdout
         assert rt.table.get(first).status == "cancelled"

@@ -317,6 +317,7 @@ def test_submit_refuses_what_a_worker_would_reject(embedded_env, tmp_path, args,
         ("CGAN_DATA_DIR", "/proc/no-such-folder", "error: invalid setting CGAN_DATA_DIR: cannot create /proc/no-such-folder"),
         ("CGAN_DATABASE_URL", "nonsense", "error: invalid setting CGAN_DATABASE_URL nonsense: Could not parse"),
         ("CGAN_DATABASE_URL", "nosuchdb://u:hunter2@h/x", "error: invalid setting CGAN_DATABASE_URL nosuchdb://u:***@h/x: Can't load plugin"),
+        ("CGAN_DATABASE_URL", "mysql://u:hunter2@h/x", "error: invalid setting CGAN_DATABASE_URL mysql://u:***@h/x: its driver is not installed"),
     ],
 )
 def test_invalid_setting_is_one_error_line(embedded_env, setting, value, message):
@@ -324,6 +325,13 @@ def test_invalid_setting_is_one_error_line(embedded_env, setting, value, message
     result = cganctl(env, "submit", "generate", "--label", "cat", "--count", "10", timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
     assert result.stderr.startswith(message) and "hunter2" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("value", ["nonsense", "mysql://u:hunter2@h/x"])
+def test_status_with_an_invalid_database_setting_exits_2(embedded_env, value):
+    """An invalid setting is bad input (2) for `status` too, not an unreachable service (3)."""
+    result = cganctl(dict(embedded_env, CGAN_DATABASE_URL=value), "status", timeout=120)
+    assert result.returncode == 2 and "invalid setting CGAN_DATABASE_URL" in result.stdout and "hunter2" not in result.stdout, result.stdout
 
 
 def test_first_use_is_concurrency_safe(embedded_env):

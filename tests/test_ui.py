@@ -474,3 +474,36 @@ def test_fleet_and_job_pages_on_real_services(fleet_env, start_worker, tmp_path)
     while service.get(running.id).status != "cancelled":
         assert time.monotonic() < deadline, worker.log_tail()
         time.sleep(0.5)
+
+
+def test_fleet_page_and_status_name_work_whose_lease_ran_out(fleet_env, tmp_path):
+    """A worker that died mid-job with no other worker left to reconcile: the job stays 'running' in the
+    table; the fleet page and `cganctl status` name it, its worker and how long it has been silent."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from harness.services import cganctl, settings_from_env
+    from scheduler import db
+    from scheduler.health import check_all
+
+    settings = settings_from_env(fleet_env)
+    db.upgrade(settings)
+    service = Service(Runtime(settings))
+    job = _create(service, TrainSpec(preset="mlp", dataset="/d", steps=5, batch_size=8, checkpoint_every=5, seed=3), queue="ghostq")
+    assert service.table.claim(job.id, "ghost@box", "ghost-task:0") == "ok"
+    past = db.utcnow() - timedelta(seconds=90)
+    with service.table.engine.begin() as c:  # what a SIGKILLed worker leaves: its last renewal 90 s ago
+        c.execute(update(db.Job).where(db.Job.id == job.id).values(lease_expires_at=past, heartbeat_at=past - timedelta(seconds=45)))
+    try:
+        rows = [r for r in check_all(settings)["expired"] if r["job"] == job.id]
+        assert rows and rows[0]["worker"] == "ghost@box" and rows[0]["shard"] is None and rows[0]["silent_s"] >= 135, rows
+        page = TestClient(create_app(service), raise_server_exceptions=False).get("/fleet").text
+        expired = page.split('id="expired"')[1].split("</p>")[0]
+        assert f'href="/jobs/{job.id}">{job.id[:12]}</a> on ghost@box (no heartbeat for' in expired, expired
+        status = cganctl(fleet_env, "status", timeout=120)
+        line = next(line for line in status.stdout.splitlines() if job.id[:12] in line)
+        assert line.startswith(f"warning: job {job.id[:12]} running on ghost@box: no heartbeat for") and "its lease ran out" in line, line
+        assert "ghost@box" not in status.stdout.split("warning:")[0]  # not listed as a busy worker: it is gone
+    finally:
+        service.table.fail(job.id, "test over")
