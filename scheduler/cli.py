@@ -450,6 +450,15 @@ def _settings_error(exc: Exception) -> str | None:
     return f"invalid setting {name}: {first['msg']}"
 
 
+ERROR_LINE_MAX = 1000  # characters of one `error:` line: a 100 kB argument is not echoed back whole
+
+
+def _clip(message: str, limit: int = ERROR_LINE_MAX) -> str:
+    if len(message) <= limit:
+        return message
+    return f"{message[: limit - 200]}... [{len(message) - limit + 100} characters left out] ...{message[-100:]}"
+
+
 def main() -> None:
     import logging
 
@@ -469,19 +478,19 @@ def main() -> None:
         else:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            typer.echo(f"error: {plain(scrub(exc.format_message()), one_line=True)}{hint}", err=True)
+            typer.echo(f"error: {_clip(plain(scrub(exc.format_message()), one_line=True))}{hint}", err=True)
         sys.exit(exc.exit_code)
     except typer.Abort:  # a prompt answered with end-of-input
         typer.echo("error: aborted", err=True)
         sys.exit(1)
     except CganError as exc:
-        typer.echo(f"error: {plain(scrub(str(exc)))}", err=True)
+        typer.echo(f"error: {_clip(plain(scrub(str(exc))))}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # no traceback reaches the user: one scrubbed line
         message = _settings_error(exc)
         if message is not None:
-            typer.echo(f"error: {plain(scrub(message))}", err=True)
+            typer.echo(f"error: {_clip(plain(scrub(message)))}", err=True)
             sys.exit(2)
-        typer.echo(f"error: {plain(scrub(f'{type(exc).__name__}: {exc}'), one_line=True)}", err=True)
+        typer.echo(f"error: {_clip(plain(scrub(f'{type(exc).__name__}: {exc}'), one_line=True))}", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) and Ctrl-C (130) come back as a number

@@ -18,9 +18,11 @@ MASK = "***"
 SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|credential|signature|sig$", re.IGNORECASE)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)(.*)$", re.DOTALL)
 # a URL with user info inside a longer text: scheme://<anything without spaces or quotes>@
-_URL_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^\s'\"<>]*)@", re.DOTALL)
+# Each starts only where its first character cannot extend a longer run to the left (the lookbehinds):
+# without that, a long unbroken token (a 100 kB --label) costs quadratic time to scan.
+_URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.\-])([A-Za-z][A-Za-z0-9+.\-]*://)([^\s'\"<>]*)@", re.DOTALL)
 # ``password=x``, ``token = x``, ``secret:x``; not prose such as "needs a token: set ..." (a colon then a space)
-_SECRET_PAIR_IN_TEXT = re.compile(r"((?:[A-Za-z_]*(?:password|passwd|pwd|secret|token|api_?key|access_?key))(?:\s*=\s*|:(?=\S)))([^\s&'\",;)]+)", re.IGNORECASE)
+_SECRET_PAIR_IN_TEXT = re.compile(r"((?:(?<![A-Za-z_])[A-Za-z_]*(?:password|passwd|pwd|secret|token|api_?key|access_?key))(?:\s*=\s*|:(?=\S)))([^\s&'\",;)]+)", re.IGNORECASE)
 
 
 def _redact_query(query: str) -> str:

@@ -281,3 +281,16 @@ def test_models_list_shows_every_shipped_version_whole_in_80_columns(embedded_en
         assert f"default:{version}generatorresnet10builtin:{stem}.safetensors" in flat, stem
     listed = json.loads(cganctl(embedded_env, "models", "list", "--json", check=True).stdout)
     assert [m["ref"] for m in listed] == [f"default:{v}" for v in range(1, len(BUILTIN_FILES["default"]) + 1)] + ["default-classifier:1"]
+
+
+@pytest.mark.parametrize("args", [["submit", "generate", "--count", "3", "--label"], ["jobs", "show"]])
+def test_a_100kb_argument_is_refused_at_once_in_one_bounded_line(embedded_env, args):
+    """The error echoes a 100,000-character value clipped, and the secret scrubbing that reads it is linear."""
+    import time
+
+    started = time.monotonic()
+    result = cganctl(embedded_env, *args, "a" * 100_000, timeout=60)
+    took = time.monotonic() - started
+    assert result.returncode == 2 and result.stderr.startswith("error:") and len(result.stderr.splitlines()) == 1, result.stderr[:300]
+    assert len(result.stderr) < 1200 and "characters left out" in result.stderr, len(result.stderr)
+    assert took < 20, took
