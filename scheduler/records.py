@@ -45,6 +45,11 @@ def new_shard_values(job_id: str, shard_counts: Iterable[int]) -> list[dict[str,
     return [dict(job_id=job_id, index=i, status=ShardStatus.pending.value, count=n, done=0, attempts=0) for i, n in enumerate(shard_counts)]
 
 
+# Maps keyed by class name, given back in class order (sorted by name: the model's class order, as
+# ImageFolder sorts its classes), whatever order the table kept them in.
+CLASS_KEYED = (("spec", "counts"), ("metrics", "per_class"), ("metrics", "count_per_class"), ("metrics", "acceptance"))
+
+
 @dataclasses.dataclass(frozen=True)
 class JobRecord:
     id: str
@@ -84,6 +89,10 @@ class JobRecord:
         data: dict[str, Any] = {f.name: values.get(f.name) for f in dataclasses.fields(cls)}
         for name in JOB_TIMES:
             data[name] = aware_utc(data[name])
+        for column, key in CLASS_KEYED:  # PostgreSQL's JSONB kept them in its own key order (by length)
+            obj = data.get(column)
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                data[column] = {**obj, key: dict(sorted(obj[key].items()))}
         return cls(**data)
 
     @property

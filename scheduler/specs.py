@@ -115,7 +115,7 @@ class EvaluateSpec(_Spec):
 class GenerateSpec(_Spec):
     kind: Literal["generate"] = "generate"
     model: str = Field(..., description="NAME:VERSION, resolved at submit")
-    counts: dict[str, int] = Field(..., description="images per class name, in the model's class order")
+    counts: dict[str, int] = Field(..., description="images per class name, kept sorted by name: the model's class order (ImageFolder sorts its classes)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     truncation: Truncation = None
     min_confidence: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
@@ -129,7 +129,9 @@ class GenerateSpec(_Spec):
     def _positive_counts(cls, counts: dict[str, int]) -> dict[str, int]:
         if not counts or any(n < 0 for n in counts.values()) or sum(counts.values()) <= 0:
             raise ValueError("counts must be non-negative and add up to at least 1")
-        return counts
+        # One order whatever the table kept: PostgreSQL's JSONB reorders an object's keys (by length), and
+        # the shard plan breaks ties by class order, so the same spec must plan the same shards everywhere.
+        return dict(sorted(counts.items()))
 
     @model_validator(mode="after")
     def _classifier_with_confidence(self) -> "GenerateSpec":

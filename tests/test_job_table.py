@@ -211,3 +211,18 @@ def test_a_task_past_its_time_limit_stops_renewing_and_its_work_is_taken_back(ta
     shard = table.shards(job.id)[0]
     assert shard.lease_owner == "task-b:0" and shard.attempts == 2
     assert not table.renew_lease(job.id, "task-a:0", shard=0)  # the hung delivery can no longer write its lease
+
+
+def test_a_generate_spec_read_back_from_the_table_plans_the_same_shards(table):
+    """PostgreSQL's JSONB keeps an object's keys in its own order (by length); the shard plan breaks ties by
+    class order, so a spec read back must plan the same shards as the one submitted (embedded or fleet)."""
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    spec = GenerateSpec(model="default:1", counts={name: 7 for name in classes}, shard_size=16)
+    job = table.create(spec, queue="gpu", priority=0, max_attempts=3, progress_total=spec.total, progress_unit="images",
+                       shard_counts=[spec.shard_range(i)[1] - spec.shard_range(i)[0] for i in range(spec.num_shards)])
+    record = table.get(job.id)
+    assert list(record.spec["counts"]) == classes  # shown in class order (`jobs show`, the dashboard)
+    back = record.parsed_spec()
+    assert list(back.counts) == classes
+    assert [back.shard_labels(i) for i in range(back.num_shards)] == [spec.shard_labels(i) for i in range(spec.num_shards)]
+    assert spec.shard_labels(0)[:10] == classes  # one of each, in class order
