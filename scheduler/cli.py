@@ -70,6 +70,11 @@ def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, a
     if not as_json:
         where = "running in-process (embedded default)" if embedded else f"queued on '{job.queue}'"
         typer.echo(f"job {job.id} {job.kind} {where}")
+        if job.kind == "generate":  # the plan, per class: what --fill-to or --balanced worked out
+            spec = job.parsed_spec()
+            asked = [(name, n) for name, n in spec.counts.items() if n]
+            shown = ", ".join(f"{name} {n}" for name, n in asked[:20]) + (f", ... ({len(asked) - 20} more classes)" if len(asked) > 20 else "")
+            typer.echo(f"images: {spec.total} in {spec.num_shards} shard{'s' if spec.num_shards != 1 else ''}: {shown}")
         if job.kind == "train":
             recipe = job.spec["recipe"]
             typer.echo(f"recipe {job.spec['preset']}: " + " ".join(f"{k}={v}" for k, v in recipe.items() if k != "preset"))
@@ -256,7 +261,9 @@ def jobs_purge(job_id: str) -> None:
     service.sweep()
     job = service.get(job_id)
     if job.status not in ("failed", "cancelled"):
-        _fail(f"job {job.id} is {job.status}: only failed or cancelled jobs can be purged", 2)
+        from .records import status_phrase
+
+        _fail(f"job {job.id} {status_phrase(job.status)}: only failed or cancelled jobs can be purged", 2)
     deleted = cleanup.purge(service.runtime, job)
     typer.echo(f"job {job.id}: deleted {deleted} object(s) under {service.runtime.job_key(job.id, '')}")
 
@@ -321,8 +328,10 @@ def datasets_add(
     if as_json:
         _emit_json(datasets.describe(entry))
         return
-    splits = ", ".join(f"{split} {sum(counts.values())} images" for split, counts in entry.splits.items())
-    typer.echo(f"dataset {entry.name}: {len(entry.classes)} classes ({plain(', '.join(entry.classes))}), {splits}; stored as {entry.key}")
+    from .records import plural
+
+    splits = ", ".join(f"{split} {plural(sum(counts.values()), 'image')}" for split, counts in entry.splits.items())
+    typer.echo(f"dataset {entry.name}: {plural(len(entry.classes), 'class')} ({plain(', '.join(entry.classes))}), {splits}; stored as {entry.key}")
 
 
 @datasets_app.command("list")

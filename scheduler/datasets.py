@@ -110,6 +110,8 @@ def add(store: ObjectStore, settings: Settings, name: str, path: Path) -> Datase
     if not NAME.match(name) or name in BUILTIN_DATASETS:
         raise DatasetError(f"invalid dataset name {name!r}: lower-case letters, digits, '-' and '_' (at most 64), not 'cifar10'")
     suffix = archive_suffix(path.name)
+    if not path.exists():
+        raise DatasetError(f"{path} does not exist")
     if suffix is None or not path.is_file():
         raise DatasetError(f"{path} is not a .tar, .tar.gz or .tgz file (pack an ImageFolder tree with `tar czf`)")
     size = path.stat().st_size

@@ -77,8 +77,10 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     name, _, version = ref.partition(":")
     if not name:
         raise InvalidInput(f"invalid model reference {ref!r}: expected NAME or NAME:VERSION")
-    if version in ("", "latest"):
+    if version == "latest" or (version == "" and ":" not in ref):
         return name, None
+    if version == "":
+        raise InvalidInput(f"invalid model reference {ref!r}: nothing after ':' (write NAME, NAME:VERSION or NAME:latest)")
     if not (version.isascii() and version.isdigit()):
         raise InvalidInput(f"invalid model version in {ref!r}: expected a number or 'latest'")
     if int(version) == 0:

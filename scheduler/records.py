@@ -45,6 +45,15 @@ def new_shard_values(job_id: str, shard_counts: Iterable[int]) -> list[dict[str,
     return [dict(job_id=job_id, index=i, status=ShardStatus.pending.value, count=n, done=0, attempts=0) for i, n in enumerate(shard_counts)]
 
 
+def status_phrase(status: str) -> str:
+    """``job X <phrase>``: "is queued", "is running", "succeeded", "failed", "was cancelled"."""
+    return {"queued": "is queued", "running": "is running", "cancelled": "was cancelled"}.get(status, status)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"
+
+
 # Maps keyed by class name, given back in class order (sorted by name: the model's class order, as
 # ImageFolder sorts its classes), whatever order the table kept them in.
 CLASS_KEYED = (("spec", "counts"), ("metrics", "per_class"), ("metrics", "count_per_class"), ("metrics", "acceptance"))

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from .errors import CganError, InvalidInput
 from .manifest import Manifest
+from .records import status_phrase
 
 
 class ChecksumMismatch(CganError):
@@ -46,7 +47,7 @@ def _safe_target(dest: Path, path: Path) -> Path:
 def download(service, job_id: str, dest: Path, layout: str) -> str:
     job = service.get(job_id)
     if job.status != "succeeded":
-        raise InvalidInput(f"job {job.id} is {job.status}: its results are complete only once it succeeded")
+        raise InvalidInput(f"job {job.id} {status_phrase(job.status)}: its results are complete only once it succeeded")
     store = service.runtime.store
     if job.kind != "generate":
         if layout != "webdataset":

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from . import submission
 from .dispatch import Dispatcher, make_dispatcher
 from .errors import InvalidInput
-from .records import JobRecord
+from .records import JobRecord, status_phrase
 from .runtime import Runtime
 from .specs import GenerateSpec, JobSpec, JobStatus, TrainSpec
 
@@ -128,7 +128,7 @@ class Service:
             raise InvalidInput(f"job {old.id} succeeded: there is nothing to retry")
         if not old.finished:
             if self.table.live_leases(old.id):
-                raise InvalidInput(f"job {old.id} is {old.status} and its worker is alive (lease renewed): cancel it first or wait for it")
+                raise InvalidInput(f"job {old.id} {status_phrase(old.status)} and its worker is alive (lease renewed): cancel it first or wait for it")
             self.table.fail(old.id, "abandoned: retried while no worker was running it")
             cleanup.close_unsuccessful(self.runtime, self.table.get(old.id))
             old = self.get(old.id)

@@ -160,7 +160,8 @@ def _counts(r: GenerateRequest, classes: list[str], model_ref: str, settings: Se
         unknown = sorted(set(have) - set(classes))
         if unknown:
             raise InvalidInput(f"dataset {r.dataset} has classes unknown to model {model_ref}: {', '.join(unknown)}; valid labels: {', '.join(classes)}")
-        counts = {name: max(r.fill_to - have.get(name, 0), 0) for name in classes}
+        # the dataset's own classes: a class it does not have is not topped up (the model may know more)
+        counts = {name: max(r.fill_to - have[name], 0) for name in classes if name in have}
         if sum(counts.values()) == 0:
             raise InvalidInput(f"nothing to generate: every class of {r.dataset} already has {r.fill_to} images or more")
         return counts
@@ -201,6 +202,8 @@ def generate_spec(r: GenerateRequest, models: ModelRegistry, settings: Settings)
             f"--shard-size {r.shard_size} is below the minimum of {min(settings.min_shard_size, total)} images per shard (CGAN_MIN_SHARD_SIZE)"
         )
     classifier_ref = None
+    if r.classifier is not None and r.min_confidence is None:
+        raise InvalidInput("--classifier goes with --min-confidence (it scores the samples that filter keeps)")
     if r.min_confidence is not None:
         scorer = models.resolve(r.classifier or DEFAULT_CLASSIFIER, "classifier")
         if list(scorer.meta["classes"]) != classes:

@@ -186,7 +186,7 @@ def print_usefulness(metrics: dict) -> None:
     console.print(
         f"[bold]usefulness[/bold] CAS {metrics['cas_accuracy']:.2%}; augmentation "
         f"{metrics['augmentation_baseline_accuracy']:.2%} -> {metrics['augmentation_augmented_accuracy']:.2%} "
-        f"(gain {metrics['augmentation_gain']:+.2%}); precision {metrics['precision']:.3f}, recall "
+        f"(gain {100 * metrics['augmentation_gain']:+.2f} points); precision {metrics['precision']:.3f}, recall "
         f"{metrics['recall']:.3f}, density {metrics['density']:.3f}, coverage {metrics['coverage']:.3f} ({space} features)",
         highlight=False,
         soft_wrap=True,

@@ -49,7 +49,8 @@ def test_help_is_fast_and_imports_no_torch():
         (["--label", "frog", "--balanced", "--count", "10"], "--label and --balanced conflict"),
         (["--label", "frog", "--count", "10", "--model", "nope"], "unknown model 'nope'"),
         (["--label", "frog", "--count", "10", "--format", "zip"], "invalid --format 'zip': should be 'webdataset', 'imagefolder' or 'npz'"),
-        (["--label", "frog", "--count", "10", "--min-confidence", "1.5"], "invalid --min-confidence 1.5: should be less than or equal to 1"),
+        (["--label", "frog", "--count", "10", "--min-confidence", "1.5"], "invalid --min-confidence 1.5: should be less than 1"),
+        (["--label", "frog", "--count", "10", "--model", "default:"], "invalid model reference 'default:': nothing after ':'"),
         (["--fill-to", "10", "--dataset", "/does/not/exist"], "does not exist"),
         (["--label", "frog", "--count", "10", "--priority", "12"], "--priority must be between 0"),
         # typed options and unknown names: Typer's usage errors, also one line (no usage box)

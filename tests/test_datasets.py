@@ -115,7 +115,7 @@ def test_fleet_s3_uri_and_registered_name(fleet_env, table, start_worker, tmp_pa
     assert result.returncode == 0, result.stderr
     job = json.loads(result.stdout)
     counts = job["spec"]["counts"]
-    assert (counts["airplane"], counts["cat"], counts["frog"], counts["dog"], len(counts)) == (8, 8, 8, 20, 10)
+    assert counts == {"airplane": 8, "cat": 8, "frog": 8}  # the dataset's own classes, topped up to 20
     assert job["spec"]["request"]["dataset"] == "store:incoming/tiny.tar.gz"
     for uri, message in [
         ("s3://other-bucket/incoming/tiny.tar.gz", f"only objects in the project's bucket s3://{bucket}"),

@@ -59,7 +59,7 @@ def test_fill_to_generates_each_deficit(ctx, tmp_path):
         for i in range(n):
             (root / name / f"{i}.png").write_bytes(b"x")
     s = spec(ctx, fill_to=5, dataset=str(root))
-    assert s.counts["cat"] == 2 and s.counts["dog"] == 0 and s.counts["frog"] == 4 and s.counts["ship"] == 5
+    assert s.counts == {"cat": 2, "dog": 0, "frog": 4}  # the dataset's classes only, not every class of the model
     assert s.request["fill_to"] == 5
 
 
@@ -76,7 +76,9 @@ def test_fill_to_generates_each_deficit(ctx, tmp_path):
         (dict(labels=["frog"], count=10, per_class=1), "exactly one of --count"),
         (dict(labels=["frog"]), "exactly one of --count"),
         (dict(labels=["frog"], count=10, min_confidence=0), "invalid --min-confidence 0: should be greater than 0"),
-        (dict(labels=["frog"], count=10, min_confidence=1.5), "invalid --min-confidence 1.5: should be less than or equal to 1"),
+        (dict(labels=["frog"], count=10, min_confidence=1.5), "invalid --min-confidence 1.5: should be less than 1"),
+        (dict(labels=["frog"], count=10, min_confidence=1.0), "invalid --min-confidence 1.0: should be less than 1"),  # never reached
+        (dict(labels=["frog"], count=10, classifier="default-classifier"), "--classifier goes with --min-confidence"),
         (dict(labels=["frog"], count=10, format="zip"), "invalid --format 'zip': should be 'webdataset', 'imagefolder' or 'npz'"),
         (dict(fill_to=10), "--fill-to needs --dataset"),
         (dict(fill_to=10, dataset="/nonexistent/data"), "--dataset: data source '/nonexistent/data' does not exist"),
