@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from .errors import CganError
 from .records import JobRecord
 from .runtime import Runtime
 from .specs import JobStatus, ShardStatus
@@ -31,7 +32,11 @@ def close_unsuccessful(runtime: Runtime, job: JobRecord) -> int:
         table.end_open_shards(job.id, ShardStatus.failed, f"job failed: {(job.error or '')[:200]}")
     if any(s.status == ShardStatus.running.value for s in table.shards(job.id)):
         return 0  # its worker stops at the next check and cleans up then
-    deleted = runtime.store.delete_prefix(runtime.job_key(job.id, "shards/"))
+    try:
+        deleted = runtime.store.delete_prefix(runtime.job_key(job.id, "shards/"))
+    except CganError as exc:  # the store is down or refuses (the job may have failed for that very reason)
+        log.warning("job %s: partial shard objects not deleted (%s); `cganctl jobs purge %s` deletes them once the store answers", job.id, exc, job.id)
+        return 0
     if deleted:
         log.info("job %s: deleted %d partial shard objects", job.id, deleted)
     return deleted

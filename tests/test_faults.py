@@ -548,7 +548,8 @@ def test_a_worker_whose_s3_secret_is_refused_fails_the_job_at_once(tmp_path):
         assert all(s.status in ("failed", "cancelled") and s.attempts <= 1 for s in rt.table.shards(job_id))
         assert not list(rt.store.list(f"jobs/{job_id}/"))
         stale.stop()
-        assert "wrong-secret-456" not in stale.log.read_text(errors="replace")
+        log = stale.log.read_text(errors="replace")
+        assert "wrong-secret-456" not in log and "Traceback" not in log and "partial shard objects not deleted" in log, stale.log_tail()
 
 
 def test_s3_down_past_the_retry_budget_fails_the_job_once_with_the_reason(tmp_path):

@@ -16,7 +16,7 @@ import uuid
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from scheduler import cleanup
-from scheduler.errors import JobCancelled, ServiceUnavailable
+from scheduler.errors import CganError, JobCancelled, ServiceUnavailable
 from scheduler.runtime import Runtime
 from scheduler.specs import ShardStatus
 
@@ -94,7 +94,7 @@ def _run_job(runtime: Runtime, job_id: str, worker: str, token: str) -> str:
                 return "lease lost"
             if transient(exc):
                 raise
-            log.exception("job %s failed", job_id)
+            _log_failure(exc, "job %s failed", job_id)
             table.fail(job_id, _describe(exc))
             return "failed"
         if not table.succeed(job_id, metrics=metrics, artifacts=artifacts, token=token) and heartbeat.lost:
@@ -136,7 +136,7 @@ def _run_shard(runtime: Runtime, job_id: str, index: int, worker: str, token: st
                 return "lease lost"
             if transient(exc):
                 raise
-            log.exception("job %s shard %d failed", job_id, index)
+            _log_failure(exc, "job %s shard %d failed", job_id, index)
             message = _describe(exc)
             table.fail_shard(job_id, index, message)
             table.fail(job_id, f"shard {index}: {message}")
@@ -153,6 +153,14 @@ def fail_after_retries(runtime: Runtime, job_id: str, exc: BaseException, shard:
         message = f"shard {shard}: {message}"
     runtime.table.fail(job_id, message)
     cleanup.close_unsuccessful(runtime, runtime.table.get(job_id))
+
+
+def _log_failure(exc: BaseException, message: str, *args) -> None:
+    """A failure the product explains (a refusal, bad data) is one line; anything else keeps its traceback."""
+    if isinstance(exc, CganError):
+        log.error(message + ": %s", *args, _describe(exc))
+    else:
+        log.exception(message, *args)
 
 
 def _describe(exc: BaseException) -> str:
