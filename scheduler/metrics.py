@@ -90,7 +90,8 @@ class ControlPlaneCollector(Collector):
         yield depth
         yield GaugeMetricFamily(
             "cganctl_broker_unacked_messages",
-            "Messages delivered to workers and not yet acknowledged (tasks running or prefetched), all queues.",
+            "Messages delivered to workers and not yet acknowledged (tasks running or prefetched), all queues; a worker that"
+            " died mid-task leaves its message here until CGAN_VISIBILITY_TIMEOUT (its work was sent again by the reconciler).",
             value=lengths[-1],
         )
 

@@ -130,6 +130,10 @@ def test_systemd_unit() -> None:
     assert "Environment=CUDA_VISIBLE_DEVICES=%i" in service
     assert "EnvironmentFile=" in service
     assert "WantedBy=multi-user.target" in text
+    # a stop waits out the longest task, like compose's stop_grace_period (a restart never cuts a task)
+    grace = {svc.get("stop_grace_period") for svc in cganctl_services(compose()).values() if "worker" in str(svc.get("command", ""))}
+    assert re.search(r"^TimeoutStopSec=(\d+)$", service, re.M).group(1) + "s" in grace, grace
+    assert int(re.search(r"^TimeoutStopSec=(\d+)$", service, re.M).group(1)) > Settings().task_time_limit
 
 
 METRIC_SUFFIXES = ("_total", "_bucket", "_sum", "_count")
