@@ -36,14 +36,19 @@ def image_size_from_header(data: bytes) -> tuple[int, int]:
         return im.size
 
 
-def check_images(blobs: Sequence[bytes], names: Sequence[str], limits: DataLimits | None = None) -> None:
+def check_images(blobs: Sequence[bytes], names: Sequence[str], limits: DataLimits | None = None, total: int = 0) -> int:
     """Refuse any image whose header declares more than the per-image caps, or a dataset whose images
-    add up to more than ``total_pixels``; raises :class:`BudgetExceeded` naming the file and the setting."""
+    add up to more than ``total_pixels``; raises :class:`BudgetExceeded` naming the file and the setting.
+
+    ``total``: pixels of the images checked before (a dataset checked in batches); returns the new total."""
+    from PIL import UnidentifiedImageError
+
     limits = limits or DEFAULT_LIMITS
-    total = 0
     for data, name in zip(blobs, names):
         try:
             width, height = image_size_from_header(data)
+        except UnidentifiedImageError:
+            raise BudgetExceeded(f"{name!r} is not an image that can be read (not a valid PNG, JPEG, BMP or other image file)") from None
         except Exception as exc:
             raise BudgetExceeded(f"cannot read the header of image {name!r} ({exc})") from None
         if width > limits.image_side or height > limits.image_side:
@@ -53,3 +58,4 @@ def check_images(blobs: Sequence[bytes], names: Sequence[str], limits: DataLimit
         total += width * height
         if total > limits.total_pixels:
             raise BudgetExceeded(f"the dataset decodes to more than {limits.total_pixels} pixels (CGAN_MAX_TOTAL_PIXELS)")
+    return total

@@ -102,7 +102,30 @@ def _splits(path: Path, settings: Settings) -> dict[str, dict[str, int]]:
         splits["test"] = count_images(str(path), split="test", limits=limits, require_split=True)
     except DataError:
         pass
+    _check_headers(path, settings)
     return splits
+
+
+def _check_headers(path: Path, settings: Settings, batch: int = 1000) -> None:
+    """Every image of the archive has a header that opens, within the image budgets (no pixel decoded):
+    a file that is no image, or one too large, is refused here rather than failing every job later."""
+    from cganmodel.dataset_index import DataError, iter_tar
+    from cganmodel.limits import BudgetExceeded, check_images
+
+    limits = settings.dataset_limits()
+    names: list[str] = []
+    blobs: list[bytes] = []
+    total = 0
+    try:
+        for name, data in iter_tar(path, read=True, limits=limits):
+            names.append(name)
+            blobs.append(data or b"")
+            if len(names) >= batch:
+                total = check_images(blobs, names, limits, total)
+                names, blobs = [], []
+        check_images(blobs, names, limits, total)
+    except (BudgetExceeded, DataError) as exc:
+        raise DatasetError(f"cannot register {path}: {exc}") from None
 
 
 def add(store: ObjectStore, settings: Settings, name: str, path: Path) -> DatasetEntry:

@@ -143,3 +143,25 @@ def test_corrupt_index_is_one_error_line(embedded_env, tmp_path):
     open_store(settings_from_env(embedded_env)).put_bytes("datasets/tiny.json", b"{not json")
     message = _one_error(cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", "tiny", "--steps", "2"))
     assert "the index of dataset tiny (datasets/tiny.json) is unreadable" in message
+
+
+@pytest.mark.parametrize("bad", ["text", "too-wide"])
+def test_registration_refuses_an_image_that_no_job_could_read(embedded_env, tmp_path, bad):
+    """A '.jpg' that is no image, or a PNG wider than CGAN_MAX_IMAGE_SIDE, is refused at `datasets add`
+    (headers only, no pixel decoded): one error line naming the file, nothing registered."""
+    from PIL import Image
+
+    tree = tmp_path / "tree"
+    tiny_image_folder(tree / "train", per_class=4)
+    target = tree / "train" / "cat" / ("a.jpg" if bad == "text" else "wide.png")
+    if bad == "text":
+        target.write_text("hello")
+    else:
+        Image.new("RGB", (9000, 10)).save(target)
+    archive = tmp_path / "bad.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname=".")
+    line = _one_error(cganctl(embedded_env, "datasets", "add", "bad", str(archive)))
+    expected = "is not an image that can be read" if bad == "text" else "above the 8192-pixel side limit (CGAN_MAX_IMAGE_SIDE)"
+    assert target.name in line and expected in line and "BytesIO" not in line, line
+    assert cganctl(embedded_env, "datasets", "list", "--json", check=True).stdout.strip() == "[]"
