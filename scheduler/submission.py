@@ -243,7 +243,7 @@ def check_train_budget(recipe: dict[str, Any], settings: Settings | None) -> Non
 
 
 def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelRegistry | None = None) -> TrainSpec:
-    from cganmodel.presets import resolve_recipe
+    from cganmodel.presets import preset, resolve_recipe
 
     from .specs import TrainSpec
 
@@ -260,7 +260,10 @@ def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelR
     dataset = _source(r.dataset, settings, "--dataset")
     spec = build(TrainSpec, preset=r.preset, dataset=dataset, recipe=recipe, name=r.name)
     if spec.dataset != "cifar10":
-        found = sum(_dataset_counts(spec.dataset, settings).values())  # readable and indexable now, not only on the worker
+        per_class = _dataset_counts(spec.dataset, settings)  # readable and indexable now, not only on the worker
+        found = sum(per_class.values())
+        if len(per_class) < 2 and preset(r.preset).kind == "classifier":  # nothing to tell apart (a GAN of one class is fine)
+            raise InvalidInput(f"--dataset {r.dataset} has {len(per_class)} class ({', '.join(per_class)}): a classifier needs at least 2 class folders")
         if found < int(recipe.get("batch_size") or 1):
             raise InvalidInput(f"--dataset {r.dataset} has {found} images, fewer than the batch size {recipe['batch_size']} (--batch-size / --set batch_size=N)")
     return spec

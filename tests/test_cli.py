@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -202,10 +203,17 @@ def test_min_confidence_keeps_only_confident_samples(embedded_env, tmp_path):
         (["--preset", "mlp", "--set", "n_dis=0"], "invalid training config: n_dis=0 (should be at least 1)"),
         (["--preset", "gpt"], "unknown preset 'gpt'"),
         (["--steps", "0"], "invalid training config: steps=0") ,
+        (["--preset", "mlp", "--batch-size", "1"], "batch_size=1 (should be at least 2: BatchNorm needs more than one image a batch)"),
+        (["--preset", "classifier", "--batch-size", "2", "ONE-CLASS"], "has 1 class (cat): a classifier needs at least 2 class folders"),
     ],
 )
 def test_bad_train_recipe_is_one_error_line_and_no_row(embedded_env, tmp_path, args, message):
     data = tiny_image_folder(tmp_path / "data")
+    if "ONE-CLASS" in args:  # a dataset of one class folder
+        args = [a for a in args if a != "ONE-CLASS"]
+        for other in data.iterdir():
+            if other.name != "cat":
+                shutil.rmtree(other)
     result = cganctl(embedded_env, "submit", "train", "--dataset", str(data), *args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -50,9 +50,10 @@ def test_bad_overrides_are_refused(overrides, message):
 def test_train_request_to_spec(tmp_path):
     from PIL import Image
 
-    for i in range(8):  # a train dataset must be indexable at submit and hold one batch
-        (tmp_path / "cat").mkdir(exist_ok=True)
-        Image.new("RGB", (4, 4)).save(tmp_path / "cat" / f"{i}.png")
+    for i in range(8):  # a train dataset must be indexable at submit and hold one batch (two classes: a classifier)
+        name = ("cat", "dog")[i % 2]
+        (tmp_path / name).mkdir(exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / name / f"{i}.png")
     spec = train_spec(TrainRequest(preset="classifier", overrides=("lr=0.05",), steps=10, batch_size=8, dataset=str(tmp_path)))
     assert spec.steps == 10 and spec.recipe["lr"] == 0.05 and spec.recipe["batch_size"] == 8
     with pytest.raises(InvalidInput, match="has 8 images, fewer than the batch size 256"):
