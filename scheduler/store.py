@@ -103,6 +103,15 @@ class LocalStore:
         keys = list(self.list(prefix))
         for key in keys:
             self._path(key).unlink(missing_ok=True)
+        # folders left empty go too, as on S3 (a pruned checkpoint leaves no empty step-N/ behind)
+        stop = self.root / prefix.rstrip("/").rpartition("/")[0]
+        for folder in sorted({self._path(key).parent for key in keys}, key=lambda p: len(p.parts), reverse=True):
+            while folder != stop and stop in folder.parents:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (or gone): its parents are not empty either
+                    break
+                folder = folder.parent
         return len(keys)
 
     def location(self, key: str) -> str:

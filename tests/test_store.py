@@ -79,3 +79,14 @@ def test_refused_credentials_are_one_error_line_and_write_nothing(tmp_path):
         assert not s3.client().list_objects_v2(Bucket=s3.bucket).get("Contents")  # nothing half-written
         assert cganctl(right, "jobs", "list", "--json", check=True).stdout.strip() == "[]"
         assert cganctl(right, "submit", "generate", "--count", "20", "--balanced", "--wait", timeout=300).returncode == 0
+
+
+def test_delete_prefix_leaves_no_empty_folder_behind(tmp_path):
+    """On the local store, deleting a prefix also removes the folders it empties (S3 has none to leave)."""
+    store = LocalStore(tmp_path / "objects")
+    for key in ("jobs/a/checkpoints/step-1/x", "jobs/a/checkpoints/step-1/sub/y", "jobs/a/checkpoints/step-2/x", "jobs/a/keep"):
+        store.put_bytes(key, b"1")
+    assert store.delete_prefix("jobs/a/checkpoints/step-1/") == 2
+    assert sorted(p.name for p in (tmp_path / "objects" / "jobs" / "a" / "checkpoints").iterdir()) == ["step-2"]
+    assert store.delete_prefix("jobs/a/") == 2
+    assert list((tmp_path / "objects" / "jobs").iterdir()) == []
