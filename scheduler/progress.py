@@ -8,11 +8,15 @@ from .records import JobRecord
 from .textsafe import markup_safe
 from .views import unserved_line
 
+WIDE = 120  # terminal columns from which the bar also shows the latest losses
 
-def _describe(job: JobRecord) -> str:
+
+def _describe(job: JobRecord) -> tuple[str, str]:
+    """(what and where it stands, the latest losses/stage): the second goes last, so a narrow terminal
+    cuts it before the counts and the times."""
     info = job.progress_info or {}
     extra = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items() if k in ("stage", "d_loss", "g_loss", "loss", "images_per_s"))
-    return markup_safe(f"{job.kind} {job.id[:8]} {job.status}" + (f" {extra}" if extra else ""), one_line=True)
+    return markup_safe(f"{job.kind} {job.id[:8]} {job.status}", one_line=True), markup_safe(extra, one_line=True)
 
 
 def follow_job(service, job_id: str, *, quiet: bool = False) -> JobRecord:
@@ -30,11 +34,14 @@ def follow_job(service, job_id: str, *, quiet: bool = False) -> JobRecord:
         TextColumn("{task.fields[unit]}", markup=False),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        # the latest losses/stage only where they fit beside the counts and times (rich squeezes every column)
+        *((TextColumn("{task.fields[extra]}", markup=False),) if console.width >= WIDE else ()),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("", total=None, unit="")
+        task = bar.add_task("", total=None, unit="", extra="")
         job = None
         for job in service.follow(job_id, on_unserved=unserved):
-            bar.update(task, description=_describe(job), completed=job.progress_done, total=job.progress_total, unit=job.progress_unit or "")
+            head, extra = _describe(job)
+            bar.update(task, description=head, extra=extra, completed=job.progress_done, total=job.progress_total, unit=job.progress_unit or "")
     assert job is not None
     return job

@@ -67,7 +67,8 @@ def print_job(service, job: JobRecord) -> None:
     console.print("[bold]spec[/bold]")
     console.print_json(json.dumps(job.spec))
     if job.progress_info:
-        console.print("[bold]last progress[/bold]", job.progress_info)
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in job.progress_info.items())
+        console.print("[bold]last progress[/bold] " + markup_safe(shown), highlight=False, soft_wrap=True)
     if job.kind == "generate":
         shards = service.table.shards(job.id)
         states = Counter(s.status for s in shards)
@@ -88,9 +89,9 @@ def print_job(service, job: JobRecord) -> None:
         console.print("[bold]artifacts[/bold]")
         for name, value in job.artifacts.items():
             if isinstance(value, list):
-                console.print(markup_safe(f"  {name}: {len(value)} objects"))
+                console.print(markup_safe(f"  {name}: {len(value)} objects"), highlight=False, soft_wrap=True)
             else:
-                console.print(markup_safe(f"  {name}: {value}"))
+                console.print(markup_safe(f"  {name}: {value}"), highlight=False, soft_wrap=True)
 
 
 # The per-class columns an evaluate job writes (worker/evaluate_job.py: _per_class), in this order: a short
