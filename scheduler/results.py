@@ -2,6 +2,7 @@
 or a train job's model (weights + model.json, loss curve, samples) and an evaluate job's metrics and grid."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -22,9 +23,10 @@ class UnsafeDestination(CganError):
 
 
 def refuse_links(dest: Path) -> None:
-    """Refuse ``dest`` if it, or anything already inside it, is a symbolic link (nothing is written through one)."""
+    """Refuse ``dest`` if it, or anything already inside it, is a symbolic link (nothing is written through one:
+    a link planted where the user writes would redirect the files); the message names the real folder."""
     if dest.is_symlink():
-        raise UnsafeDestination(f"--to {dest} is a symbolic link: give a real folder")
+        raise UnsafeDestination(f"--to {dest} is a symbolic link (to {dest.resolve()}): give the folder itself, e.g. --to {dest.resolve()}")
     if dest.exists() and not dest.is_dir():
         raise UnsafeDestination(f"--to {dest} exists and is not a folder")
     for root, dirs, files in os.walk(dest, followlinks=False):
@@ -44,7 +46,14 @@ def _safe_target(dest: Path, path: Path) -> Path:
     return path
 
 
+def _write_error(dest: Path, exc: OSError) -> CganError:
+    """A destination that cannot be written is bad input (exit 2); a disk that fills up midway is not (1)."""
+    bad = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EEXIST)
+    return (InvalidInput if bad else CganError)(f"could not write to {dest}: {exc.strerror or exc}")
+
+
 def download(service, job_id: str, dest: Path, layout: str) -> str:
+    dest = Path(dest)
     job = service.get(job_id)
     if job.status != "succeeded":
         raise InvalidInput(f"job {job.id} {status_phrase(job.status)}: its results are complete only once it succeeded")
@@ -53,20 +62,19 @@ def download(service, job_id: str, dest: Path, layout: str) -> str:
         if layout != "webdataset":
             raise InvalidInput(f"--layout {layout} is for generate jobs, not {job.kind} jobs (job {job.id})")
         try:
-            return _download_files(store, job, Path(dest))
+            return _download_files(store, job, dest)
         except OSError as exc:
-            raise CganError(f"could not write to {dest}: {exc.strerror or exc}") from None
+            raise _write_error(dest, exc) from None
     manifest_bytes = store.get_bytes(job.artifacts["manifest"])
     try:
         manifest = Manifest.from_bytes(manifest_bytes)
     except ValidationError as exc:  # e.g. an unsafe file name
         first = exc.errors()[0]
         raise InvalidInput(f"manifest of job {job.id} is invalid: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    dest = Path(dest)
     try:
         return _download(store, manifest, manifest_bytes, dest, layout)
     except OSError as exc:
-        raise CganError(f"could not write to {dest}: {exc.strerror or exc}") from None
+        raise _write_error(dest, exc) from None
     except ValueError as exc:  # a link met while unpacking, an unsafe member name
         raise UnsafeDestination(str(exc)) from None
 

@@ -171,6 +171,9 @@ def test_results_download_refuses_links_and_empty_destination(embedded_env, tmp_
     linked.symlink_to(victim)
     result = cganctl(embedded_env, "results", "download", job_id, "--to", str(linked), timeout=120)
     assert result.returncode == 2 and list(victim.iterdir()) == []
+    assert f"give the folder itself, e.g. --to {victim}" in result.stderr, result.stderr
+    unwritable = cganctl(embedded_env, "results", "download", job_id, "--to", "/proc/nope", timeout=120)
+    assert unwritable.returncode == 2 and unwritable.stderr.startswith("error: could not write to /proc/nope"), unwritable.stderr
     fine = cganctl(embedded_env, "results", "download", job_id, "--to", str(tmp_path / "ok"), "--layout", "imagefolder", timeout=120)
     assert fine.returncode == 0, fine.stderr
     assert len(list((tmp_path / "ok" / "frog").iterdir())) == 4
