@@ -65,7 +65,8 @@ def _emit_json(data) -> None:
 
 def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, as_json: bool) -> None:
     service = _service()
-    job = service.submit(service.spec_for(request), queue=queue, priority=priority)
+    spec = service.spec_for(request)
+    job = service.submit(spec, queue=queue, priority=priority)
     embedded = service.runtime.settings.embedded
     if not as_json:
         where = "running in-process (embedded default)" if embedded else f"queued on '{job.queue}'"
@@ -76,6 +77,10 @@ def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, a
             shown = ", ".join(f"{name} {n}" for name, n in asked[:20]) + (f", ... ({len(asked) - 20} more classes)" if len(asked) > 20 else "")
             typer.echo(f"images: {spec.total} in {spec.num_shards} shard{'s' if spec.num_shards != 1 else ''}: {shown}")
         if job.kind == "train":
+            found = getattr(spec, "_found", None)
+            if found:  # what the job will train on, as the submit read it (a wrong folder shows here)
+                classes = ", ".join(f"{name} {n}" for name, n in list(found.items())[:20]) + (", ..." if len(found) > 20 else "")
+                typer.echo(f"dataset {job.spec['dataset']}: {sum(found.values())} images in {len(found)} classes: {classes}")
             recipe = job.spec["recipe"]
             typer.echo(f"recipe {job.spec['preset']}: " + " ".join(f"{k}={v}" for k, v in recipe.items() if k != "preset"))
     if wait or embedded:
@@ -340,17 +345,17 @@ def datasets_list(as_json: JsonOpt = False) -> None:
     from . import datasets
     from .settings import get_settings
     from .store import open_store
-    from .textsafe import plain
 
     entries = datasets.registered(open_store(get_settings()))
     if as_json:
         _emit_json([datasets.describe(e) for e in entries])
         return
-    for e in entries:
-        counts = " ".join(f"{split}={sum(c.values())}" for split, c in e.splits.items())
-        typer.echo(f"{e.name}\t{len(e.classes)} classes\t{counts}\t{e.size} bytes\t{plain(e.source)}\t{e.added_at[:19]}")
     if not entries:
         typer.echo("no datasets registered (cganctl datasets add NAME ARCHIVE)")
+        return
+    from .views import print_datasets
+
+    print_datasets(entries)
 
 
 @db_app.command("upgrade")

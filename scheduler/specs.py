@@ -10,7 +10,7 @@ import enum
 import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, field_validator, model_validator
 
 
 class JobKind(str, enum.Enum):
@@ -66,6 +66,8 @@ class TrainSpec(_Spec):
     )
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="model name to register")
     resume_from: str | None = Field(None, description="job id whose latest checkpoint starts this run")
+    # what the submit found in the dataset (images per class), for its own output; never stored
+    _found: dict[str, int] | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod

@@ -261,6 +261,7 @@ def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelR
     spec = build(TrainSpec, preset=r.preset, dataset=dataset, recipe=recipe, name=r.name)
     if spec.dataset != "cifar10":
         per_class = _dataset_counts(spec.dataset, settings)  # readable and indexable now, not only on the worker
+        spec._found = per_class
         found = sum(per_class.values())
         if len(per_class) < 2 and preset(r.preset).kind == "classifier":  # nothing to tell apart (a GAN of one class is fine)
             raise InvalidInput(f"--dataset {r.dataset} has {len(per_class)} class ({', '.join(per_class)}): a classifier needs at least 2 class folders")

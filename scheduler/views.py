@@ -176,6 +176,10 @@ def print_scores(metrics: dict) -> None:
     if not parts:
         return
     counts = f"{protocol.get('num_samples', '?')} samples vs {protocol.get('reference_images', '?')} reference images"
+    fewest = min((n for n in (protocol.get("num_samples"), protocol.get("reference_images")) if isinstance(n, int)), default=None)
+    if isinstance(metrics.get("inception_fid"), float) and fewest is not None and fewest < 2048:
+        # 2048 Inception features: with fewer samples the covariance is singular and FID is biased upwards
+        counts += "; Inception FID under 2,048 samples a side is biased high: compare only at equal counts"
     console.print("[bold]scores[/bold] " + markup_safe(f"{'; '.join(parts)} ({counts})"), highlight=False, soft_wrap=True)
 
 
@@ -200,6 +204,15 @@ def print_models(records) -> None:
     for m in records:
         preset = (m.meta.get("config") or {}).get("preset", "-")
         table.add_row(*(text(v) for v in (m.ref, m.kind, preset, len(m.meta.get("classes", [])), m.job_id or m.weights_key)))
+    console.print(table)
+
+
+def print_datasets(entries) -> None:
+    table = Table("dataset", "classes", "images", "bytes", "added UTC")
+    table.add_column("source", overflow="fold")
+    for e in entries:
+        counts = ", ".join(f"{split} {sum(c.values())}" for split, c in e.splits.items())
+        table.add_row(*(text(v) for v in (e.name, len(e.classes), counts, e.size, e.added_at[:16].replace("T", " "), e.source)))
     console.print(table)
 
 

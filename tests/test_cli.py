@@ -226,6 +226,7 @@ def test_train_shows_and_uses_the_resolved_recipe(embedded_env, tmp_path):
     result = cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "2",
                      "--set", "batch_size=8", "--set", "lr_g=1e-4", "--set", "checkpoint_every=1", "--wait")
     assert result.returncode == 0, result.stderr
+    assert f"dataset {data}: 24 images in 3 classes: airplane 8, cat 8, frog 8" in result.stdout, result.stdout
     recipe_line = next(line for line in result.stdout.splitlines() if line.startswith("recipe mlp:"))
     assert "steps=2" in recipe_line and "lr_g=0.0001" in recipe_line and "n_dis=1" in recipe_line and "batch_size=8" in recipe_line
     job = _job_rows(embedded_env)[0]
