@@ -176,7 +176,7 @@ def test_job_list_and_train_job_in_chromium(dashboard, browser_page, shots):
     assert page.locator("#models").inner_text().count("tiny-") >= 2
     _shot(page, shots / "models.png")
     page.goto(f"{base}/jobs/{jobs['failed']['id']}")
-    assert "image 'cat/9.png'" in page.inner_text("#error")
+    assert "'cat/9.png' is not an image that can be read" in page.inner_text("#error")
     page.goto(f"{base}/fleet?refresh=0")
     assert page.locator("#services .badge.ok").count() == 3
     _shot(page, shots / "fleet.png")
