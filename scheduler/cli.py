@@ -49,7 +49,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 def _fail(message: str, code: int) -> None:
     from .textsafe import plain
 
-    typer.echo(f"error: {plain(message)}", err=True)
+    typer.echo(f"error: {_clip(plain(message))}", err=True)
     raise typer.Exit(code)
 
 

@@ -133,11 +133,15 @@ def add(store: ObjectStore, settings: Settings, name: str, path: Path) -> Datase
     if not NAME.match(name) or name in BUILTIN_DATASETS:
         raise DatasetError(f"invalid dataset name {name!r}: lower-case letters, digits, '-' and '_' (at most 64), not 'cifar10'")
     suffix = archive_suffix(path.name)
-    if not path.exists():
-        raise DatasetError(f"{path} does not exist")
-    if suffix is None or not path.is_file():
-        raise DatasetError(f"{path} is not a .tar, .tar.gz or .tgz file (pack an ImageFolder tree with `tar czf`)")
-    size = path.stat().st_size
+    try:
+        if not path.exists():
+            raise DatasetError(f"{path} does not exist")
+        if suffix is None or not path.is_file():
+            hint = f"pack it: tar czf {name}.tar.gz -C {path} ." if path.is_dir() else "pack an ImageFolder tree with `tar czf`"
+            raise DatasetError(f"{path} is not a .tar, .tar.gz or .tgz file ({hint})")
+        size = path.stat().st_size
+    except OSError as exc:  # a name too long, no permission on a parent
+        raise DatasetError(f"{path} cannot be read: {exc.strerror or exc}") from None
     if size > settings.max_dataset_bytes:
         raise DatasetError(f"{path} is {size} bytes, above the maximum of {settings.max_dataset_bytes} (CGAN_MAX_DATASET_BYTES)")
     splits = _splits(path, settings)

@@ -29,6 +29,8 @@ def check_all(settings=None) -> dict:
     def database() -> str:
         current, head = db.current_revision(settings), db.head_revision(settings)
         state = "at head" if current == head else f"at {current or 'no schema'}, head is {head}: run `cganctl db upgrade`"
+        if current is None and settings.sqlalchemy_url.startswith("sqlite"):
+            state = "no schema yet: the first command that needs it creates it"
         if current != head and not settings.sqlalchemy_url.startswith("sqlite"):
             raise CganError(f"{redact_url(settings.sqlalchemy_url)} {state}")
         return f"{redact_url(settings.sqlalchemy_url)} ({state})"

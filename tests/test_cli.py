@@ -293,7 +293,7 @@ def test_models_list_shows_every_shipped_version_whole_in_80_columns(embedded_en
     assert [m["ref"] for m in listed] == [f"default:{v}" for v in range(1, len(BUILTIN_FILES["default"]) + 1)] + ["default-classifier:1"]
 
 
-@pytest.mark.parametrize("args", [["submit", "generate", "--count", "3", "--label"], ["jobs", "show"]])
+@pytest.mark.parametrize("args", [["submit", "generate", "--count", "3", "--label"], ["jobs", "show"], ["jobs", "list", "--status"]])
 def test_a_100kb_argument_is_refused_at_once_in_one_bounded_line(embedded_env, args):
     """The error echoes a 100,000-character value clipped, and the secret scrubbing that reads it is linear."""
     import time

@@ -56,7 +56,8 @@ def test_register_list_and_train_by_name_embedded(embedded_env, tmp_path):
     [
         (("datasets", "add", "Bad Name", "ARCHIVE"), "invalid dataset name"),
         (("datasets", "add", "cifar10", "ARCHIVE"), "invalid dataset name"),
-        (("datasets", "add", "tiny", "FOLDER"), "is not a .tar, .tar.gz or .tgz file"),
+        (("datasets", "add", "tiny", "FOLDER"), "is not a .tar, .tar.gz or .tgz file (pack it: tar czf tiny.tar.gz -C "),
+        (("datasets", "add", "tiny", "x" * 300 + ".tar.gz"), "cannot be read: File name too long"),
         (("submit", "train", "--preset", "mlp", "--dataset", "nosuchname", "--steps", "2"), "does not exist"),
         (("submit", "train", "--preset", "mlp", "--dataset", "s3://b/x.tar", "--steps", "2"), "need the project's bucket"),
         (("submit", "train", "--preset", "mlp", "--dataset", "ARCHIVE", "--steps", "2"), "fewer than the batch size 64"),
