@@ -80,7 +80,10 @@ def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, a
             found = getattr(spec, "_found", None)
             if found:  # what the job will train on, as the submit read it (a wrong folder shows here)
                 classes = ", ".join(f"{name} {n}" for name, n in list(found.items())[:20]) + (", ..." if len(found) > 20 else "")
-                typer.echo(f"dataset {job.spec['dataset']}: {sum(found.values())} images in {len(found)} classes: {classes}")
+                from .records import plural
+
+                shown_as = getattr(request, "dataset", None) or job.spec["dataset"]  # the name the user gave, not store:KEY
+                typer.echo(f"dataset {shown_as}: {plural(sum(found.values()), 'image')} in {plural(len(found), 'class')}: {classes}")
             recipe = job.spec["recipe"]
             typer.echo(f"recipe {job.spec['preset']}: " + " ".join(f"{k}={v}" for k, v in recipe.items() if k != "preset"))
     if wait or embedded:
