@@ -169,7 +169,7 @@ class TrainConfig:
         parse_policy(self.diffaug or "")
         _check(self, {
             "steps": (self.steps >= 1, "at least 1"),
-            "batch_size": (self.batch_size >= 2, "at least 2: BatchNorm needs more than one image a batch"),
+            "batch_size": (self.batch_size >= 1, "at least 1"),
             "seed": (0 <= self.seed <= MAX_SEED, "0 to 2**63-1"),
             "n_dis": (self.n_dis >= 1, "at least 1"),
             "lr_g": (self.lr_g > 0, "greater than 0"),
@@ -227,7 +227,7 @@ class ClassifierTrainConfig:
                 setattr(self, f.name, recipe[f.name])
         _check(self, {
             "steps": (self.steps >= 1, "at least 1"),
-            "batch_size": (self.batch_size >= 2, "at least 2: BatchNorm needs more than one image a batch"),
+            "batch_size": (self.batch_size >= 1, "at least 1"),
             "seed": (0 <= self.seed <= MAX_SEED, "0 to 2**63-1"),
             "lr": (self.lr > 0, "greater than 0"),
             "warmup_fraction": (0 <= self.warmup_fraction <= 1, "in [0, 1]"),

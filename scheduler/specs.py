@@ -111,7 +111,7 @@ class EvaluateSpec(_Spec):
     downstream_fraction: float = Field(0.1, gt=0, le=1, description="fraction of the real train split in the augmentation baseline")
     downstream_steps: int = Field(400, gt=0, le=200_000, description="optimiser steps of every downstream classifier")
     downstream_per_class: int = Field(500, gt=0, le=50_000, description="generated training images per class")
-    downstream_min_confidence: float | None = Field(None, gt=0, lt=1, description="keep generated training images the scoring classifier gives their label with p >= P")
+    downstream_min_confidence: float | None = Field(None, gt=0, le=1, description="keep generated training images the scoring classifier gives their label with p >= P")
 
 
 class GenerateSpec(_Spec):
@@ -120,7 +120,7 @@ class GenerateSpec(_Spec):
     counts: dict[str, int] = Field(..., description="images per class name, kept sorted by name: the model's class order (ImageFolder sorts its classes)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     truncation: Truncation = None
-    min_confidence: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False, description="below 1: a probability of exactly 1 is never reached")
+    min_confidence: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="a submit asks for less than 1 (never reached)")
     classifier: str | None = Field(None, description="NAME:VERSION used with min_confidence")
     format: Literal["webdataset", "imagefolder", "npz"] = "webdataset"
     shard_size: int = Field(2500, gt=0, le=100_000)

@@ -202,6 +202,7 @@ def generate_spec(r: GenerateRequest, models: ModelRegistry, settings: Settings)
             f"--shard-size {r.shard_size} is below the minimum of {min(settings.min_shard_size, total)} images per shard (CGAN_MIN_SHARD_SIZE)"
         )
     classifier_ref = None
+    _below_one(r.min_confidence, "--min-confidence")
     if r.classifier is not None and r.min_confidence is None:
         raise InvalidInput("--classifier goes with --min-confidence (it scores the samples that filter keeps)")
     if r.min_confidence is not None:
@@ -256,6 +257,9 @@ def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelR
         shortcuts = [f"--{k.replace('_', '-')}: " for k in ("steps", "batch_size", "checkpoint_every", "seed") if getattr(r, k) is not None and f"{k}=" in text]
         flag = shortcuts[0] if shortcuts else ("" if text.startswith("--set") else "--preset/--set: ")
         raise InvalidInput(f"{flag}{text}") from None
+    if int(recipe["batch_size"]) < 2:  # refused at submit (rows written before this rule still parse)
+        flag = "--batch-size" if r.batch_size is not None else "--set batch_size"
+        raise InvalidInput(f"{flag}: batch_size={recipe['batch_size']} is too small (should be at least 2: BatchNorm needs more than one image a batch)")
     check_train_budget(recipe, settings)
     dataset = _source(r.dataset, settings, "--dataset")
     spec = build(TrainSpec, preset=r.preset, dataset=dataset, recipe=recipe, name=r.name)
@@ -270,8 +274,17 @@ def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelR
     return spec
 
 
+def _below_one(value: float | None, flag: str) -> None:
+    """A confidence threshold of 1 is never reached (the classifier's probabilities stay below it): refused at
+    submit. (Specs keep accepting 1 so that rows written before this rule still parse.)"""
+    if value is not None and value >= 1:
+        raise InvalidInput(f"invalid {flag} {value}: should be less than 1 (a probability of exactly 1 is never reached)")
+
+
 def evaluate_spec(r: EvaluateRequest, models: ModelRegistry, settings: Settings | None = None) -> EvaluateSpec:
     from .specs import EvaluateSpec
+
+    _below_one(r.downstream_min_confidence, "--downstream-min-confidence")
 
     generator = models.resolve(r.model, "generator")
     scorer = models.resolve(r.classifier or DEFAULT_CLASSIFIER, "classifier")

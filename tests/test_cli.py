@@ -203,7 +203,7 @@ def test_min_confidence_keeps_only_confident_samples(embedded_env, tmp_path):
         (["--preset", "mlp", "--set", "n_dis=0"], "invalid training config: n_dis=0 (should be at least 1)"),
         (["--preset", "gpt"], "unknown preset 'gpt'"),
         (["--steps", "0"], "invalid training config: steps=0") ,
-        (["--preset", "mlp", "--batch-size", "1"], "batch_size=1 (should be at least 2: BatchNorm needs more than one image a batch)"),
+        (["--preset", "mlp", "--batch-size", "1"], "--batch-size: batch_size=1 is too small (should be at least 2: BatchNorm needs more than one image a batch)"),
         (["--preset", "classifier", "--batch-size", "2", "ONE-CLASS"], "has 1 class (cat): a classifier needs at least 2 class folders"),
     ],
 )

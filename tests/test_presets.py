@@ -64,6 +64,15 @@ def test_train_request_to_spec(tmp_path):
         train_spec(TrainRequest(preset="gpt", dataset=str(tmp_path)))
 
 
+def test_rows_written_before_the_submit_rules_still_parse():
+    """batch size 1 and min_confidence 1 are refused at submit; rows that hold them (failed jobs) still parse."""
+    from scheduler.specs import GenerateSpec
+
+    assert TrainSpec.model_validate({"kind": "train", "preset": "mlp", "recipe": {"batch_size": 1}}).recipe["batch_size"] == 1
+    assert GenerateSpec.model_validate({"kind": "generate", "model": "default:1", "counts": {"cat": 2}, "min_confidence": 1.0,
+                                        "classifier": "default-classifier:1"}).min_confidence == 1.0
+
+
 def test_rows_written_before_recipes_still_parse():
     old = {"kind": "train", "preset": "mlp", "dataset": "cifar10", "steps": 7, "batch_size": 16, "checkpoint_every": 3, "seed": 2}
     spec = TrainSpec.model_validate(old)
