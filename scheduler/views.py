@@ -61,6 +61,11 @@ def print_job(service, job: JobRecord) -> None:
     ]
     if job.error:
         rows.append(("error", job.error))
+    if job.status == "running" and not service.runtime.settings.embedded:
+        stranded = [row for row in service.table.expired_leases(limit=1000) if row["job"] == job.id]
+        if stranded:  # its worker died or hung: say so here too, not only in `cganctl status`
+            rows.append(("lease", expired_line(stranded[0], any_worker=None).removeprefix("warning: ")
+                         + (f" ({len(stranded)} shards)" if len(stranded) > 1 else "")))
     for key, value in rows:
         info.add_row(f"[bold]{key}[/bold]", text(value, one_line=False))
     console.print(info)
@@ -243,15 +248,16 @@ def print_status(report: dict) -> None:
         console.print(markup_safe(expired_line(row, any_worker=bool(workers))), highlight=False, soft_wrap=True)
 
 
-def expired_line(row: dict, any_worker: bool) -> str:
+def expired_line(row: dict, any_worker: bool | None) -> str:
     """The warning for running work whose worker stopped renewing its lease (crashed, or hung past its time limit)."""
     what = f"job {row['job'][:12]}" + (f" shard {row['shard']}" if row["shard"] is not None else "")
     since = f"no heartbeat for {row['silent_s']:.0f} s" if row.get("silent_s") is not None else "no heartbeat"
-    then = (
-        "the reconciler of a live worker sends it again within one reconcile interval"
-        if any_worker
-        else "no live worker answered to take it back: start one (cganctl worker)"
-    )
+    if any_worker is None:  # not asked (jobs show): both cases
+        then = "a live worker's reconciler sends it again; if no worker runs, start one (cganctl worker)"
+    elif any_worker:
+        then = "the reconciler of a live worker sends it again within one reconcile interval"
+    else:
+        then = "no live worker answered to take it back: start one (cganctl worker)"
     return f"warning: {what} running on {row['worker'] or '?'}: {since}, its lease ran out (the worker is gone or hung); {then}"
 
 

@@ -505,5 +505,7 @@ def test_fleet_page_and_status_name_work_whose_lease_ran_out(fleet_env, tmp_path
         line = next(line for line in status.stdout.splitlines() if job.id[:12] in line)
         assert line.startswith(f"warning: job {job.id[:12]} running on ghost@box: no heartbeat for") and "its lease ran out" in line, line
         assert "ghost@box" not in status.stdout.split("warning:")[0]  # not listed as a busy worker: it is gone
+        shown = " ".join(cganctl(fleet_env, "jobs", "show", job.id, timeout=120).stdout.split())  # the grid wraps
+        assert "lease job" in shown and "running on ghost@box: no heartbeat for" in shown and "start one (cganctl worker)" in shown, shown
     finally:
         service.table.fail(job.id, "test over")
