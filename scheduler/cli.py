@@ -72,15 +72,17 @@ def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, a
         where = "running in-process (embedded default)" if embedded else f"queued on '{job.queue}'"
         typer.echo(f"job {job.id} {job.kind} {where}")
         if job.kind == "generate":  # the plan, per class: what --fill-to or --balanced worked out
-            spec = job.parsed_spec()
-            asked = [(name, n) for name, n in spec.counts.items() if n]
+            from .textsafe import plural
+
+            plan = job.parsed_spec()
+            asked = [(name, n) for name, n in plan.counts.items() if n]
             shown = ", ".join(f"{name} {n}" for name, n in asked[:20]) + (f", ... ({len(asked) - 20} more classes)" if len(asked) > 20 else "")
-            typer.echo(f"images: {spec.total} in {spec.num_shards} shard{'s' if spec.num_shards != 1 else ''}: {shown}")
+            typer.echo(f"images: {plan.total} in {plural(plan.num_shards, 'shard')}: {shown}")
         if job.kind == "train":
             found = getattr(spec, "_found", None)
             if found:  # what the job will train on, as the submit read it (a wrong folder shows here)
                 classes = ", ".join(f"{name} {n}" for name, n in list(found.items())[:20]) + (", ..." if len(found) > 20 else "")
-                from .records import plural
+                from .textsafe import plural
 
                 shown_as = getattr(request, "dataset", None) or job.spec["dataset"]  # the name the user gave, not store:KEY
                 typer.echo(f"dataset {shown_as}: {plural(sum(found.values()), 'image')} in {plural(len(found), 'class')}: {classes}")
@@ -336,7 +338,7 @@ def datasets_add(
     if as_json:
         _emit_json(datasets.describe(entry))
         return
-    from .records import plural
+    from .textsafe import plural
 
     splits = ", ".join(f"{split} {plural(sum(counts.values()), 'image')}" for split, counts in entry.splits.items())
     typer.echo(f"dataset {entry.name}: {plural(len(entry.classes), 'class')} ({plain(', '.join(entry.classes))}), {splits}; stored as {entry.key}")

@@ -50,10 +50,6 @@ def status_phrase(status: str) -> str:
     return {"queued": "is queued", "running": "is running", "cancelled": "was cancelled"}.get(status, status)
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"
-
-
 # Maps keyed by class name, given back in class order (sorted by name: the model's class order, as
 # ImageFolder sorts its classes), whatever order the table kept them in.
 CLASS_KEYED = (("spec", "counts"), ("metrics", "per_class"), ("metrics", "count_per_class"), ("metrics", "acceptance"))

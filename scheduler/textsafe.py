@@ -32,3 +32,8 @@ def text(value: object, *, one_line: bool = True):
     from rich.text import Text
 
     return Text(plain(value, one_line=one_line))
+
+
+def plural(n: int, word: str) -> str:
+    """``1 class``, ``2 classes``, ``3 shards``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .records import JobRecord
-from .textsafe import markup_safe, plain, text
+from .textsafe import markup_safe, plain, plural, text
 
 console = Console()
 
@@ -264,7 +264,7 @@ def expired_line(row: dict, any_worker: bool | None) -> str:
 def unserved_line(queue: str, count: int | None = None, silent: list[str] | None = None) -> str:
     """The warning for a queue that no live worker consumes (`status`, and `--wait` on a job that stays queued);
     ``silent``: busy workers that did not answer, which may consume it."""
-    jobs = "" if count is None else f"{count} job{'s' if count != 1 else ''} queued on '{queue}' and "
+    jobs = "" if count is None else f"{plural(count, 'job')} queued on '{queue}' and "
     line = f"warning: {jobs}no live worker consumes queue '{queue}'; start one with: cganctl worker --queues {queue}"
     if silent:
         line += f" (unless a busy worker that did not answer consumes it: {', '.join(silent)})"
