@@ -35,7 +35,8 @@ def is_image(name: str) -> bool:
 def select(
     paths: list[tuple[str, ...]], split: str, source: str, *, require_split: bool = False
 ) -> dict[str, list[int]]:
-    """Map class name -> indices into ``paths`` (path parts) for ``split``.
+    """Map class name -> indices into ``paths`` (path parts) for ``split``, classes sorted and each class's
+    images in path order (not the archive's member order or the folder walk's).
 
     Leading folders shared by every file are skipped (e.g. ``cifar10-jpeg/``); if the tree then
     starts with split folders (``train/``, ``test/``...), ``split`` picks one. A tree without split
@@ -67,7 +68,7 @@ def select(
             "(expected <root>/<class>/<image>)"
         )
     by_class: dict[str, list[int]] = {}
-    for i in keep:
+    for i in sorted(keep, key=lambda i: paths[i]):  # by path: a folder and any archive of it give one order
         by_class.setdefault(paths[i][depth], []).append(i)
     return dict(sorted(by_class.items()))
 

@@ -102,6 +102,16 @@ def test_plain_tar(tmp_path: Path) -> None:
     check(load_image_dataset(str(path)), 2)
 
 
+def test_a_folder_and_its_archives_in_any_member_order_load_the_same(tmp_path: Path) -> None:
+    files = {f"{cls}/{sub}{i}.png": encode((40 * i, 10 * len(sub), 200)) for cls in ("cat", "dog") for sub in ("", "x/") for i in range(3)}
+    folder = write_dir(tmp_path / "ds", files)
+    reference = load_image_dataset(str(folder))
+    for order in (list(files), list(reversed(files)), sorted(files, key=lambda n: n[::-1])):
+        data = load_image_dataset(str(write_tar(tmp_path / "ds.tar.gz", {n: files[n] for n in order})))
+        assert data.labels.tolist() == reference.labels.tolist() and data.classes == ["cat", "dog"]
+        assert torch.equal(data.images, reference.images)
+
+
 def test_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         load_image_dataset(str(tmp_path / "nope"))
