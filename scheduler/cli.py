@@ -334,14 +334,19 @@ def datasets_add(
     from .textsafe import plain
 
     settings = get_settings()
-    entry = datasets.add(open_store(settings), settings, name, archive.expanduser())
+    store = open_store(settings)
+    previous = datasets.get(store, name) if datasets.NAME.match(name) else None
+    entry = datasets.add(store, settings, name, archive.expanduser())
+    replaced = previous if previous is not None and previous.key != entry.key else None
     if as_json:
-        _emit_json(datasets.describe(entry))
+        _emit_json({**datasets.describe(entry), "replaced": replaced.key if replaced else None})
         return
     from .textsafe import plural
 
     splits = ", ".join(f"{split} {plural(sum(counts.values()), 'image')}" for split, counts in entry.splits.items())
     typer.echo(f"dataset {entry.name}: {plural(len(entry.classes), 'class')} ({plain(', '.join(entry.classes))}), {splits}; stored as {entry.key}")
+    if replaced is not None:
+        typer.echo(f"replaces {name} added {replaced.added_at[:19]} from {plain(replaced.source)} ({replaced.key}); jobs already submitted keep reading that one")
 
 
 @datasets_app.command("list")

@@ -47,8 +47,13 @@ def test_register_list_and_train_by_name_embedded(embedded_env, tmp_path):
     assert "test" in job["metrics"]  # the test split was read from the stored archive too
 
     # registering the name again points new jobs at the new archive; the old spec keeps its object
-    again = json.loads(cganctl(embedded_env, "datasets", "add", "tiny", str(_archive(tmp_path, "v2.tar", with_test=False, per_class=9)), "--json", check=True).stdout)
-    assert again["key"] != added["key"] and again["images"] == {"train": 27}
+    v2 = _archive(tmp_path, "v2.tar", with_test=False, per_class=9)
+    again = json.loads(cganctl(embedded_env, "datasets", "add", "tiny", str(v2), "--json", check=True).stdout)
+    assert again["key"] != added["key"] and again["images"] == {"train": 27} and again["replaced"] == added["key"]
+    # the same archive once more: nothing is replaced; a new archive is named with what it replaces
+    assert "replaces" not in cganctl(embedded_env, "datasets", "add", "tiny", str(v2), check=True).stdout
+    line = cganctl(embedded_env, "datasets", "add", "tiny", str(archive), check=True).stdout.splitlines()[-1]
+    assert line.startswith("replaces tiny added ") and f"from v2.tar ({again['key']}); jobs already submitted keep reading that one" in line
 
 
 @pytest.mark.parametrize(
