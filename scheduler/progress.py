@@ -38,10 +38,12 @@ def follow_job(service, job_id: str, *, quiet: bool = False) -> JobRecord:
         *((TextColumn("{task.fields[extra]}", markup=False),) if console.width >= WIDE else ()),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("", total=None, unit="", extra="")
+        task = None  # added with the first reading of the job: no blank first frame
         job = None
         for job in service.follow(job_id, on_unserved=unserved):
             head, extra = _describe(job)
+            if task is None:
+                task = bar.add_task(head, total=job.progress_total, unit=job.progress_unit or "", extra=extra)
             bar.update(task, description=head, extra=extra, completed=job.progress_done, total=job.progress_total, unit=job.progress_unit or "")
     assert job is not None
     return job
