@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -339,6 +340,27 @@ def test_models_and_fleet_pages(service, client):
     workers = fleet.text.split('id="workers"')[1].split("</table>")[0]
     assert "inline@box:42" in workers and running.id[:12] in workers
     assert queued.id[:12] not in workers
+
+
+def test_datasets_page(service, client, tmp_path):
+    from harness.datasets import tiny_image_folder
+    from scheduler import datasets
+
+    empty = client.get("/datasets")
+    assert empty.status_code == 200 and "No datasets registered" in empty.text and "cganctl datasets add NAME" in empty.text
+    tree = tmp_path / "tree"
+    tiny_image_folder(tree / "train", per_class=4)
+    tiny_image_folder(tree / "test", per_class=2)
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname=".")
+    entry = datasets.add(service.runtime.store, service.runtime.settings, "tiny", archive)
+    page = client.get("/datasets").text
+    row = page.split("<b>tiny</b>")[1].split("</tbody>")[0]
+    cells = re.findall(r'<td class="num">(\d+)</td>', row)
+    assert cells[:2] == ["12", "6"], row  # train and test images
+    assert re.findall(r'<td>(\w+)</td><td class="num" title="train">4</td><td class="num" title="test">2</td>', row) == ["airplane", "cat", "frog"]
+    assert "tiny.tar.gz" in row and entry.key[:40] in row and 'class="on">Datasets' in page
 
 
 # --- the command -----------------------------------------------------------------------------------------

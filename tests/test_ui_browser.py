@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -75,6 +76,9 @@ def dashboard(tmp_path_factory):
     (broken / "cat" / "9.png").write_bytes(b"<b>not</b> an image")
     jobs["failed"] = _job(env, "train", "--preset", "mlp", "--dataset", str(broken), *small, status="failed")
     jobs["generate"] = _job(env, "generate", "--model", "tiny-gan:1", "--label", "cat", "--label", "frog", "--count", "16")
+    with tarfile.open(tmp / "tiny.tar.gz", "w:gz") as tar:
+        tar.add(data, arcname="train")
+    cganctl(env, "datasets", "add", "tiny-set", str(tmp / "tiny.tar.gz"), check=True)
     port = _free_port()
     log = open(tmp / "ui.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "scheduler", "ui", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -177,6 +181,10 @@ def test_job_list_and_train_job_in_chromium(dashboard, browser_page, shots):
     _shot(page, shots / "models.png")
     page.goto(f"{base}/jobs/{jobs['failed']['id']}")
     assert "'cat/9.png' is not an image that can be read" in page.inner_text("#error")
+    page.goto(f"{base}/datasets")
+    page.click("#datasets summary")
+    assert page.locator("#datasets table.counts").inner_text().split() == ["airplane", "8", "cat", "8", "frog", "8"]
+    _shot(page, shots / "datasets.png")
     page.goto(f"{base}/fleet?refresh=0")
     assert page.locator("#services .badge.ok").count() == 3
     _shot(page, shots / "fleet.png")

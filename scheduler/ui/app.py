@@ -272,6 +272,11 @@ class Dashboard:
             rows.append({"model": m, "evaluation": evaluations[0] if evaluations else None, "evaluations": len(evaluations)})
         return self.render(request, "models.html", nav="models", rows=rows, columns=queries.EVAL_COLUMNS)
 
+    def datasets(self, request: Request) -> Response:
+        from ..datasets import registered
+
+        return self.render(request, "datasets.html", nav="datasets", entries=sorted(registered(self.store), key=lambda e: e.name))
+
     def fleet(self, request: Request) -> Response:
         from ..health import check_all
 
@@ -337,6 +342,7 @@ def create_app(service=None, *, settings=None, token: str | None = None) -> Star
         Route("/jobs/{job_id}", dash.job, methods=["GET"], name="job"),
         Route("/jobs/{job_id}/files/{name:path}", dash.file, methods=["GET"], name="file"),
         Route("/models", dash.models, methods=["GET"], name="models"),
+        Route("/datasets", dash.datasets, methods=["GET"], name="datasets"),
         Route("/fleet", dash.fleet, methods=["GET"], name="fleet"),
         Route("/static/ui.js", dash.script, methods=["GET"], name="script"),
         Route("/favicon.ico", dash.icon, methods=["GET"]),
