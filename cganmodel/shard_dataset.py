@@ -6,6 +6,7 @@ e.g. ``cganctl results download``, never imports torch.
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,9 +26,13 @@ class ShardDataset(Dataset[tuple[Any, int]]):
     """Map-style dataset over webdataset / imagefolder tars and npz shards (a directory, searched
     recursively, or a list of paths). Items are ``(float CHW tensor in [-1, 1], label)``, or
     ``(transform(PIL image), label)`` with a ``transform``. Tar images are read lazily by offset; npz
-    arrays are loaded at construction. ``imagefolder`` labels index ``classes``, by default the sorted
-    class folders of all those shards (``ImageFolder`` order). The webdataset shards are also readable
-    by the ``webdataset`` library: ``webdataset.WebDataset(urls).decode("pil").to_tuple("png", "cls")``."""
+    arrays are loaded at construction. The webdataset shards are also readable
+    by the ``webdataset`` library: ``webdataset.WebDataset(urls).decode("pil").to_tuple("png", "cls")``.
+
+    ``imagefolder`` labels index ``classes``: by default the ``classes`` of the ``manifest.json`` in a
+    downloaded folder (the model's class order, as the ``.cls`` of webdataset shards and the ``labels`` of
+    npz shards: one class, one index, whatever the format), else the sorted class folders of all those
+    shards (``ImageFolder`` order)."""
 
     def __init__(
         self,
@@ -39,6 +44,8 @@ class ShardDataset(Dataset[tuple[Any, int]]):
         self.transform = transform
         paths = _shard_paths(paths_or_dir)
         tars = {path: _tar_members(path) for path in paths if path.suffix != ".npz"}
+        if classes is None:
+            classes = _manifest_classes(paths_or_dir)
         if classes is None:
             classes = sorted(
                 {name.rpartition("/")[0] for members in tars.values() if _is_imagefolder(members) for name in members}
@@ -87,6 +94,14 @@ class _ArrayItem:
 
     def pil(self) -> Image.Image:
         return Image.fromarray(self.image)
+
+
+def _manifest_classes(paths_or_dir: PathLike | Sequence[PathLike]) -> list[str] | None:
+    """The class list of the job whose download ``paths_or_dir`` is (its ``manifest.json``), if it is one."""
+    if not isinstance(paths_or_dir, str | Path) or not (Path(paths_or_dir) / "manifest.json").is_file():
+        return None
+    classes = json.loads((Path(paths_or_dir) / "manifest.json").read_text()).get("classes")
+    return [str(c) for c in classes] if isinstance(classes, list) else None
 
 
 def _shard_paths(paths_or_dir: PathLike | Sequence[PathLike]) -> list[Path]:

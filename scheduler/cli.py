@@ -305,7 +305,11 @@ def results_download(
     if not to.strip():
         _fail("--to needs a folder: '' is not one", 2)
     service = _service()
-    summary = download(service, job_id, Path(to), layout.value)
+    try:
+        summary = download(service, job_id, Path(to), layout.value)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: nothing was written to {to}", err=True)
+        raise typer.Exit(130) from None
     typer.echo(summary)
 
 

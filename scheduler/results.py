@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -52,31 +53,57 @@ def _write_error(dest: Path, exc: OSError) -> CganError:
     return (InvalidInput if bad else CganError)(f"could not write to {dest}: {exc.strerror or exc}")
 
 
+def _refuse_non_empty(dest: Path) -> None:
+    """One job's results per folder: files of two jobs in one folder would mix their shards and overwrite
+    each other's images (every job numbers its keys from 0)."""
+    if dest.is_dir():
+        entries = sorted(p.name for p in dest.iterdir())
+        if entries:
+            raise InvalidInput(
+                f"--to {dest} is not empty ({len(entries)} entries, e.g. {entries[0]!r}): download each job into a new or "
+                "empty folder (two jobs in one folder would mix their shards and overwrite each other's images)"
+            )
+
+
 def download(service, job_id: str, dest: Path, layout: str) -> str:
+    """Fetch into a staging folder beside ``dest`` and rename it to ``dest`` once everything is verified:
+    ``dest`` holds the whole download or nothing (an error or Ctrl-C midway removes the staging folder)."""
     dest = Path(dest)
     job = service.get(job_id)
     if job.status != "succeeded":
         raise InvalidInput(f"job {job.id} {status_phrase(job.status)}: its results are complete only once it succeeded")
+    if layout != "webdataset" and job.kind != "generate":
+        raise InvalidInput(f"--layout {layout} is for generate jobs, not {job.kind} jobs (job {job.id})")
     store = service.runtime.store
-    if job.kind != "generate":
-        if layout != "webdataset":
-            raise InvalidInput(f"--layout {layout} is for generate jobs, not {job.kind} jobs (job {job.id})")
+    manifest = manifest_bytes = None
+    if job.kind == "generate":
+        manifest_bytes = store.get_bytes(job.artifacts["manifest"])
         try:
-            return _download_files(store, job, dest)
-        except OSError as exc:
-            raise _write_error(dest, exc) from None
-    manifest_bytes = store.get_bytes(job.artifacts["manifest"])
+            manifest = Manifest.from_bytes(manifest_bytes)
+        except ValidationError as exc:  # e.g. an unsafe file name
+            first = exc.errors()[0]
+            raise InvalidInput(f"manifest of job {job.id} is invalid: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    refuse_links(dest)
+    _refuse_non_empty(dest)
+    staging = dest.parent / f".{dest.name}.partial-{job.id[:12]}"
     try:
-        manifest = Manifest.from_bytes(manifest_bytes)
-    except ValidationError as exc:  # e.g. an unsafe file name
-        first = exc.errors()[0]
-        raise InvalidInput(f"manifest of job {job.id} is invalid: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    try:
-        return _download(store, manifest, manifest_bytes, dest, layout)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a process that was killed
+        staging.mkdir()
+        if manifest is None:
+            summary = _download_files(store, job, staging)
+        else:
+            summary = _download(store, manifest, manifest_bytes or b"", staging, layout)
+        if dest.is_dir():
+            dest.rmdir()  # empty (checked above); not empty now: OSError, nothing replaced
+        staging.rename(dest)
     except OSError as exc:
         raise _write_error(dest, exc) from None
     except ValueError as exc:  # a link met while unpacking, an unsafe member name
         raise UnsafeDestination(str(exc)) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary.replace("{dest}", str(dest))
 
 
 def job_files(store, job) -> dict[str, str]:
@@ -93,18 +120,14 @@ def job_files(store, job) -> dict[str, str]:
 
 def _download_files(store, job, dest: Path) -> str:
     files = job_files(store, job)
-    refuse_links(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     for name, key in sorted(files.items()):
         store.download(key, _safe_target(dest, dest / name))
-    return f"{len(files)} files of {job.kind} job {job.id} saved in {dest}: {', '.join(sorted(files))}"
+    return f"{len(files)} files of {job.kind} job {job.id} saved in {{dest}}: {', '.join(sorted(files))}"
 
 
 def _download(store, manifest: Manifest, manifest_bytes: bytes, dest: Path, layout: str) -> str:
-    refuse_links(dest)
     shard_dir = dest if layout == "webdataset" else dest / ".shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    refuse_links(dest)
     paths = []
     for entry in manifest.files:
         path = _safe_target(dest, shard_dir / entry.name)
@@ -116,7 +139,7 @@ def _download(store, manifest: Manifest, manifest_bytes: bytes, dest: Path, layo
         paths.append(path)
     if layout == "webdataset":
         _safe_target(dest, dest / "manifest.json").write_bytes(manifest_bytes)
-        return f"{len(paths)} shards ({manifest.count} images) verified and saved in {dest}"
+        return f"{len(paths)} shards ({manifest.count} images) verified and saved in {{dest}}"
     from cganmodel.shards import unpack_to_imagefolder
 
     refuse_links(dest)
@@ -125,4 +148,4 @@ def _download(store, manifest: Manifest, manifest_bytes: bytes, dest: Path, layo
         path.unlink()
     shard_dir.rmdir()
     _safe_target(dest, dest / "manifest.json").write_bytes(manifest_bytes)
-    return f"{manifest.count} images verified and unpacked to {dest}/<class>/<key>.png"
+    return f"{manifest.count} images verified and unpacked to {{dest}}/<class>/<key>.png"

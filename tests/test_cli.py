@@ -165,7 +165,23 @@ def test_download_refuses_a_corrupted_shard(embedded_env, tmp_path):
     shard.write_bytes(bytes(data))
     result = cganctl(embedded_env, "results", "download", job["id"], "--to", str(tmp_path / "out"))
     assert result.returncode == 1 and "shard-000001.tar: sha256" in result.stderr and "does not match the manifest" in result.stderr
-    assert not (tmp_path / "out" / "shard-000001.tar").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # all or nothing: not even the good shard 0, no staging folder
+
+
+def test_download_puts_one_job_in_one_folder(embedded_env, tmp_path):
+    jobs = [json.loads(cganctl(embedded_env, "submit", "generate", "--label", label, "--count", "6", "--json", check=True).stdout) for label in ("ship", "frog")]
+    out = tmp_path / "out"
+    first = cganctl(embedded_env, "results", "download", jobs[0]["id"], "--to", str(out), "--layout", "imagefolder", check=True)
+    assert first.stdout.strip() == f"6 images verified and unpacked to {out}/<class>/<key>.png"
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    for layout in ("imagefolder", "webdataset"):
+        second = cganctl(embedded_env, "results", "download", jobs[1]["id"], "--to", str(out), "--layout", layout)
+        assert second.returncode == 2 and second.stderr.startswith(f"error: --to {out} is not empty (2 entries, e.g. 'manifest.json')"), second.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before and json.loads((out / "manifest.json").read_text())["job_id"] == jobs[0]["id"]
+    (tmp_path / "empty").mkdir()
+    cganctl(embedded_env, "results", "download", jobs[1]["id"], "--to", str(tmp_path / "empty"), check=True)
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["manifest.json", "shard-000000.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "empty", "out"]  # no staging folder left
 
 
 def test_min_confidence_keeps_only_confident_samples(embedded_env, tmp_path):

@@ -137,6 +137,22 @@ def test_shard_dataset_with_dataloader(tmp_path: Path) -> None:
     assert (img, label) == ((8, 8), samples[6].label)
 
 
+def test_shard_dataset_labels_follow_the_manifest_in_every_format(tmp_path: Path) -> None:
+    """One cat-only job downloaded in each format: the label is the model's cat index (the manifest's
+    classes), not the index among the folders present."""
+    classes = CLASSES  # the model's: cat is index 2
+    cats = [s for s in make_samples(9) if s.class_name == "cat"]
+    labels = {}
+    for fmt in ("webdataset", "imagefolder", "npz"):
+        folder = tmp_path / fmt
+        folder.mkdir()
+        write_file(folder / shard_name(0, fmt), cats, fmt)
+        (folder / "manifest.json").write_text(json.dumps({"classes": classes}))
+        labels[fmt] = [ShardDataset(folder)[i][1] for i in range(len(cats))]
+    assert labels == {fmt: [2] * len(cats) for fmt in labels}
+    assert ShardDataset([tmp_path / "imagefolder" / shard_name(0, "imagefolder")])[0][1] == 0  # no manifest: folder order
+
+
 def test_unpack_then_torchvision_imagefolder(tmp_path: Path) -> None:
     datasets = pytest.importorskip("torchvision.datasets")
     samples = make_samples(9)
