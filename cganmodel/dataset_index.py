@@ -44,6 +44,9 @@ def select(
     """
     if not paths:
         raise DataError(f"{source}: no image files found")
+    climbing = next((p for p in paths if ".." in p), None)
+    if climbing is not None:
+        raise DataError(f"{source}: {'/'.join(climbing)!r} climbs out of the tree with '..'")
     depth = 0
     while all(len(p) > depth + 2 for p in paths) and len({p[depth] for p in paths}) == 1:
         if paths[0][depth] in SPLIT_NAMES:
@@ -70,7 +73,22 @@ def select(
     by_class: dict[str, list[int]] = {}
     for i in sorted(keep, key=lambda i: paths[i]):  # by path: a folder and any archive of it give one order
         by_class.setdefault(paths[i][depth], []).append(i)
+    for name, idx in by_class.items():
+        _check_class(name, paths[idx[0]], source)
     return dict(sorted(by_class.items()))
+
+
+def _check_class(name: str, example: tuple[str, ...], source: str) -> None:
+    """A class is a folder name that every output format can hold, and not a split folder holding images."""
+    from cganmodel.shards import check_class_name
+
+    where = "/".join(example)
+    if name in SPLIT_NAMES:
+        raise DataError(f"{source}: images directly in the split folder {name!r}, e.g. {where!r} (expected {name}/<class>/<image>)")
+    try:
+        check_class_name(name)
+    except ValueError as exc:
+        raise DataError(f"{source}: {exc} (e.g. {where!r})") from None
 
 
 def iter_tar(path: Path, read: bool, limits: DataLimits | None = None) -> Iterator[tuple[str, bytes | None]]:

@@ -85,7 +85,7 @@ def write_shard(fileobj: BinaryIO, samples: Iterable[Sample], fmt: str) -> int:
                 _add_member(tar, f"{sample.key}.cls", str(int(sample.label)).encode("ascii"))
                 _add_member(tar, f"{sample.key}.json", json.dumps(doc, sort_keys=True).encode())
             else:
-                _add_member(tar, f"{_check_class_name(sample.class_name)}/{sample.key}.png", png)
+                _add_member(tar, f"{check_class_name(sample.class_name)}/{sample.key}.png", png)
             count += 1
     return count
 
@@ -176,7 +176,7 @@ def unpack_to_imagefolder(shard_paths: Iterable[PathLike], dest_dir: PathLike, c
     empty ones), so its indices match ``classes`` only when every class is present."""
     dest = Path(dest_dir)
     for name in classes:
-        _check_class_name(name)
+        check_class_name(name)
     written = 0
     for path in map(Path, shard_paths):
         for class_name, key, png in _iter_pngs(path, classes):
@@ -205,7 +205,7 @@ def _check_key(key: str) -> str:
     return key
 
 
-def _check_class_name(name: str) -> str:
+def check_class_name(name: str) -> str:
     if not name or name in {".", ".."} or any(c in name for c in "/\\\0"):
         raise ValueError(f"class name {name!r} cannot be a folder name")
     return name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from pathlib import Path
 
@@ -110,6 +111,23 @@ def test_a_folder_and_its_archives_in_any_member_order_load_the_same(tmp_path: P
         data = load_image_dataset(str(write_tar(tmp_path / "ds.tar.gz", {n: files[n] for n in order})))
         assert data.labels.tolist() == reference.labels.tolist() and data.classes == ["cat", "dog"]
         assert torch.equal(data.images, reference.images)
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (["train/../../evil/0.png", "train/cat/0.png"], "'train/../../evil/0.png' climbs out of the tree with '..'"),
+        (["cat/../dog/0.png", "cat/0.png", "dog/1.png"], "climbs out of the tree"),
+        (["train/0.png", "train/1.png"], "images directly in the split folder 'train', e.g. 'train/0.png' (expected train/<class>/<image>)"),
+        (["data/test/0.png", "data/prod/cat/0.png"], "images directly in the split folder 'test'"),
+        (["ca\\t/0.png", "dog/0.png"], "cannot be a folder name"),
+    ],
+)
+def test_class_folders_every_format_can_hold(tmp_path: Path, names: list[str], message: str) -> None:
+    archive = write_tar(tmp_path / "odd.tar.gz", {n: encode((9, 9, 9)) for n in names})
+    for read in (count_images, load_image_dataset):
+        with pytest.raises(DataError, match=re.escape(message)):
+            read(str(archive))
 
 
 def test_errors(tmp_path: Path) -> None:
