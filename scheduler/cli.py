@@ -78,6 +78,13 @@ def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, a
             asked = [(name, n) for name, n in plan.counts.items() if n]
             shown = ", ".join(f"{name} {n}" for name, n in asked[:20]) + (f", ... ({len(asked) - 20} more classes)" if len(asked) > 20 else "")
             typer.echo(f"images: {plan.total} in {plural(plan.num_shards, 'shard')}: {shown}")
+    absent = getattr(spec, "_absent", None)
+    if absent:  # --fill-to tops up the dataset's classes; one it has no image of is named, not guessed
+        typer.echo(
+            f"warning: not in {getattr(request, 'dataset', None)}, so not filled: {', '.join(absent[:20])}{', ...' if len(absent) > 20 else ''} "
+            "(a class folder with no image counts as absent; generate those with --label NAME --count N)",
+            err=True,
+        )
         if job.kind == "train":
             found = getattr(spec, "_found", None)
             if found:  # what the job will train on, as the submit read it (a wrong folder shows here)
@@ -157,7 +164,7 @@ def submit_train(
     checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Steps between checkpoints (default: the preset's).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Default: the preset's (0).")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override of the preset's recipe (repeatable), e.g. --set lr_g=1e-4 --set n_dis=1.")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Register the result as this model name.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Register the result as this model name (versions :1, :2, ...); default: <preset>-gan, or classifier.")] = None,
     queue: QueueOpt = None,
     priority: PriorityOpt = 0,
     wait: WaitOpt = False,

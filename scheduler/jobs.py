@@ -112,7 +112,8 @@ class JobTable:
                     raise InvalidInput(f"job id prefix {job_id!r} is ambiguous")
                 row = rows[0] if rows else None
             if row is None:
-                raise NotFound(f"no job {job_id!r}")
+                short = " (a prefix needs at least 4 characters)" if len(job_id) < 4 else ""
+                raise NotFound(f"no job {job_id!r}{short}")
             return JobRecord.from_row(row)
 
     def list(self, *, status: str | None = None, kind: str | None = None, limit: int = 20) -> list[JobRecord]:

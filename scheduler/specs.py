@@ -125,6 +125,8 @@ class GenerateSpec(_Spec):
     format: Literal["webdataset", "imagefolder", "npz"] = "webdataset"
     shard_size: int = Field(2500, gt=0, le=100_000)
     request: dict = Field(default_factory=dict, description="the options as the user gave them, for the record")
+    # --fill-to: the model's classes the dataset has no image of (not filled), for the submit's warning; never stored
+    _absent: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("counts")
     @classmethod

@@ -71,7 +71,12 @@ class TrainRequest:
                 raise InvalidInput(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr_g=1e-4")
             pairs[key.strip()] = value.strip()
         shortcuts = dict(steps=self.steps, batch_size=self.batch_size, checkpoint_every=self.checkpoint_every, seed=self.seed)
-        return pairs | {k: v for k, v in shortcuts.items() if v is not None}
+        given = {k: v for k, v in shortcuts.items() if v is not None}
+        both = sorted(set(pairs) & set(given))
+        if both:  # one value per key: neither silently wins
+            flag = "--" + both[0].replace("_", "-")
+            raise InvalidInput(f"{flag} and --set {both[0]}={pairs[both[0]]} both set {both[0]}: give one")
+        return pairs | given
 
 
 @dataclass(frozen=True)
@@ -214,12 +219,15 @@ def generate_spec(r: GenerateRequest, models: ModelRegistry, settings: Settings)
         labels=list(dict.fromkeys(r.labels)) or None, balanced=r.balanced or None, count=r.count, per_class=r.per_class,
         fill_to=r.fill_to, dataset=_source(r.dataset, settings, "--dataset") if r.dataset else None, model=r.model, min_confidence=r.min_confidence, classifier=r.classifier,
     )
-    return build(
+    spec = build(
         GenerateSpec,
         model=generator.ref, counts=counts, seed=r.seed, truncation=r.truncation, min_confidence=r.min_confidence,
         classifier=classifier_ref, format=r.format, shard_size=settings.shard_size if r.shard_size is None else r.shard_size,
         request={k: v for k, v in as_given.items() if v is not None},
     )
+    if r.fill_to is not None:
+        spec._absent = [name for name in classes if name not in counts]
+    return spec
 
 
 RESERVED_NAMES = (DEFAULT_MODEL, DEFAULT_CLASSIFIER)

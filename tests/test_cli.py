@@ -155,6 +155,8 @@ def test_db_upgrade_and_status(embedded_env):
 def test_jobs_show_unknown_id(embedded_env):
     result = cganctl(embedded_env, "jobs", "show", "deadbeef")
     assert result.returncode == 2 and "no job 'deadbeef'" in result.stderr
+    short = cganctl(embedded_env, "jobs", "show", "de")
+    assert short.returncode == 2 and short.stderr.strip() == "error: no job 'de' (a prefix needs at least 4 characters)"
 
 
 def test_download_refuses_a_corrupted_shard(embedded_env, tmp_path):
@@ -166,6 +168,23 @@ def test_download_refuses_a_corrupted_shard(embedded_env, tmp_path):
     result = cganctl(embedded_env, "results", "download", job["id"], "--to", str(tmp_path / "out"))
     assert result.returncode == 1 and "shard-000001.tar: sha256" in result.stderr and "does not match the manifest" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # all or nothing: not even the good shard 0, no staging folder
+
+
+def test_fill_to_names_the_classes_it_does_not_fill(embedded_env, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "few"
+    (root / "frog").mkdir(parents=True)  # an empty class folder: no image, so not a class of the dataset
+    for name, n in {"cat": 3, "dog": 4}.items():
+        (root / name).mkdir()
+        for i in range(n):
+            Image.new("RGB", (32, 32), (i, 9, 9)).save(root / name / f"{i}.png")
+    result = cganctl(embedded_env, "submit", "generate", "--fill-to", "4", "--dataset", str(root))
+    assert result.returncode == 0, result.stderr
+    assert "images: 1 in 1 shard: cat 1" in result.stdout
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning == [f"warning: not in {root}, so not filled: airplane, automobile, bird, deer, frog, horse, ship, truck "
+                       "(a class folder with no image counts as absent; generate those with --label NAME --count N)"], result.stderr
 
 
 def test_download_puts_one_job_in_one_folder(embedded_env, tmp_path):
@@ -219,6 +238,7 @@ def test_min_confidence_keeps_only_confident_samples(embedded_env, tmp_path):
         (["--preset", "mlp", "--set", "n_dis=0"], "invalid training config: n_dis=0 (should be at least 1)"),
         (["--preset", "gpt"], "unknown preset 'gpt'"),
         (["--steps", "0"], "invalid training config: steps=0") ,
+        (["--steps", "10", "--set", "steps=-5"], "--steps and --set steps=-5 both set steps: give one"),
         (["--preset", "mlp", "--batch-size", "1"], "--batch-size: batch_size=1 is too small (should be at least 2: BatchNorm needs more than one image a batch)"),
         (["--preset", "classifier", "--batch-size", "2", "ONE-CLASS"], "has 1 class (cat): a classifier needs at least 2 class folders"),
     ],

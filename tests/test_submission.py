@@ -61,6 +61,7 @@ def test_fill_to_generates_each_deficit(ctx, tmp_path):
     s = spec(ctx, fill_to=5, dataset=str(root))
     assert s.counts == {"cat": 2, "dog": 0, "frog": 4}  # the dataset's classes only, not every class of the model
     assert s.request["fill_to"] == 5
+    assert s._absent == ["airplane", "automobile", "bird", "deer", "horse", "ship", "truck"]  # named by the submit
 
 
 @pytest.mark.parametrize(
