@@ -78,13 +78,6 @@ def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, a
             asked = [(name, n) for name, n in plan.counts.items() if n]
             shown = ", ".join(f"{name} {n}" for name, n in asked[:20]) + (f", ... ({len(asked) - 20} more classes)" if len(asked) > 20 else "")
             typer.echo(f"images: {plan.total} in {plural(plan.num_shards, 'shard')}: {shown}")
-    absent = getattr(spec, "_absent", None)
-    if absent:  # --fill-to tops up the dataset's classes; one it has no image of is named, not guessed
-        typer.echo(
-            f"warning: not in {getattr(request, 'dataset', None)}, so not filled: {', '.join(absent[:20])}{', ...' if len(absent) > 20 else ''} "
-            "(a class folder with no image counts as absent; generate those with --label NAME --count N)",
-            err=True,
-        )
         if job.kind == "train":
             found = getattr(spec, "_found", None)
             if found:  # what the job will train on, as the submit read it (a wrong folder shows here)
@@ -95,6 +88,13 @@ def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, a
                 typer.echo(f"dataset {shown_as}: {plural(sum(found.values()), 'image')} in {plural(len(found), 'class')}: {classes}")
             recipe = job.spec["recipe"]
             typer.echo(f"recipe {job.spec['preset']}: " + " ".join(f"{k}={v}" for k, v in recipe.items() if k != "preset"))
+    absent = getattr(spec, "_absent", None)
+    if absent:  # --fill-to tops up the dataset's classes; one it has no image of is named, not guessed
+        typer.echo(
+            f"warning: not in {getattr(request, 'dataset', None)}, so not filled: {', '.join(absent[:20])}{', ...' if len(absent) > 20 else ''} "
+            "(a class folder with no image counts as absent; generate those with --label NAME --count N)",
+            err=True,
+        )
     if wait or embedded:
         _follow(service, job.id, quiet=as_json or not wait, as_json=as_json)
     elif as_json:
@@ -407,6 +407,10 @@ def worker(
     settings = get_settings()
     if settings.embedded:
         _fail("no broker configured: set CGAN_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", 2)
+    from .health import worker_preflight
+
+    for warning in worker_preflight(settings):  # a refusal or a table not at head: error: line, exit, no message taken
+        typer.echo(f"warning: {_clip(warning)} (starting anyway: tasks wait for it)", err=True)
     metrics_port = metrics_port or settings.metrics_port
     if metrics_port is not None:
         if pool not in ("solo", "threads"):

@@ -8,6 +8,7 @@ imported only when a migration runs.
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from functools import lru_cache
 
@@ -29,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .errors import InvalidInput, ServiceUnavailable
+from .errors import InvalidInput, ServiceRefused, ServiceUnavailable
 from .records import aware_utc, utcnow  # noqa: F401  (re-exported: the ORM modules use them)
 from .redact import reason
 from .settings import Settings, redact_url
@@ -201,7 +202,18 @@ def current_revision(settings: Settings) -> str | None:
                     raise
                 return None
     except SQLAlchemyError as exc:
+        if _REFUSAL.search(str(getattr(exc, "orig", None) or exc)):  # the server answered: these settings will never do
+            raise ServiceRefused(
+                f"database {redact_url(settings.sqlalchemy_url)} refused the connection: {reason(exc)} (fix CGAN_DATABASE_URL)"
+            ) from exc
         raise ServiceUnavailable(f"database {redact_url(settings.sqlalchemy_url)} is unreachable: {reason(exc)}") from exc
+
+
+# What PostgreSQL says when it answers and refuses (a wrong user, password or database name): not an outage.
+_REFUSAL = re.compile(
+    r"password authentication failed|role \"[^\"]*\" does not exist|database \"[^\"]*\" does not exist|no pg_hba\.conf entry|"
+    r"permission denied for database"
+)
 
 
 def require_schema(settings: Settings) -> None:

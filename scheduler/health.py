@@ -57,6 +57,40 @@ def check_all(settings=None) -> dict:
     return report
 
 
+def worker_preflight(settings) -> list[str]:
+    """What a worker checks before it consumes a message. What would fail every task it takes stops it (raised:
+    a data folder it cannot make, a database or object store that refuses its credentials, a job table not at
+    head); a service that does not answer now is only a warning (it may come back, and tasks wait for it)."""
+    from . import db
+    from .errors import ServiceRefused, ServiceUnavailable
+    from .redact import redact_url
+    from .store import open_store
+
+    settings.make_folder(settings.data_dir)
+    warnings = []
+    try:
+        current = db.current_revision(settings)
+    except ServiceRefused:
+        raise
+    except ServiceUnavailable as exc:
+        warnings.append(str(exc))
+    else:
+        if current != db.head_revision(settings):
+            if not settings.sqlalchemy_url.startswith("sqlite"):
+                raise ServiceUnavailable(
+                    f"the job table at {redact_url(settings.sqlalchemy_url)} is at {current or 'no schema'}, not at "
+                    f"{db.head_revision(settings)}: run `cganctl db upgrade` before starting workers"
+                )
+            db.require_schema(settings)
+    try:
+        open_store(settings).check()
+    except ServiceRefused:
+        raise
+    except ServiceUnavailable as exc:
+        warnings.append(str(exc))
+    return warnings
+
+
 def unserved_queues(runtime, workers: dict) -> dict[str, int]:
     """Queues with queued jobs that no live worker consumes, and how many jobs wait on each.
 

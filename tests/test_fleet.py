@@ -188,3 +188,40 @@ def test_priority_orders_waiting_jobs(fleet_env, start_worker, table):
     start_worker("w1")
     wait_for(lambda: table.get(low["id"]).finished and table.get(high["id"]).finished, timeout=120)
     assert table.get(high["id"]).started_at < table.get(low["id"]).started_at
+
+
+def test_a_worker_does_not_start_on_settings_every_task_would_fail_on(fleet_env, table, tmp_path):
+    """A refused database login, a job table not at head, an unmakeable data folder or a refused S3 secret:
+    one `error:` line and a non-zero exit before any message is taken (not a worker that looks healthy and
+    holds or fails every job it gets); a database that does not answer yet is a warning, and it starts."""
+    from harness.s3server import start_weed
+    from harness.services import postgres_database
+
+    def worker(**env):
+        return cganctl({**fleet_env, **env}, "worker", "-n", "preflight@%h", "-Q", "preflight", timeout=120)
+
+    wrong_role = fleet_env["CGAN_DATABASE_URL"].replace("postgres@", "nosuch:pw@", 1)
+    with postgres_database("cganctl_preflight") as empty, start_weed(tmp_path / "s3auth", bucket="preflight", credentials=("k", "s")) as s3:
+        cases = [
+            ({"CGAN_DATABASE_URL": wrong_role}, 3, 'refused the connection: connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  role "nosuch" does not exist'),
+            ({"CGAN_DATABASE_URL": empty}, 3, "is at no schema, not at 0002: run `cganctl db upgrade` before starting workers"),
+            ({"CGAN_DATA_DIR": "/proc/cganctl-data"}, 2, "invalid setting CGAN_DATA_DIR: cannot create /proc/cganctl-data"),
+            ({"CGAN_S3_ENDPOINT_URL": s3.endpoint_url, "CGAN_S3_BUCKET": "preflight", "CGAN_S3_ACCESS_KEY_ID": "k", "CGAN_S3_SECRET_ACCESS_KEY": "wrong"}, 3,
+             "(403): the credentials (CGAN_S3_ACCESS_KEY_ID / CGAN_S3_SECRET_ACCESS_KEY) are not accepted"),
+        ]
+        for env, code, message in cases:
+            result = worker(**env)
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == code and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (env, result.stderr)
+            assert "***" in lines[0] or "nosuch" not in lines[0]  # the password is never printed
+    # a database that does not answer now: a warning, and the worker starts (tasks wait for it)
+    down = fleet_env["CGAN_DATABASE_URL"].replace("127.0.0.1:5432", "127.0.0.1:9", 1)
+    process = subprocess.Popen([*cganctl_command(), "worker", "-n", "preflight@%h", "-Q", "preflight"], env={**fleet_env, "CGAN_DATABASE_URL": down},
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = process.stdout.readline()
+        assert first.startswith("warning: database ") and "is unreachable" in first and "(starting anyway: tasks wait for it)" in first, first
+        wait_for(lambda: "ready." in process.stdout.readline() or None, 120, 0, "worker ready")
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
