@@ -44,7 +44,12 @@ def check_all(settings=None) -> dict:
     if settings.embedded:
         return report
     if services["broker"]["ok"]:
-        report["workers"] = live_workers(settings)
+        try:
+            report["workers"] = live_workers(settings)
+        except Exception as exc:  # it answered the PING but not the broadcast: workers unknown, not a crash
+            from .redact import reason
+
+            services["broker"] = {"ok": False, "detail": f"answered, but listing its workers failed: {reason(exc)}", "exit_code": 3}
     if services["database"]["ok"]:
         try:
             if report["workers"] is not None:
@@ -110,7 +115,13 @@ def live_workers(settings) -> dict:
     """The workers that answer a broadcast within 1.5 s: name -> {queues, active (tasks running)}."""
     from worker.celery_app import make_app
 
-    inspect = make_app(settings).control.inspect(timeout=1.5)
-    queues = inspect.active_queues() or {}
-    active = inspect.active() or {}
+    for attempt in (1, 2):
+        try:
+            inspect = make_app(settings).control.inspect(timeout=1.5)
+            queues = inspect.active_queues() or {}
+            active = inspect.active() or {}
+            break
+        except Exception:  # a pooled connection that a broker restart closed: once more, on a new one
+            if attempt == 2:
+                raise
     return {name: {"queues": sorted(q["name"] for q in qs), "active": len(active.get(name, []))} for name, qs in queues.items()}

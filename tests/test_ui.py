@@ -363,6 +363,21 @@ def test_datasets_page(service, client, tmp_path):
     assert "tiny.tar.gz" in row and entry.key[:40] in row and 'class="on">Datasets' in page
 
 
+def test_database_down_is_a_503_page_and_the_fleet_page_says_so(tmp_path, monkeypatch):
+    for name in [k for k in __import__("os").environ if k.startswith("CGAN_")]:
+        monkeypatch.delenv(name)
+    down = Settings(data_dir=tmp_path / "data", database_url="postgresql+psycopg://postgres@127.0.0.1:9/cganctl")  # nothing listens on 9
+    client = TestClient(create_app(settings=down), raise_server_exceptions=False)
+    for path in ("/", "/models", "/jobs/0123456789abcdef"):
+        page = client.get(path)
+        assert page.status_code == 503 and "A service is unavailable" in page.text, (path, page.status_code)
+        assert "127.0.0.1" in page.text and "Traceback" not in page.text
+    fleet = client.get("/fleet?refresh=0")
+    assert fleet.status_code == 200 and "Unknown: the database did not answer." in fleet.text
+    services = fleet.text.split('id="services"')[1].split("</table>")[0]
+    assert services.count(">ok<") == 2 and "is unreachable" in services  # broker (in-process) and store ok; database down
+
+
 # --- the command -----------------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:

@@ -281,7 +281,8 @@ class Dashboard:
         from ..health import check_all
 
         report = check_all(self.service.runtime.settings)
-        running = queries.running_by_worker(self.table)
+        database_ok = report["services"]["database"]["ok"]  # down: the page says so, not a 500
+        running = queries.running_by_worker(self.table) if database_ok else {}
         workers = report.get("workers")
         names = sorted(set(workers or {}) | set(running))
         return self.render(
@@ -292,7 +293,7 @@ class Dashboard:
             workers=workers,
             worker_names=names,
             running=running,
-            depths=self.table.queue_depths(),
+            depths=self.table.queue_depths() if database_ok else None,
             embedded=self.service.runtime.settings.embedded,
             refresh=None if request.query_params.get("refresh") == "0" else LIST_REFRESH_S,
         )
@@ -306,6 +307,13 @@ class Dashboard:
     # errors
     def error_page(self, request: Request, status_code: int, title: str, message: str) -> Response:
         return self.render(request, "error.html", status_code=status_code, title=title, message=message)
+
+
+def _is_disconnect(exc: Exception) -> bool:
+    """A database that does not answer (refused, down, dropped): the driver's OperationalError / InterfaceError."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, OperationalError | InterfaceError)
 
 
 def _safe_filename(name: str) -> str:
@@ -333,6 +341,11 @@ def create_app(service=None, *, settings=None, token: str | None = None) -> Star
         return await server_error(request, exc)
 
     async def server_error(request: Request, exc: Exception) -> Response:
+        if _is_disconnect(exc):
+            from ..redact import reason
+
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, reason(exc))
+            return dash.error_page(request, 503, "A service is unavailable", f"The database did not answer: {reason(exc)}")
         log.error("error on %s %s", request.method, request.url.path, exc_info=exc)
         return dash.error_page(request, 500, "Something went wrong", "The dashboard could not show this page. The details are in the server's log.")
 
