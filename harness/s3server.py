@@ -109,16 +109,18 @@ class S3Server:
 
 
 def start_weed(
-    tmpdir: str | Path, bucket: str = "cganctl-test", *, timeout_s: float = 30.0, attempts: int = 3, credentials: tuple[str, str] | None = None
+    tmpdir: str | Path, bucket: str = "cganctl-test", *, timeout_s: float = 30.0, attempts: int = 3, credentials: tuple[str, str] | None = None,
+    read_only: tuple[str, str] | None = None,
 ) -> S3Server:
     """Start ``weed mini`` on loopback and return once ``bucket`` answers a HEAD request.
 
-    ``credentials=(access key, secret)``: authentication on, with that one identity."""
+    ``credentials=(access key, secret)``: authentication on, with that one identity (and ``read_only``, a
+    second that may read and list but not write)."""
     tmp = Path(tmpdir)
     tmp.mkdir(parents=True, exist_ok=True)
     log_tail = ""
     for _ in range(attempts):
-        server = _launch(tmp, bucket, credentials)
+        server = _launch(tmp, bucket, credentials, read_only)
         try:
             _wait_for_bucket(server, timeout_s)
             return server
@@ -149,7 +151,7 @@ def _free_ports(n: int) -> list[int]:
             sock.close()
 
 
-def _launch(tmp: Path, bucket: str, credentials: tuple[str, str] | None = None) -> S3Server:
+def _launch(tmp: Path, bucket: str, credentials: tuple[str, str] | None = None, read_only: tuple[str, str] | None = None) -> S3Server:
     data_dir = Path(tempfile.mkdtemp(prefix="weed-", dir=tmp))
     ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
     args = [
@@ -164,7 +166,10 @@ def _launch(tmp: Path, bucket: str, credentials: tuple[str, str] | None = None) 
     if credentials is not None:
         identity = {"name": "cganctl", "credentials": [{"accessKey": credentials[0], "secretKey": credentials[1]}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
-        (data_dir / "s3.json").write_text(json.dumps({"identities": [identity]}))
+        identities = [identity]
+        if read_only is not None:  # a second key that may read and list, not write
+            identities.append({"name": "reader", "credentials": [{"accessKey": read_only[0], "secretKey": read_only[1]}], "actions": ["Read", "List"]})
+        (data_dir / "s3.json").write_text(json.dumps({"identities": identities}))
         args.append(f"-s3.config={data_dir / 's3.json'}")
     log_path = tmp / f"{data_dir.name}.log"
     with open(log_path, "wb") as log:

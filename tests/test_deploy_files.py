@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,8 @@ def test_systemd_unit() -> None:
     assert len(exec_start) == 1
     assert re.search(r"cganctl worker .*--pool solo", exec_start[0])
     assert "--queues gpu" in exec_start[0]
+    assert exec_start[0].endswith(" -n gpu%i@%H")  # one worker name per instance (systemd's %H: the host name)
+    assert "EnvironmentFile=-/etc/cganctl/worker-%i.env" in service and "RestartPreventExitStatus=2" in service
     assert "Environment=CUDA_VISIBLE_DEVICES=%i" in service
     assert "EnvironmentFile=" in service
     assert "WantedBy=multi-user.target" in text
@@ -134,6 +137,11 @@ def test_systemd_unit() -> None:
     grace = {svc.get("stop_grace_period") for svc in cganctl_services(compose()).values() if "worker" in str(svc.get("command", ""))}
     assert re.search(r"^TimeoutStopSec=(\d+)$", service, re.M).group(1) + "s" in grace, grace
     assert int(re.search(r"^TimeoutStopSec=(\d+)$", service, re.M).group(1)) > Settings().task_time_limit
+    if shutil.which("systemd-analyze"):  # the unit parses (with a command that exists here)
+        unit = Path(tempfile.mkdtemp()) / "cganctl-worker@.service"
+        unit.write_text(text.replace("/opt/cganctl/venv/bin/cganctl", "/bin/true"))
+        verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        assert verified.returncode == 0 and verified.stderr == "", verified.stderr
 
 
 METRIC_SUFFIXES = ("_total", "_bucket", "_sum", "_count")

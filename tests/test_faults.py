@@ -133,11 +133,12 @@ def _bucket_ok(client, bucket: str) -> bool:
 
 
 @contextmanager
-def fleet(tmp_path: Path, *, own_postgres: bool = False, extra: dict[str, str] | None = None, s3_credentials: tuple[str, str] = ("k", "s")):
+def fleet(tmp_path: Path, *, own_postgres: bool = False, extra: dict[str, str] | None = None, s3_credentials: tuple[str, str] = ("k", "s"),
+          s3_read_only: tuple[str, str] | None = None):
     """Own Redis + own SeaweedFS (auth on with ``s3_credentials``) + a fresh database (own PostgreSQL
     cluster if asked); yields a handle."""
     redis = RedisServer(tmp_path)
-    s3 = start_weed(tmp_path / "s3", bucket="faults", credentials=s3_credentials)
+    s3 = start_weed(tmp_path / "s3", bucket="faults", credentials=s3_credentials, read_only=s3_read_only)
     pg = PostgresServer(tmp_path) if own_postgres else None
     workers: list[Worker] = []
     try:
@@ -530,26 +531,28 @@ def test_a_hung_task_past_the_time_limit_goes_to_another_worker(tmp_path):
         wait_for(lambda: "this delivery lost its lease" in hung.log.read_text(errors="replace"), 30, 0.2, "the hung delivery to wake and stop")
 
 
-def test_a_worker_whose_s3_secret_is_refused_fails_the_job_at_once(tmp_path):
-    """One host with an old secret: its uploads are refused (SignatureDoesNotMatch). Not an outage, so not
-    retried: the job fails at once with the reason and the settings to fix; the secret is never logged."""
-    with fleet(tmp_path, s3_credentials=("cganKEY", "right-secret-123")) as f:
-        stale = Worker(dict(f.env, CGAN_S3_SECRET_ACCESS_KEY="wrong-secret-456"), "stale", tmp_path / "worker-stale.log", queues="gpu", threads=1)
+def test_a_worker_whose_s3_writes_are_refused_fails_the_job_at_once(tmp_path):
+    """One host with a key that may read the bucket but not write it (a worker with a wrong secret does not
+    even start: tests/test_fleet.py): its uploads are refused (AccessDenied). Not an outage, so not retried:
+    the job fails at once with the reason and the settings to fix; the secret is never logged."""
+    with fleet(tmp_path, s3_credentials=("cganKEY", "right-secret-123"), s3_read_only=("readerKEY", "reader-secret-456")) as f:
+        stale = Worker(dict(f.env, CGAN_S3_ACCESS_KEY_ID="readerKEY", CGAN_S3_SECRET_ACCESS_KEY="reader-secret-456"), "stale",
+                       tmp_path / "worker-stale.log", queues="gpu", threads=1)
         f.workers.append(stale)
         stale.wait_ready()
         rt = _table(f.env)
         started = time.monotonic()
-        job_id = _submit(f.env, 20, 10)  # the submitting host has the right secret
+        job_id = _submit(f.env, 20, 10)  # the submitting host may write
         job = _wait_finished(rt, job_id, 120)
         took = time.monotonic() - started
-        _report("S3 secret refused on the worker -> job failed", took)
-        assert job.status == "failed" and "SignatureDoesNotMatch" in job.error and "CGAN_S3_SECRET_ACCESS_KEY" in job.error, job.error
+        _report("S3 writes refused on the worker -> job failed", took)
+        assert job.status == "failed" and "AccessDenied" in job.error and "CGAN_S3_SECRET_ACCESS_KEY" in job.error, job.error
         assert took < 60, took  # CGAN_TRANSIENT_RETRY_BUDGET is 600 s: a refusal is not retried
         assert all(s.status in ("failed", "cancelled") and s.attempts <= 1 for s in rt.table.shards(job_id))
         assert not list(rt.store.list(f"jobs/{job_id}/"))
         stale.stop()
         log = stale.log.read_text(errors="replace")
-        assert "wrong-secret-456" not in log and "Traceback" not in log and "partial shard objects not deleted" in log, stale.log_tail()
+        assert "reader-secret-456" not in log and "Traceback" not in log and "(AccessDenied): the credentials" in log, stale.log_tail()
 
 
 def test_s3_down_past_the_retry_budget_fails_the_job_once_with_the_reason(tmp_path):
