@@ -3,7 +3,7 @@
 One custom collector asks Redis and the database on every scrape (nothing is cached, nothing runs
 between scrapes). Labels are bounded: queue names the deployment knows (``CGAN_DEFAULT_QUEUE``,
 ``CGAN_ROUTES`` and the queues kombu has bindings for), job kind and status. A service that does not
-answer gives ``cganctl_service_up{service=...} 0`` instead of failing the scrape.
+answer gives ``cganctl_service_up{service=...} 0`` (broker, database, object_store) instead of failing the scrape.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class ControlPlaneCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._redis = None
+        self._store = None
 
     def _client(self):
         if self._redis is None:
@@ -73,7 +74,20 @@ class ControlPlaneCollector(Collector):
         except Exception as exc:
             log.warning("job table not scraped: %s", exc)
             up.add_metric(["database"], 0)
+        try:
+            self._object_store().check()  # a HEAD of the bucket: reachable and the credentials accepted
+            up.add_metric(["object_store"], 1)
+        except Exception as exc:
+            log.warning("object store not reached: %s", exc)
+            up.add_metric(["object_store"], 0)
         yield up
+
+    def _object_store(self):
+        if self._store is None:
+            from .store import open_store
+
+            self._store = open_store(self.settings)
+        return self._store
 
     def _broker(self):
         client = self._client()
@@ -114,6 +128,14 @@ class ControlPlaneCollector(Collector):
             oldest = oldest.replace(tzinfo=timezone.utc)
         age = 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0)
         yield GaugeMetricFamily("cganctl_oldest_queued_job_age_seconds", "Seconds since the oldest still-queued job was submitted; 0 when none waits.", value=age)
+        from .jobs import JobTable
+
+        expired = JobTable(get_engine(self.settings)).expired_leases(limit=10_000)
+        yield GaugeMetricFamily(
+            "cganctl_expired_leases",
+            "Running jobs and shards whose lease ran out (worker gone, or hung past its time limit) and that no reconciler has taken back yet.",
+            value=len(expired),
+        )
 
 
 def registry_for(settings: Settings) -> CollectorRegistry:

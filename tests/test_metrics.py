@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from harness.datasets import tiny_image_folder
 from harness.services import ROOT, Worker, cganctl, wait_for
@@ -81,6 +82,8 @@ def test_control_plane_and_worker_metrics(fleet_env, table, control_plane, tmp_p
     assert samples[("cganctl_oldest_queued_job_age_seconds", ())] > 0
     assert samples[("cganctl_service_up", (("service", "broker"),))] == 1
     assert samples[("cganctl_service_up", (("service", "database"),))] == 1
+    assert samples[("cganctl_service_up", (("service", "object_store"),))] == 1
+    assert samples[("cganctl_expired_leases", ())] == 0
     for secret in ("test-secret", "test-key", "frog", "tiny", *(job["id"] for job in submitted), *(job["id"][:8] for job in submitted)):
         assert secret not in text
 
@@ -118,9 +121,14 @@ def test_control_plane_and_worker_metrics(fleet_env, table, control_plane, tmp_p
     assert samples[("cganctl_jobs", (("kind", "generate"), ("status", "succeeded")))] == _count(table, "generate", "succeeded") >= 2
 
 
-def test_control_plane_reports_an_unreachable_broker(fleet_env, table):
+def test_control_plane_reports_an_unreachable_broker_and_object_store(fleet_env, table):
     port = _free_port()
-    env = dict(fleet_env, CGAN_BROKER_URL=f"redis://127.0.0.1:{_free_port()}/0")
+    env = dict(fleet_env, CGAN_BROKER_URL=f"redis://127.0.0.1:{_free_port()}/0", CGAN_S3_ENDPOINT_URL=f"http://127.0.0.1:{_free_port()}")
+    # running work whose worker stopped renewing its lease: counted until a reconciler takes it back
+    job = json.loads(cganctl(fleet_env, "submit", "generate", "--label", "frog", "--count", "4", "--queue", "nobody-consumes", "--json", check=True).stdout)
+    assert table.claim_shard(job["id"], 0, "gone@host") == "ok"
+    with table.engine.begin() as connection:
+        connection.execute(text("UPDATE job_shards SET lease_expires_at = now() - interval '1 minute' WHERE job_id = :id"), {"id": job["id"]})
     process = subprocess.Popen([sys.executable, "-m", "scheduler", "metrics", "--port", str(port), "--addr", "127.0.0.1"],
                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -131,6 +139,9 @@ def test_control_plane_reports_an_unreachable_broker(fleet_env, table):
         process.wait(timeout=30)
     assert samples[("cganctl_service_up", (("service", "broker"),))] == 0
     assert samples[("cganctl_service_up", (("service", "database"),))] == 1
+    assert samples[("cganctl_service_up", (("service", "object_store"),))] == 0
+    assert samples[("cganctl_expired_leases", ())] == 1
+    table.delete(job["id"])  # not left for the session's other tests
 
 
 @pytest.mark.parametrize("command", [["metrics", "--port"], ["worker", "--queues", QUEUE, "--metrics-port"]])
