@@ -18,7 +18,7 @@ from scheduler.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 SETTINGS_ENV = {f"CGAN_{name.upper()}" for name in Settings.model_fields}
-COMPOSE_VARS = {"POSTGRES_PASSWORD": "pw", "CGAN_S3_ACCESS_KEY_ID": "key", "CGAN_S3_SECRET_ACCESS_KEY": "secret"}
+COMPOSE_VARS = {"POSTGRES_PASSWORD": "pw", "CGAN_S3_ACCESS_KEY_ID": "key", "CGAN_S3_SECRET_ACCESS_KEY": "secret", "CGAN_UI_TOKEN": "token"}
 # The settings every cganctl container needs to reach the shared services.
 REQUIRED_ENV = {
     "CGAN_BROKER_URL", "CGAN_DATABASE_URL", "CGAN_S3_ENDPOINT_URL", "CGAN_S3_BUCKET",
@@ -42,7 +42,7 @@ def test_compose_services_and_env() -> None:
     doc = compose()
     assert {"redis", "postgres", "seaweedfs", "migrate", "worker-gpu", "worker-cpu"} <= set(doc["services"])
     ours = cganctl_services(doc)
-    assert set(ours) == {"migrate", "worker-gpu", "worker-cpu", "metrics"}
+    assert set(ours) == {"migrate", "worker-gpu", "worker-cpu", "metrics", "ui"}
     for name, svc in ours.items():
         env = set(svc["environment"])
         assert env <= SETTINGS_ENV, f"{name}: unknown settings {env - SETTINGS_ENV}"
@@ -61,6 +61,11 @@ def test_compose_services_and_env() -> None:
         port = "9809" if name == "metrics" else ours[name]["environment"]["CGAN_METRICS_PORT"]
         assert f"http://127.0.0.1:{port}/metrics" in probe, name
     assert ours["metrics"]["command"] == ["metrics", "--port", "9809"]
+    # the dashboard: opt-in, bound beyond loopback inside its container, so with the token; published on loopback
+    assert ours["ui"]["profiles"] == ["ui"] and ours["ui"]["command"] == ["ui", "--host", "0.0.0.0", "--port", "8780"]
+    assert "CGAN_UI_TOKEN" in ours["ui"]["environment"] and ours["ui"]["ports"] == ["127.0.0.1:8780:8780"]
+    assert "Bearer" in " ".join(ours["ui"]["healthcheck"]["test"])
+    assert "ui" in re.search(r"^ARG EXTRAS=(.*)$", (DEPLOY / "Dockerfile").read_text(), re.M).group(1).split(",")
     for name in ("worker-gpu", "worker-cpu"):  # warm shutdown has time to finish the longest task
         assert _seconds(ours[name]["stop_grace_period"]) > Settings().task_time_limit
     redis = doc["services"]["redis"]
@@ -255,7 +260,7 @@ def test_k8s_settings_split_between_configmap_and_secret(monkeypatch) -> None:
     secret = objects[("Secret", "cganctl-secrets")]["stringData"]
     assert set(config) <= SETTINGS_ENV and set(secret) <= SETTINGS_ENV
     assert REQUIRED_ENV <= set(config) | set(secret)
-    secret_names = {"CGAN_DATABASE_URL", "CGAN_BROKER_URL", "CGAN_S3_ACCESS_KEY_ID", "CGAN_S3_SECRET_ACCESS_KEY"}
+    secret_names = {"CGAN_DATABASE_URL", "CGAN_BROKER_URL", "CGAN_S3_ACCESS_KEY_ID", "CGAN_S3_SECRET_ACCESS_KEY", "CGAN_UI_TOKEN"}
     assert set(secret) == secret_names and not secret_names & set(config)
     for name, value in {**config, **secret}.items():  # the values parse as the containers will read them
         monkeypatch.setenv(name, value)
@@ -304,6 +309,9 @@ def test_k8s_workers_migration_and_metrics() -> None:
     assert _container(metrics)["args"] == ["metrics", "--port", "9809"]
     service = objects[("Service", "cganctl-metrics")]
     assert service["spec"]["selector"] == metrics["spec"]["selector"]["matchLabels"] and service["spec"]["ports"][0]["port"] == 9809
+    ui = objects[("Deployment", "cganctl-ui")]
+    assert _container(ui)["args"] == ["ui", "--host", "0.0.0.0", "--port", "8780"]  # beyond loopback: the Secret's CGAN_UI_TOKEN
+    assert objects[("Service", "cganctl-ui")]["spec"]["selector"] == ui["spec"]["selector"]["matchLabels"]
 
 
 def test_k8s_redis_persists_append_only() -> None:
