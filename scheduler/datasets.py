@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInput, NotFound
+from .errors import CganError, InvalidInput, NotFound
 from .records import utcnow
 from .settings import Settings
 from .store import ObjectStore
@@ -194,16 +194,19 @@ def local_copy(ref: str, settings: Settings, store: ObjectStore) -> Path:
         return target
     if size > settings.max_dataset_bytes:
         raise DatasetError(f"dataset {ref} is {size} bytes, above the maximum of {settings.max_dataset_bytes} (CGAN_MAX_DATASET_BYTES)")
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-        part = Path(tmp) / "archive"
-        store.download(key, part)
-        match = _CONTENT_KEY.match(key)
-        if match and _sha256(part) != match["sha"]:
-            raise DatasetError(f"dataset {ref}: the downloaded archive does not match the sha256 in its key")
-        if part.stat().st_size > settings.max_dataset_bytes:
-            raise DatasetError(f"dataset {ref} is above the maximum of {settings.max_dataset_bytes} bytes (CGAN_MAX_DATASET_BYTES)")
-        part.replace(target)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
+            part = Path(tmp) / "archive"
+            store.download(key, part)
+            match = _CONTENT_KEY.match(key)
+            if match and _sha256(part) != match["sha"]:
+                raise DatasetError(f"dataset {ref}: the downloaded archive does not match the sha256 in its key")
+            if part.stat().st_size > settings.max_dataset_bytes:
+                raise DatasetError(f"dataset {ref} is above the maximum of {settings.max_dataset_bytes} bytes (CGAN_MAX_DATASET_BYTES)")
+            part.replace(target)
+    except OSError as exc:  # a full or read-only disk: say where, on which host's setting
+        raise CganError(f"dataset {ref}: cannot copy it ({size} bytes) into this worker's dataset cache {cache} (CGAN_DATA_DIR): {exc.strerror or exc}") from None
     return target
 
 

@@ -171,3 +171,18 @@ def test_registration_refuses_an_image_that_no_job_could_read(embedded_env, tmp_
     expected = "is not an image that can be read" if bad == "text" else "above the 8192-pixel side limit (CGAN_MAX_IMAGE_SIDE)"
     assert target.name in line and expected in line and "BytesIO" not in line, line
     assert cganctl(embedded_env, "datasets", "list", "--json", check=True).stdout.strip() == "[]"
+
+
+def test_a_dataset_cache_that_cannot_be_written_names_the_folder(tmp_path):
+    from scheduler import datasets
+    from scheduler.errors import CganError
+    from scheduler.settings import Settings
+    from scheduler.store import LocalStore
+
+    settings = Settings(data_dir=tmp_path / "data")
+    store = LocalStore(tmp_path / "objects")
+    entry = datasets.add(store, settings, "tiny", _archive(tmp_path))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cache").write_text("a file where the cache folder goes")  # as a full or read-only disk would refuse
+    with pytest.raises(CganError, match=r"cannot copy it \(\d+ bytes\) into this worker's dataset cache .*/cache/datasets \(CGAN_DATA_DIR\): Not a directory"):
+        datasets.local_copy(entry.ref, settings, store)
