@@ -62,6 +62,7 @@ class Service:
         dispatcher.check()
         if settings.embedded:  # the job writes the store from this process; workers check and retry it themselves
             self.runtime.store.check()
+            _check_local_device(spec)
         if isinstance(spec, GenerateSpec):
             shard_counts = [end - start for start, end in map(spec.shard_range, range(spec.num_shards))]
             total: int | None = spec.total
@@ -186,3 +187,16 @@ class Service:
         """In embedded mode, let the in-process job thread end before the process does."""
         if self._dispatcher is not None:
             self._dispatcher.wait_local()
+
+
+def _check_local_device(spec: JobSpec) -> None:
+    """Embedded: the job runs in this process, so a device this machine lacks is bad input now (no row), not a
+    job that fails a second later. (A fleet's workers have their own devices: they check it themselves.)"""
+    device = str(spec.recipe.get("device", "auto")) if isinstance(spec, TrainSpec) else "auto"
+    if device.startswith("cuda"):
+        from cganmodel.devices import resolve_device
+
+        try:
+            resolve_device(device)
+        except ValueError as exc:
+            raise InvalidInput(f"--set device={device}: {exc} on this machine, which runs the job itself (embedded default)") from None

@@ -257,6 +257,18 @@ def test_bad_train_recipe_is_one_error_line_and_no_row(embedded_env, tmp_path, a
     assert _job_rows(embedded_env) == []
 
 
+def test_embedded_train_on_a_device_this_machine_lacks_is_bad_input(embedded_env, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", str(tiny_image_folder(tmp_path / "data")), "--steps", "2",
+                     "--batch-size", "8", "--set", "device=cuda")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: --set device=cuda: device 'cuda' requested but CUDA is not available on this machine, which runs the job itself (embedded default)")
+    assert _job_rows(embedded_env) == []
+
+
 def test_train_shows_and_uses_the_resolved_recipe(embedded_env, tmp_path):
     data = tiny_image_folder(tmp_path / "data")
     result = cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "2",
