@@ -62,6 +62,34 @@ def check_all(settings=None) -> dict:
     return report
 
 
+PREFLIGHT_WAIT_S = 15.0  # a service that neither answers nor refuses within this is "not answering": a warning
+
+
+def _answer(check, seconds: float = PREFLIGHT_WAIT_S):
+    """``check()``'s result, or its exception, or ServiceUnavailable once ``seconds`` pass without either (a
+    service that accepts connections and never answers must not hold a worker's start-up)."""
+    import threading
+
+    from .errors import ServiceUnavailable
+
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = check()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="preflight", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise ServiceUnavailable(f"no answer within {seconds:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 def worker_preflight(settings) -> list[str]:
     """What a worker checks before it consumes a message. What would fail every task it takes stops it (raised:
     a data folder it cannot make, a database or object store that refuses its credentials, a job table not at
@@ -73,26 +101,27 @@ def worker_preflight(settings) -> list[str]:
 
     settings.make_folder(settings.data_dir)
     warnings = []
+    shown_db = redact_url(settings.sqlalchemy_url)
     try:
-        current = db.current_revision(settings)
+        current = _answer(lambda: db.current_revision(settings))
     except ServiceRefused:
         raise
     except ServiceUnavailable as exc:
-        warnings.append(str(exc))
+        warnings.append(str(exc) if shown_db in str(exc) else f"database {shown_db}: {exc}")
     else:
         if current != db.head_revision(settings):
             if not settings.sqlalchemy_url.startswith("sqlite"):
                 raise ServiceUnavailable(
-                    f"the job table at {redact_url(settings.sqlalchemy_url)} is at {current or 'no schema'}, not at "
+                    f"the job table at {shown_db} is at {current or 'no schema'}, not at "
                     f"{db.head_revision(settings)}: run `cganctl db upgrade` before starting workers"
                 )
             db.require_schema(settings)
     try:
-        open_store(settings).check()
+        _answer(lambda: open_store(settings).check())
     except ServiceRefused:
         raise
     except ServiceUnavailable as exc:
-        warnings.append(str(exc))
+        warnings.append(str(exc) if "S3" in str(exc) or "store" in str(exc) else f"object store: {exc}")
     return warnings
 
 

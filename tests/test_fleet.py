@@ -214,13 +214,24 @@ def test_a_worker_does_not_start_on_settings_every_task_would_fail_on(fleet_env,
             lines = result.stderr.strip().splitlines()
             assert result.returncode == code and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (env, result.stderr)
             assert "***" in lines[0] or "nosuch" not in lines[0]  # the password is never printed
+        # an S3 server that accepts connections and never answers (frozen): a warning after 15 s, and it starts
+        s3.process.send_signal(signal.SIGSTOP)
+        try:
+            frozen = {"CGAN_S3_ENDPOINT_URL": s3.endpoint_url, "CGAN_S3_BUCKET": "preflight", "CGAN_S3_ACCESS_KEY_ID": "k", "CGAN_S3_SECRET_ACCESS_KEY": "s"}
+            _starts_with_a_warning({**fleet_env, **frozen}, "warning: object store: no answer within 15 s (starting anyway: tasks wait for it)")
+        finally:
+            s3.process.send_signal(signal.SIGCONT)
     # a database that does not answer now: a warning, and the worker starts (tasks wait for it)
     down = fleet_env["CGAN_DATABASE_URL"].replace("127.0.0.1:5432", "127.0.0.1:9", 1)
-    process = subprocess.Popen([*cganctl_command(), "worker", "-n", "preflight@%h", "-Q", "preflight"], env={**fleet_env, "CGAN_DATABASE_URL": down},
+    _starts_with_a_warning({**fleet_env, "CGAN_DATABASE_URL": down}, "is unreachable")
+
+
+def _starts_with_a_warning(env: dict[str, str], warning: str) -> None:
+    process = subprocess.Popen([*cganctl_command(), "worker", "-n", "preflight@%h", "-Q", "preflight"], env=env,
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         first = process.stdout.readline()
-        assert first.startswith("warning: database ") and "is unreachable" in first and "(starting anyway: tasks wait for it)" in first, first
+        assert first.startswith("warning: ") and warning in first and "(starting anyway: tasks wait for it)" in first, first
         wait_for(lambda: "ready." in process.stdout.readline() or None, 120, 0, "worker ready")
     finally:
         process.terminate()
