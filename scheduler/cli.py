@@ -90,8 +90,10 @@ def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, a
             typer.echo(f"recipe {job.spec['preset']}: " + " ".join(f"{k}={v}" for k, v in recipe.items() if k != "preset"))
     absent = getattr(spec, "_absent", None)
     if absent:  # --fill-to tops up the dataset's classes; one it has no image of is named, not guessed
+        from .textsafe import plain
+
         typer.echo(
-            f"warning: not in {getattr(request, 'dataset', None)}, so not filled: {', '.join(absent[:20])}{', ...' if len(absent) > 20 else ''} "
+            f"warning: not in {plain(str(getattr(request, 'dataset', None)))}, so not filled: {plain(', '.join(absent[:20]))}{', ...' if len(absent) > 20 else ''} "
             "(a class folder with no image counts as absent; generate those with --label NAME --count N)",
             err=True,
         )
@@ -346,7 +348,10 @@ def datasets_add(
 
     settings = get_settings()
     store = open_store(settings)
-    previous = datasets.get(store, name) if datasets.NAME.match(name) else None
+    try:
+        previous = datasets.get(store, name) if datasets.NAME.match(name) else None
+    except datasets.DatasetError:  # an unreadable index: adding the dataset again is the cure, so it goes on
+        previous = None
     entry = datasets.add(store, settings, name, archive.expanduser())
     replaced = previous if previous is not None and previous.key != entry.key else None
     if as_json:

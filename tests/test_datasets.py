@@ -149,6 +149,9 @@ def test_corrupt_index_is_one_error_line(embedded_env, tmp_path):
     open_store(settings_from_env(embedded_env)).put_bytes("datasets/tiny.json", b"{not json")
     message = _one_error(cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", "tiny", "--steps", "2"))
     assert "the index of dataset tiny (datasets/tiny.json) is unreadable" in message
+    # what the message says to do works: adding it again writes a good index
+    cganctl(embedded_env, "datasets", "add", "tiny", str(_archive(tmp_path, "again.tar.gz")), check=True)
+    assert cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", "tiny", "--steps", "2", "--batch-size", "8").returncode == 0
 
 
 @pytest.mark.parametrize("bad", ["text", "too-wide"])
