@@ -38,7 +38,7 @@ def check_all(settings=None) -> dict:
     services = {
         "broker": _probe(lambda: make_dispatcher(runtime).check()),
         "database": _probe(database),
-        "object store": _probe(runtime.store.check),
+        "object store": _probe(lambda: answer_within(runtime.store.check)),  # a frozen S3 must not hang status
     }
     report: dict = {"services": services, "embedded": settings.embedded, "workers": None, "unserved": {}, "silent": [], "expired": []}
     if settings.embedded:
@@ -65,7 +65,7 @@ def check_all(settings=None) -> dict:
 PREFLIGHT_WAIT_S = 15.0  # a service that neither answers nor refuses within this is "not answering": a warning
 
 
-def _answer(check, seconds: float = PREFLIGHT_WAIT_S):
+def answer_within(check, seconds: float = PREFLIGHT_WAIT_S):
     """``check()``'s result, or its exception, or ServiceUnavailable once ``seconds`` pass without either (a
     service that accepts connections and never answers must not hold a worker's start-up)."""
     import threading
@@ -103,7 +103,7 @@ def worker_preflight(settings) -> list[str]:
     warnings = []
     shown_db = redact_url(settings.sqlalchemy_url)
     try:
-        current = _answer(lambda: db.current_revision(settings))
+        current = answer_within(lambda: db.current_revision(settings))
     except ServiceRefused:
         raise
     except ServiceUnavailable as exc:
@@ -117,7 +117,7 @@ def worker_preflight(settings) -> list[str]:
                 )
             db.require_schema(settings)
     try:
-        _answer(lambda: open_store(settings).check())
+        answer_within(lambda: open_store(settings).check())
     except ServiceRefused:
         raise
     except ServiceUnavailable as exc:

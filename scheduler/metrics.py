@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .errors import ServiceUnavailable
+from .health import answer_within
 from .settings import Settings
 from .taskmessages import PRIORITY_LEVELS, priority_lists
 
@@ -75,7 +76,7 @@ class ControlPlaneCollector(Collector):
             log.warning("job table not scraped: %s", exc)
             up.add_metric(["database"], 0)
         try:
-            self._object_store().check()  # a HEAD of the bucket: reachable and the credentials accepted
+            answer_within(self._object_store().check, 5)  # a HEAD of the bucket; a frozen S3 must not hang the scrape
             up.add_metric(["object_store"], 1)
         except Exception as exc:
             log.warning("object store not reached: %s", exc)

@@ -219,6 +219,10 @@ def test_a_worker_does_not_start_on_settings_every_task_would_fail_on(fleet_env,
         try:
             frozen = {"CGAN_S3_ENDPOINT_URL": s3.endpoint_url, "CGAN_S3_BUCKET": "preflight", "CGAN_S3_ACCESS_KEY_ID": "k", "CGAN_S3_SECRET_ACCESS_KEY": "s"}
             _starts_with_a_warning({**fleet_env, **frozen}, "warning: object store: no answer within 15 s (starting anyway: tasks wait for it)")
+            started = time.monotonic()  # status answers too (before, its HEAD hung for the client's retries)
+            status = cganctl({**fleet_env, **frozen}, "status", "--json", timeout=120)
+            assert status.returncode == 3 and time.monotonic() - started < 60, status.stderr
+            assert json.loads(status.stdout)["services"]["object store"] == {"ok": False, "detail": "no answer within 15 s", "exit_code": 3}
         finally:
             s3.process.send_signal(signal.SIGCONT)
     # a database that does not answer now: a warning, and the worker starts (tasks wait for it)
