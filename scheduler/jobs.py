@@ -143,21 +143,28 @@ class JobTable:
             shards = session.scalars(select(Shard.worker).where(Shard.status == ShardStatus.running.value, Shard.worker.is_not(None)))
             return {name for name in (*jobs, *shards) if name}
 
-    def expired_leases(self, limit: int = 50) -> builtins.list[dict]:
-        """Running work whose lease ran out (its worker stopped renewing it) that no reconciler has taken
-        back yet: job id, shard index (None for a train/evaluate job), worker, seconds since its last heartbeat."""
+    def _expired_queries(self, job_id: str | None = None):
+        """Running work whose lease ran out that no reconciler has taken back yet: (jobs, shards) queries."""
         now = utcnow()
         running = JobStatus.running.value
+        jobs = select(Job.id, Job.worker, Job.heartbeat_at).where(Job.status == running, Job.kind != "generate", Job.lease_expires_at < now)
+        shards = (
+            select(Shard.job_id, Shard.index, Shard.worker, Shard.heartbeat_at)
+            .join(Job, Job.id == Shard.job_id)
+            .where(Shard.status == ShardStatus.running.value, Shard.lease_expires_at < now, Job.status.in_(ACTIVE))
+        )
+        if job_id is not None:
+            jobs, shards = jobs.where(Job.id == job_id), shards.where(Shard.job_id == job_id)
+        return now, jobs, shards
+
+    def expired_leases(self, limit: int = 50, job_id: str | None = None) -> builtins.list[dict]:
+        """Running work whose lease ran out (its worker stopped renewing it) that no reconciler has taken
+        back yet (of one job, or of all): job id, shard index (None for a train/evaluate job), worker,
+        seconds since its last heartbeat."""
+        now, job_query, shard_query = self._expired_queries(job_id)
         with self._session() as session:
-            jobs = session.execute(
-                select(Job.id, Job.worker, Job.heartbeat_at)
-                .where(Job.status == running, Job.kind != "generate", Job.lease_expires_at < now).limit(limit)
-            ).all()
-            shards = session.execute(
-                select(Shard.job_id, Shard.index, Shard.worker, Shard.heartbeat_at)
-                .join(Job, Job.id == Shard.job_id)
-                .where(Shard.status == ShardStatus.running.value, Shard.lease_expires_at < now, Job.status.in_(ACTIVE)).limit(limit)
-            ).all()
+            jobs = session.execute(job_query.limit(limit)).all()
+            shards = session.execute(shard_query.limit(limit)).all()
 
         def silent(beat) -> float | None:
             if beat is None:
@@ -167,6 +174,12 @@ class JobTable:
         rows = [{"job": j, "shard": None, "worker": w, "silent_s": silent(b)} for j, w, b in jobs]
         rows += [{"job": j, "shard": i, "worker": w, "silent_s": silent(b)} for j, i, w, b in shards]
         return rows[:limit]
+
+    def count_expired_leases(self) -> int:
+        """How many running jobs and shards have a lease that ran out (a COUNT, for the metrics scrape)."""
+        _, job_query, shard_query = self._expired_queries()
+        with self._session() as session:
+            return sum(session.scalar(select(func.count()).select_from(query.subquery())) or 0 for query in (job_query, shard_query))
 
     # --- transitions ------------------------------------------------------------------------------
     def _runnable(self, job_id: str) -> JobRecord | Claim:

@@ -131,11 +131,11 @@ class ControlPlaneCollector(Collector):
         yield GaugeMetricFamily("cganctl_oldest_queued_job_age_seconds", "Seconds since the oldest still-queued job was submitted; 0 when none waits.", value=age)
         from .jobs import JobTable
 
-        expired = JobTable(get_engine(self.settings)).expired_leases(limit=10_000)
+        expired = JobTable(get_engine(self.settings)).count_expired_leases()
         yield GaugeMetricFamily(
             "cganctl_expired_leases",
             "Running jobs and shards whose lease ran out (worker gone, or hung past its time limit) and that no reconciler has taken back yet.",
-            value=len(expired),
+            value=expired,
         )
 
 

@@ -62,7 +62,7 @@ def print_job(service, job: JobRecord) -> None:
     if job.error:
         rows.append(("error", job.error))
     if job.status == "running" and not service.runtime.settings.embedded:
-        stranded = [row for row in service.table.expired_leases(limit=1000) if row["job"] == job.id]
+        stranded = service.table.expired_leases(limit=1000, job_id=job.id)
         if stranded:  # its worker died or hung: say so here too, not only in `cganctl status`
             rows.append(("lease", expired_line(stranded[0], any_worker=None).removeprefix("warning: ")
                          + (f" ({len(stranded)} shards)" if len(stranded) > 1 else "")))

@@ -535,6 +535,7 @@ def test_fleet_page_and_status_name_work_whose_lease_ran_out(fleet_env, tmp_path
     try:
         rows = [r for r in check_all(settings)["expired"] if r["job"] == job.id]
         assert rows and rows[0]["worker"] == "ghost@box" and rows[0]["shard"] is None and rows[0]["silent_s"] >= 135, rows
+        assert service.table.expired_leases(job_id=job.id) == rows and service.table.expired_leases(job_id="0" * 32) == []
         page = TestClient(create_app(service), raise_server_exceptions=False).get("/fleet").text
         expired = page.split('id="expired"')[1].split("</p>")[0]
         assert f'href="/jobs/{job.id}">{job.id[:12]}</a> on ghost@box (no heartbeat for' in expired, expired
