@@ -329,6 +329,8 @@ def test_models_and_fleet_pages(service, client):
     row = models.split("<b>tiny-gan:1</b>")[1].split("</tr>")[0]
     assert job.id[:12] in row and "62.5%" in row and "3.5" in row and "mlp" in row
     assert "<b>default:1</b>" in models and "<b>default-classifier:1</b>" in models and "shipped" in models
+    shipped = models.split("<b>default:1</b>")[1].split("</tr>")[0]
+    assert "not evaluated here" in shipped and "cganctl submit evaluate --model default:1" in shipped
 
     fleet = client.get("/fleet")
     assert fleet.status_code == 200
