@@ -130,7 +130,7 @@ def _follow(service, job_id: str, *, quiet: bool = False, as_json: bool = False)
 def submit_generate(
     label: Annotated[Optional[list[str]], typer.Option("--label", help="Class to generate (repeatable).")] = None,
     balanced: Annotated[bool, typer.Option("--balanced", help="Equal counts over all classes.")] = False,
-    count: Annotated[Optional[int], typer.Option("--count", help="Total images (split evenly over the classes).")] = None,
+    count: Annotated[Optional[int], typer.Option("--count", help="Total images, split evenly over the classes (the first classes in the model's order take one more if it does not divide).")] = None,
     per_class: Annotated[Optional[int], typer.Option("--per-class", help="Images per class.")] = None,
     fill_to: Annotated[Optional[int], typer.Option("--fill-to", help="Top every class of --dataset up to N images.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="ImageFolder directory or .tar/.tar.gz, with --fill-to.")] = None,
