@@ -46,6 +46,19 @@ class ImageData(Dataset):
         x = to_float(self.images[index].permute(2, 0, 1))
         return x, int(self.labels[index])
 
+    def relabelled(self, classes: list[str]) -> "ImageData":
+        """The same images labelled by their class names' indices in ``classes`` (a model's class list): a
+        split that lacks some of the model's classes numbers its own classes differently. A class that is
+        not in ``classes`` is a DataError (a model cannot score it)."""
+        if list(classes) == self.classes:
+            return self
+        index = {name: i for i, name in enumerate(classes)}
+        unknown = [name for name in self.classes if name not in index]
+        if unknown:
+            raise DataError(f"classes {', '.join(unknown)} are not among the model's classes ({', '.join(classes)})")
+        mapping = torch.tensor([index[name] for name in self.classes], dtype=torch.int64)
+        return ImageData(self.images, mapping[self.labels], list(classes))
+
 
 def _resize(im: Image.Image, size: int) -> np.ndarray:
     if im.size != (size, size):

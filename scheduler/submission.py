@@ -277,9 +277,22 @@ def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelR
         found = sum(per_class.values())
         if len(per_class) < 2 and preset(r.preset).kind == "classifier":  # nothing to tell apart (a GAN of one class is fine)
             raise InvalidInput(f"--dataset {r.dataset} has {len(per_class)} class ({', '.join(per_class)}): a classifier needs at least 2 class folders")
+        if preset(r.preset).kind == "classifier":  # the job scores it on the test split: by class name
+            _check_classifier_test_split(r.dataset, spec.dataset, per_class, settings)
         if found < int(recipe.get("batch_size") or 1):
             raise InvalidInput(f"--dataset {r.dataset} has {found} images, fewer than the batch size {recipe['batch_size']} (--batch-size / --set batch_size=N)")
     return spec
+
+
+def _check_classifier_test_split(given: str, source: str, train: dict[str, int], settings: Settings | None) -> None:
+    """A test split (where the dataset has one) may lack some of the train split's classes, not add others."""
+    try:
+        test = _dataset_counts(source, settings, split="test", require_split=True)
+    except InvalidInput:
+        return  # no test split: the job reports no test accuracy
+    extra = [name for name in test if name not in train]
+    if extra:
+        raise InvalidInput(f"--dataset {given}: its test split has classes the train split lacks ({', '.join(extra)}): the classifier could not score them")
 
 
 def _below_one(value: float | None, flag: str) -> None:

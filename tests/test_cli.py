@@ -303,6 +303,28 @@ def test_train_shows_and_uses_the_resolved_recipe(embedded_env, tmp_path):
     assert "registered as tinyclf:1: use it with --classifier tinyclf:1" in lines, result.stdout
     assert any(re.fullmatch(r"test accuracy \d+\.\d% on the dataset's 6 test images", line) for line in lines), result.stdout
 
+    # a test split that lacks a class is scored by class name, not by its own numbering of what it has
+    import numpy as np
+
+    from cganmodel.classifier import load_classifier, predict_proba
+    from cganmodel.data import load_image_dataset
+
+    shutil.rmtree(split / "test" / "airplane")
+    job = cganctl(embedded_env, "submit", "train", "--preset", "classifier", "--dataset", str(split), "--steps", "2",
+                  "--batch-size", "8", "--checkpoint-every", "1", "--name", "tinyclf", "--json", "--wait", check=True)
+    done = json.loads(job.stdout)
+    files = settings_from_env(embedded_env).local_store_dir / done["artifacts"]["model"]
+    model = load_classifier(files, json.loads(files.with_name("model.json").read_text()))
+    test = load_image_dataset(str(split), "test")
+    assert test.classes == ["cat", "frog"]
+    truth = np.array([1] * 2 + [2] * 2)  # the model's indices: airplane 0, cat 1, frog 2
+    expected = float((predict_proba(model, test.images).argmax(axis=1) == truth).mean())
+    assert done["metrics"]["test"]["accuracy"] == pytest.approx(expected) and set(done["metrics"]["test"]["per_class"]) == {"cat", "frog"}
+    tiny_image_folder(split / "test", classes=("dog",), per_class=2)
+    refused = cganctl(embedded_env, "submit", "train", "--preset", "classifier", "--dataset", str(split), "--steps", "2", "--batch-size", "8")
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"error: --dataset {split}: its test split has classes the train split lacks (dog): the classifier could not score them"), refused.stderr
+
 
 def test_a_job_failing_in_process_is_one_error_line(embedded_env, tmp_path):
     """An embedded job that fails while it runs (an image that passes the header checks, then does not decode):

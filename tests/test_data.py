@@ -164,3 +164,13 @@ def test_imagedata_validation() -> None:
         ImageData(torch.zeros(2, 32, 32, 3), torch.zeros(2, dtype=torch.long), ["a"])
     d = ImageData(torch.full((1, 2, 2, 3), 255, dtype=torch.uint8), torch.zeros(1, dtype=torch.long), ["a"])
     assert np.allclose(d[0][0].numpy(), 1.0)
+
+
+def test_a_split_relabelled_by_a_models_classes() -> None:
+    """A test split without "apple" numbers banana 0 and cherry 1; the model's indices are apple 0, banana 1, cherry 2."""
+    split = ImageData(torch.zeros(3, 2, 2, 3, dtype=torch.uint8), torch.tensor([0, 1, 1]), ["banana", "cherry"])
+    relabelled = split.relabelled(["apple", "banana", "cherry"])
+    assert relabelled.labels.tolist() == [1, 2, 2] and relabelled.classes == ["apple", "banana", "cherry"]
+    assert split.relabelled(["banana", "cherry"]) is split
+    with pytest.raises(DataError, match="classes cherry are not among the model's classes"):
+        split.relabelled(["apple", "banana"])

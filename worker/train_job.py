@@ -96,4 +96,4 @@ def _test_accuracy(ctx: JobContext, trainer, spec: TrainSpec) -> dict:
         return {}
     if len(test) == len(trainer.data):  # no separate test split: the loader fell back to the only tree
         return {}
-    return {"test": evaluate_accuracy(trainer.model, test)}
+    return {"test": evaluate_accuracy(trainer.model, test.relabelled(trainer.data.classes))}
