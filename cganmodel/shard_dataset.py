@@ -24,7 +24,8 @@ from cganmodel.shards import PathLike, check_member_name, class_index, split_mem
 
 class ShardDataset(Dataset[tuple[Any, int]]):
     """Map-style dataset over webdataset / imagefolder tars and npz shards (a directory, searched
-    recursively, or a list of paths). Items are ``(float CHW tensor in [-1, 1], label)``, or
+    recursively, or a list of paths), and over a download unpacked with ``--layout imagefolder``
+    (``<dir>/<class>/<key>.png``). Items are ``(float CHW tensor in [-1, 1], label)``, or
     ``(transform(PIL image), label)`` with a ``transform``. Tar images are read lazily by offset; npz
     arrays are loaded at construction. The webdataset shards are also readable
     by the ``webdataset`` library: ``webdataset.WebDataset(urls).decode("pil").to_tuple("png", "cls")``.
@@ -44,18 +45,23 @@ class ShardDataset(Dataset[tuple[Any, int]]):
         self.transform = transform
         paths = _shard_paths(paths_or_dir)
         tars = {path: _tar_members(path) for path in paths if path.suffix != ".npz"}
+        unpacked = _unpacked_images(paths_or_dir)
         if classes is None:
             classes = _manifest_classes(paths_or_dir)
         if classes is None:
             classes = sorted(
                 {name.rpartition("/")[0] for members in tars.values() if _is_imagefolder(members) for name in members}
+                | {path.parent.name for path in unpacked}
             )
-        self._items: list[_TarItem | _ArrayItem] = []
+        self._items: list[_TarItem | _ArrayItem | _FileItem] = []
         for path in paths:
             if path.suffix == ".npz":
                 self._items += _npz_items(path)
             else:
                 self._items += _tar_items(path, tars[path], classes)
+        self._items += [_FileItem(path, class_index(classes, path.parent.name)) for path in unpacked]
+        if not self._items and isinstance(paths_or_dir, str | Path) and Path(paths_or_dir).is_dir():
+            raise ValueError(f"{paths_or_dir}: no shards (.tar, .npz) and no <class>/<image>.png files under it")
 
     def __len__(self) -> int:
         return len(self._items)
@@ -94,6 +100,24 @@ class _ArrayItem:
 
     def pil(self) -> Image.Image:
         return Image.fromarray(self.image)
+
+
+@dataclass(frozen=True)
+class _FileItem:
+    path: Path
+    label: int
+
+    def pil(self) -> Image.Image:
+        with Image.open(self.path) as image:
+            return image.convert("RGB")
+
+
+def _unpacked_images(paths_or_dir: PathLike | Sequence[PathLike]) -> list[Path]:
+    """The images of a download unpacked as an ImageFolder tree (``--layout imagefolder``):
+    ``<dir>/<class>/<key>.png``, sorted by class folder, then name."""
+    if not isinstance(paths_or_dir, str | Path) or not Path(paths_or_dir).is_dir():
+        return []
+    return sorted(p for p in Path(paths_or_dir).glob("*/*.png") if p.is_file() and not p.parent.name.startswith("."))
 
 
 def _manifest_classes(paths_or_dir: PathLike | Sequence[PathLike]) -> list[str] | None:

@@ -152,6 +152,17 @@ def test_shard_dataset_labels_follow_the_manifest_in_every_format(tmp_path: Path
     assert labels == {fmt: [2] * len(cats) for fmt in labels}
     assert ShardDataset([tmp_path / "imagefolder" / shard_name(0, "imagefolder")])[0][1] == 0  # no manifest: folder order
 
+    # the same job downloaded with --layout imagefolder (unpacked <class>/<key>.png beside its manifest.json)
+    unpacked = tmp_path / "unpacked"
+    assert unpack_to_imagefolder([tmp_path / "imagefolder" / shard_name(0, "imagefolder")], unpacked, classes) == len(cats)
+    (unpacked / "manifest.json").write_text(json.dumps({"classes": classes}))
+    data = ShardDataset(unpacked)
+    assert len(data) == len(cats) and [data[i][1] for i in range(len(cats))] == [2] * len(cats)
+    assert data[0][0].shape == ShardDataset(tmp_path / "npz")[0][0].shape
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no shards"):
+        ShardDataset(tmp_path / "empty")
+
 
 def test_unpack_then_torchvision_imagefolder(tmp_path: Path) -> None:
     datasets = pytest.importorskip("torchvision.datasets")
