@@ -43,7 +43,7 @@ def select(
     folders is all one split, unless ``require_split`` (then it has no ``split``: DataError).
     """
     if not paths:
-        raise DataError(f"{source}: no image files found")
+        raise DataError(f"{source}: no image files found (read are files ending in {', '.join(IMAGE_EXTENSIONS)})")
     climbing = next((p for p in paths if ".." in p), None)
     if climbing is not None:
         raise DataError(f"{source}: {'/'.join(climbing)!r} climbs out of the tree with '..'")
@@ -53,6 +53,13 @@ def select(
             break
         depth += 1
     tops = {p[depth] for p in paths if len(p) > depth + 1}
+    in_splits = [p for p in paths if p[depth] in SPLIT_NAMES]
+    if in_splits and not tops <= set(SPLIT_NAMES) and all(len(p) > depth + 2 for p in in_splits):
+        other = next(p for p in paths if p[depth] not in SPLIT_NAMES)
+        raise DataError(
+            f"{source}: mixes split folders with other folders: {sorted(tops)}, e.g. {'/'.join(other)!r} "
+            f"(expected either <split>/<class>/<image> throughout or <class>/<image> throughout)"
+        )
     if tops & set(SPLIT_NAMES) and all(len(p) > depth + 2 for p in paths):
         if split not in tops:
             raise DataError(f"{source}: no {split!r} split; found {sorted(tops)}")

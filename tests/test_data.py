@@ -136,12 +136,18 @@ def test_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image files"):
         load_image_dataset(str(tmp_path / "empty"))
+    gifs = write_dir(tmp_path / "gifs", {"cat/0.gif": b"GIF89a", "dog/0.gif": b"GIF89a"})
+    with pytest.raises(DataError, match=r"no image files found \(read are files ending in .jpg, .jpeg, .png, "):
+        load_image_dataset(str(gifs))
     (tmp_path / "file.txt").write_text("hi")
     with pytest.raises(DataError, match="not a directory or a .tar"):
         load_image_dataset(str(tmp_path / "file.txt"))
     loose = write_dir(tmp_path / "loose", {**tree({"": 1}), "stray.png": encode((1, 2, 3))})
     with pytest.raises(DataError, match="outside class folders"):
         load_image_dataset(str(loose))
+    mixed = write_dir(tmp_path / "mixed", {**tree({"train/": 1}), "cats/0.png": encode((1, 2, 3))})
+    with pytest.raises(DataError, match=r"mixes split folders with other folders: \['cats', 'train'\], e.g. 'cats/0.png'"):
+        load_image_dataset(str(mixed))
     broken = write_dir(tmp_path / "broken", {**tree({"": 1}), "cat/bad.jpg": b"\xff\xd8 not really a jpeg"})
     with pytest.raises(DataError, match="cat/bad.jpg"):
         load_image_dataset(str(broken))
