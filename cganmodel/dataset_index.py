@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from cganmodel.limits import DEFAULT_LIMITS, DataLimits
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")  # the builtin `cifar10`
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 

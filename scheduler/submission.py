@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidInput
 
 if TYPE_CHECKING:
-    from .model_registry import ModelRegistry
+    from .model_registry import ModelRecord, ModelRegistry
     from .settings import Settings
     from .specs import EvaluateSpec, GenerateSpec, TrainSpec
 
@@ -212,8 +212,7 @@ def generate_spec(r: GenerateRequest, models: ModelRegistry, settings: Settings)
         raise InvalidInput("--classifier goes with --min-confidence (it scores the samples that filter keeps)")
     if r.min_confidence is not None:
         scorer = models.resolve(r.classifier or DEFAULT_CLASSIFIER, "classifier")
-        if list(scorer.meta["classes"]) != classes:
-            raise InvalidInput(f"classifier {scorer.ref} was trained on other classes than model {generator.ref}")
+        _check_scorer(scorer, generator)
         classifier_ref = scorer.ref
     as_given = dict(
         labels=list(dict.fromkeys(r.labels)) or None, balanced=r.balanced or None, count=r.count, per_class=r.per_class,
@@ -295,6 +294,13 @@ def _check_classifier_test_split(given: str, source: str, train: dict[str, int],
         raise InvalidInput(f"--dataset {given}: its test split has classes the train split lacks ({', '.join(extra)}): the classifier could not score them")
 
 
+def _check_scorer(scorer: ModelRecord, generator: ModelRecord) -> None:
+    """A classifier scores a generator's samples by class index: it must know the generator's classes, in its order."""
+    if list(scorer.meta["classes"]) != list(generator.meta["classes"]):
+        raise InvalidInput(f"classifier {scorer.ref} was trained on other classes than model {generator.ref}: pass --classifier with one "
+                           "trained on the model's classes (cganctl submit train --preset classifier --dataset ...)")
+
+
 def _below_one(value: float | None, flag: str) -> None:
     """A confidence threshold of 1 is never reached (the classifier's probabilities stay below it): refused at
     submit. (Specs keep accepting 1 so that rows written before this rule still parse.)"""
@@ -309,8 +315,7 @@ def evaluate_spec(r: EvaluateRequest, models: ModelRegistry, settings: Settings 
 
     generator = models.resolve(r.model, "generator")
     scorer = models.resolve(r.classifier or DEFAULT_CLASSIFIER, "classifier")
-    if list(scorer.meta["classes"]) != list(generator.meta["classes"]):
-        raise InvalidInput(f"classifier {scorer.ref} was trained on other classes than model {generator.ref}")
+    _check_scorer(scorer, generator)
     downstream = dict(downstream_fraction=r.downstream_fraction, downstream_steps=r.downstream_steps,
                       downstream_per_class=r.downstream_per_class, downstream_min_confidence=r.downstream_min_confidence)
     extra = [k for k, v in downstream.items() if v is not None]
@@ -320,12 +325,15 @@ def evaluate_spec(r: EvaluateRequest, models: ModelRegistry, settings: Settings 
     spec = build(EvaluateSpec, model=generator.ref, classifier=scorer.ref, reference=reference, samples_per_class=r.samples_per_class,
                  reference_limit=r.reference_limit, inception=r.inception, seed=r.seed, truncation=r.truncation,
                  downstream=r.downstream or None, **downstream)
+    from cganmodel.dataset_index import CIFAR10_CLASSES
+
+    found = list(CIFAR10_CLASSES) if spec.reference == "cifar10" else list(_dataset_counts(spec.reference, settings, "--reference"))
+    if found != list(generator.meta["classes"]):
+        raise InvalidInput(
+            f"reference {spec.reference} has classes {', '.join(found)}; model {generator.ref} has {', '.join(generator.meta['classes'])}"
+            + (" (pass --reference with the dataset the model was trained on)" if spec.reference == "cifar10" else "")
+        )
     if spec.reference != "cifar10":
-        found = list(_dataset_counts(spec.reference, settings, "--reference"))
-        if found != list(generator.meta["classes"]):
-            raise InvalidInput(
-                f"reference {spec.reference} has classes {', '.join(found)}; model {generator.ref} has {', '.join(generator.meta['classes'])}"
-            )
         if spec.downstream:
             _check_test_split(spec.reference, list(generator.meta["classes"]), settings)
     return spec

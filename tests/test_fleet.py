@@ -167,7 +167,11 @@ def test_train_then_generate_and_evaluate_with_the_new_model(fleet_env, start_wo
     assert classifier.returncode == 0, classifier.stderr
     assert json.loads(classifier.stdout)["metrics"]["model"] == "tinyclf:1"
     mismatch = cganctl(fleet_env, "submit", "evaluate", "--model", "tinyfrogs", "--no-inception")
-    assert mismatch.returncode == 2 and "other classes" in mismatch.stderr  # the default classifier has 10 classes
+    assert mismatch.returncode == 2 and "other classes" in mismatch.stderr and "pass --classifier" in mismatch.stderr  # the default classifier has 10 classes
+    no_reference = cganctl(fleet_env, "submit", "evaluate", "--model", "tinyfrogs", "--classifier", "tinyclf", "--no-inception")
+    assert no_reference.returncode == 2 and no_reference.stderr.startswith(  # refused at submit: no job that fails on the worker
+        "error: reference cifar10 has classes airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck; model tinyfrogs:1 has airplane, cat, frog"
+    ) and "--reference" in no_reference.stderr, no_reference.stderr
     out = cganctl(fleet_env, "submit", "evaluate", "--model", "tinyfrogs", "--classifier", "tinyclf", "--reference", str(data),
                   "--samples-per-class", "6", "--no-inception", "--wait", "--json", timeout=300)
     assert out.returncode == 0, out.stderr
