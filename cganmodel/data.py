@@ -61,6 +61,13 @@ class ImageData(Dataset):
 
 
 def _resize(im: Image.Image, size: int) -> np.ndarray:
+    """The one rule for an image of another size: its centred square (the longer side cropped, nothing
+    stretched), then resized to ``size`` x ``size`` (bicubic)."""
+    width, height = im.size
+    if width != height:
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        im = im.crop((left, top, left + side, top + side))
     if im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(im, dtype=np.uint8)

@@ -180,3 +180,19 @@ def test_a_split_relabelled_by_a_models_classes() -> None:
     assert split.relabelled(["banana", "cherry"]) is split
     with pytest.raises(DataError, match="classes cherry are not among the model's classes"):
         split.relabelled(["apple", "banana"])
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_non_square_image_is_cropped_to_its_centre_not_stretched(tmp_path: Path, fmt: str) -> None:
+    """A 96x48 image, black left and right quarters around a white 48x48 centre: its 32x32 is the white centre."""
+    wide = Image.new("RGB", (96, 48), (0, 0, 0))
+    wide.paste((255, 255, 255), (24, 0, 72, 48))
+    tall = wide.transpose(Image.Transpose.ROTATE_90)
+    files = {}
+    for name, image in (("wide", wide), ("tall", tall)):
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, quality=95)
+        files[f"{name}/0.{fmt.lower()}"] = buf.getvalue()
+    data = load_image_dataset(str(write_dir(tmp_path / "ds", files)))
+    assert data.images.shape == (2, 32, 32, 3)
+    assert data.images.float().min() > 200, data.images.float().amin(dim=(0, 3))  # stretched, the edges were black
