@@ -43,7 +43,7 @@ def _reference(
         "limit": spec.reference_limit,
         "classifier_sha256": classifier.sha256,
         "inception": spec.inception,
-        "version": 2,
+        "version": 3,  # 3: images of another shape are centre-cropped before the resize (2 stretched them)
     }
     digest = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:32]
     key = f"cache/reference-stats/{digest}.safetensors"
