@@ -6,6 +6,7 @@ classes without importing torch; :mod:`cganmodel.data` decodes what this module 
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tarfile
@@ -97,6 +98,19 @@ def _check_class(name: str, example: tuple[str, ...], source: str) -> None:
         check_class_name(name)
     except ValueError as exc:
         raise DataError(f"{source}: {exc} (e.g. {where!r})") from None
+
+
+def check_decodes(blobs: list[bytes], names: list[str]) -> None:
+    """Every image decodes whole (a truncated PNG or JPEG has a header that opens, then fails): DataError
+    naming the first that does not. Check the header budgets first (``limits.check_images``)."""
+    from PIL import Image
+
+    for data, name in zip(blobs, names, strict=True):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+        except Exception as exc:
+            raise DataError(f"cannot decode image {name!r} ({exc})") from None
 
 
 def iter_tar(path: Path, read: bool, limits: DataLimits | None = None) -> Iterator[tuple[str, bytes | None]]:

@@ -102,14 +102,15 @@ def _splits(path: Path, settings: Settings) -> dict[str, dict[str, int]]:
         splits["test"] = count_images(str(path), split="test", limits=limits, require_split=True)
     except DataError:
         pass
-    _check_headers(path, settings)
+    _check_images(path, settings)
     return splits
 
 
-def _check_headers(path: Path, settings: Settings, batch: int = 1000) -> None:
-    """Every image of the archive has a header that opens, within the image budgets (no pixel decoded):
-    a file that is no image, or one too large, is refused here rather than failing every job later."""
-    from cganmodel.dataset_index import DataError, iter_tar
+def _check_images(path: Path, settings: Settings, batch: int = 1000) -> None:
+    """Every image of the archive has a header that opens, within the image budgets, and then decodes
+    whole: a file that is no image, one too large or one cut short is refused here rather than failing
+    every job later."""
+    from cganmodel.dataset_index import DataError, check_decodes, iter_tar
     from cganmodel.limits import BudgetExceeded, check_images
 
     limits = settings.dataset_limits()
@@ -122,8 +123,10 @@ def _check_headers(path: Path, settings: Settings, batch: int = 1000) -> None:
             blobs.append(data or b"")
             if len(names) >= batch:
                 total = check_images(blobs, names, limits, total)
+                check_decodes(blobs, names)  # within the budgets: now decoding them is bounded
                 names, blobs = [], []
         check_images(blobs, names, limits, total)
+        check_decodes(blobs, names)
     except (BudgetExceeded, DataError) as exc:
         raise DatasetError(f"cannot register {path}: {exc}") from None
 

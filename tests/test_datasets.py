@@ -154,24 +154,29 @@ def test_corrupt_index_is_one_error_line(embedded_env, tmp_path):
     assert cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", "tiny", "--steps", "2", "--batch-size", "8").returncode == 0
 
 
-@pytest.mark.parametrize("bad", ["text", "too-wide"])
+@pytest.mark.parametrize("bad", ["text", "too-wide", "truncated"])
 def test_registration_refuses_an_image_that_no_job_could_read(embedded_env, tmp_path, bad):
-    """A '.jpg' that is no image, or a PNG wider than CGAN_MAX_IMAGE_SIDE, is refused at `datasets add`
-    (headers only, no pixel decoded): one error line naming the file, nothing registered."""
+    """A '.jpg' that is no image, a PNG wider than CGAN_MAX_IMAGE_SIDE (from its header, before a pixel is
+    decoded) or a PNG cut short (it does not decode) is refused at `datasets add`: one error line naming
+    the file, nothing registered."""
     from PIL import Image
 
     tree = tmp_path / "tree"
     tiny_image_folder(tree / "train", per_class=4)
-    target = tree / "train" / "cat" / ("a.jpg" if bad == "text" else "wide.png")
+    target = tree / "train" / "cat" / {"text": "a.jpg", "too-wide": "wide.png", "truncated": "cut.png"}[bad]
     if bad == "text":
         target.write_text("hello")
-    else:
+    elif bad == "too-wide":
         Image.new("RGB", (9000, 10)).save(target)
+    else:
+        Image.effect_noise((64, 64), 80).convert("RGB").save(target)
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
     archive = tmp_path / "bad.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tree, arcname=".")
     line = _one_error(cganctl(embedded_env, "datasets", "add", "bad", str(archive)))
-    expected = "is not an image that can be read" if bad == "text" else "above the 8192-pixel side limit (CGAN_MAX_IMAGE_SIDE)"
+    expected = {"text": "is not an image that can be read", "too-wide": "above the 8192-pixel side limit (CGAN_MAX_IMAGE_SIDE)",
+                "truncated": "cannot decode image"}[bad]
     assert target.name in line and expected in line and "BytesIO" not in line, line
     assert cganctl(embedded_env, "datasets", "list", "--json", check=True).stdout.strip() == "[]"
 
