@@ -146,15 +146,20 @@ def _inside(real: str, root: str) -> bool:
 def list_dir(path: Path, limits: DataLimits | None = None) -> list[str]:
     """Image files under ``path`` (relative POSIX names), sorted per folder. Symbolic links are followed
     only where they stay inside ``path``'s real folder; each real folder is visited once (no loop can
-    hang the walk, no link can count one class's images as another's twice); only regular files count;
-    at most ``limits.entries`` paths are visited and no file may exceed ``limits.member_bytes``."""
+    hang the walk, no link can count one class's images as another's twice), and under its own name
+    before under a link's (the tree is walked without links first, then the links to folders not yet
+    visited); only regular files count; at most ``limits.entries`` paths are visited and no file may
+    exceed ``limits.member_bytes``."""
     limits = limits or DEFAULT_LIMITS
     root = os.path.realpath(path)
     names: list[str] = []
     visited: set[str] = set()
     seen = 0
     stack: list[tuple[str, tuple[str, ...]]] = [(root, ())]
-    while stack:
+    linked: list[tuple[str, tuple[str, ...]]] = []  # folders reached through a link: walked after the rest
+    while stack or linked:
+        if not stack:
+            stack.append(linked.pop(0))
         real_dir, rel = stack.pop()
         if real_dir in visited:
             continue
@@ -178,7 +183,7 @@ def list_dir(path: Path, limits: DataLimits | None = None) -> list[str]:
             except OSError:
                 continue  # a dangling link
             if stat.S_ISDIR(st.st_mode):
-                subdirs.append((real, (*rel, entry.name)))
+                (linked if entry.is_symlink() else subdirs).append((real, (*rel, entry.name)))
             elif stat.S_ISREG(st.st_mode) and is_image(entry.name):
                 if entry.is_symlink() and os.path.dirname(real) != real_dir:
                     continue  # a link to an image of another folder would relabel it

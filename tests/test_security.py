@@ -225,6 +225,8 @@ def test_image_dimensions_are_checked_from_the_header(tmp_path, fmt):
 
 
 def test_walk_survives_link_loops_and_does_not_follow_links_out(tmp_path):
+    import tarfile
+
     from cganmodel.dataset_index import DataError, count_images
     from cganmodel.limits import DataLimits
 
@@ -238,7 +240,16 @@ def test_walk_survives_link_loops_and_does_not_follow_links_out(tmp_path):
     for i in range(5):
         _png(outside / f"{i}.png")
     (root / "bird").symlink_to(outside)  # a link out of the root
+    (root / "alias").symlink_to(root / "cat")  # sorted before "cat": it would have taken the class's name
     assert count_images(str(root)) == {"cat": 3, "dog": 3}
+    archive = tmp_path / "loop.tar"
+    with tarfile.open(archive, "w") as tar:  # links stay links in an archive: the same classes and counts
+        tar.add(root, arcname="root")
+    assert count_images(str(archive)) == {"cat": 3, "dog": 3}
+    for i in range(2):
+        _png(root / ".store" / "horse" / f"{i}.png")
+    (root / "horse").symlink_to(root / ".store" / "horse")  # a link inside the root to a folder the walk skips
+    assert count_images(str(root)) == {"cat": 3, "dog": 3, "horse": 2}
     with pytest.raises(DataError, match="CGAN_MAX_DATASET_ENTRIES"):
         count_images(str(root), limits=DataLimits(entries=4))
 
