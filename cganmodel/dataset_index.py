@@ -83,7 +83,8 @@ def select(
     for i in sorted(keep, key=lambda i: paths[i]):  # by path: a folder and any archive of it give one order
         by_class.setdefault(paths[i][depth], []).append(i)
     for name, idx in by_class.items():
-        _check_class(name, paths[idx[0]], source)
+        direct = [paths[i] for i in idx if len(paths[i]) == depth + 2]  # e.g. train/x.jpg, not train/cat/0.jpg
+        _check_class(name, (direct or [paths[idx[0]]])[0], source)
     return dict(sorted(by_class.items()))
 
 

@@ -120,6 +120,7 @@ def test_a_folder_and_its_archives_in_any_member_order_load_the_same(tmp_path: P
         (["cat/../dog/0.png", "cat/0.png", "dog/1.png"], "climbs out of the tree"),
         (["train/0.png", "train/1.png"], "images directly in the split folder 'train', e.g. 'train/0.png' (expected train/<class>/<image>)"),
         (["data/test/0.png", "data/prod/cat/0.png"], "images directly in the split folder 'test'"),
+        (["train/cat/0.png", "train/x.png"], "images directly in the split folder 'train', e.g. 'train/x.png'"),
         (["ca\\t/0.png", "dog/0.png"], "cannot be a folder name"),
     ],
 )
