@@ -169,7 +169,7 @@ def list_dir(path: Path, limits: DataLimits | None = None) -> list[str]:
             entries = sorted(os.scandir(real_dir), key=lambda e: e.name)
         except OSError as exc:
             raise DataError(f"{path}: cannot list {os.path.join(path, *rel)} ({exc.strerror or exc})") from None
-        subdirs = []
+        subdirs: list[tuple[str, tuple[str, ...]]] = []
         for entry in entries:
             seen += 1
             if seen > limits.entries:

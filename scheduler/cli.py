@@ -490,8 +490,10 @@ def _settings_error(exc: Exception) -> str | None:
     if type(exc).__name__ != "ValidationError" or "Settings" not in str(getattr(exc, "title", "")):
         return None
     first = exc.errors()[0]  # type: ignore[attr-defined]
-    name = "CGAN_" + str(first["loc"][0]).upper() if first.get("loc") else "CGAN_*"
-    return f"invalid setting {name}: {first['msg']}"
+    rule = str(first["msg"]).removeprefix("Value error, ")
+    if not first.get("loc"):  # a rule between settings: its message names them
+        return f"invalid settings: {rule}"
+    return f"invalid setting CGAN_{str(first['loc'][0]).upper()}: {rule}"
 
 
 ERROR_LINE_MAX = 1000  # characters of one `error:` line: a 100 kB argument is not echoed back whole

@@ -12,7 +12,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .redact import redact_url
@@ -81,8 +81,11 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _redis_url_parts(cls, value: str | None) -> str | None:
-        """A Redis URL's port and database number are numbers (kombu and redis-py read them differently otherwise)."""
-        if value and value.startswith(("redis://", "rediss://")):
+        """The broker is Redis; a Redis URL's port and database number are numbers (kombu and redis-py read
+        them differently otherwise)."""
+        if value and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("the broker is Redis: a redis:// or rediss:// URL, e.g. redis://host:6379/0")
+        if value:
             from urllib.parse import urlsplit
 
             parts = urlsplit(value)
@@ -94,6 +97,38 @@ class Settings(BaseSettings):
             if db and not (db.isascii() and db.isdigit()):
                 raise ValueError("the path must be a database number, e.g. redis://host:6379/0")
         return value
+
+    @field_validator("default_queue")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        from .submission import QUEUE_NAME
+
+        if not QUEUE_NAME.match(value):
+            raise ValueError(f"invalid queue name {value!r}: 1 to 64 letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("routes")
+    @classmethod
+    def _route_kinds(cls, value: dict[str, str]) -> dict[str, str]:
+        from .specs import JobKind
+
+        kinds = [kind.value for kind in JobKind]
+        for kind, queue in value.items():
+            if kind not in kinds:
+                raise ValueError(f"{kind!r} is not a job kind ({', '.join(kinds)})")
+            cls._queue_name(queue)
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> "Settings":
+        """A running task renews its lease every heartbeat interval: a lease shorter than two of them runs
+        out while its task is alive, and the task is taken for gone."""
+        if self.lease_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"CGAN_LEASE_TIMEOUT ({self.lease_timeout:g} s) must be at least twice CGAN_HEARTBEAT_INTERVAL "
+                f"({self.heartbeat_interval:g} s), or a live task's lease runs out between its renewals"
+            )
+        return self
 
     def queue_for(self, kind: str) -> str:
         """Where a job of ``kind`` goes without ``--queue``: its route, else the default queue."""
