@@ -392,6 +392,12 @@ class JobTable:
             .values(status=status.value, error=error, finished_at=utcnow(), lease_expires_at=None)
         )
 
+    def expire_leases(self, job_id: str) -> None:
+        """The process that held the job's leases is known to be gone: they run out now, not at their time."""
+        now = utcnow()
+        self._write(update(Job).where(Job.id == job_id, Job.lease_expires_at > now).values(lease_expires_at=now))
+        self._write(update(Shard).where(Shard.job_id == job_id, Shard.lease_expires_at > now).values(lease_expires_at=now))
+
     def end_open_shards(self, job_id: str, status: ShardStatus, error: str) -> int:
         """A job ended: every shard not final (and not running under a live lease) becomes ``status``."""
         now = utcnow()

@@ -29,6 +29,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import socket
 from datetime import timedelta
 from typing import Callable
 
@@ -266,18 +268,39 @@ class Reconciler:
         return actions
 
 
+def inline_worker_name() -> str:
+    """The worker name of a job run in-process (the embedded default, ``worker.execute`` without Celery)."""
+    return f"inline@{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone_from_this_host(worker: str | None) -> bool:
+    """True for an in-process runner of this host whose process no longer exists (a reused pid reads as
+    alive: then the lease decides, as for any other worker)."""
+    prefix = f"inline@{socket.gethostname()}:"
+    if not worker or not worker.startswith(prefix) or not worker[len(prefix):].isdigit():
+        return False
+    try:
+        os.kill(int(worker[len(prefix):]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
+        return False
+    return False
+
+
 def embedded_pass(runtime: Runtime) -> list[str]:
     """The embedded default's pass (run by CLI commands that read jobs): fail jobs whose process died.
 
     A job is abandoned when neither it nor any of its shards holds a live lease and its row has not
-    moved for ``lease_timeout`` seconds.
+    moved for ``lease_timeout`` seconds, or at once when the process of this host that ran it is gone
+    (a killed ``cganctl submit ... --wait``).
     """
     table = runtime.table
     now = utcnow()
     cutoff = now - timedelta(seconds=runtime.settings.lease_timeout)
     live_shard = select(Shard.job_id).where(Shard.status == ShardStatus.running.value, Shard.lease_expires_at > now)
     with table.engine.connect() as c:
-        rows = c.execute(
+        rows: list[tuple] = [tuple(row) for row in c.execute(
             select(Job.id, Job.heartbeat_at, Job.updated_at)
             .where(
                 Job.status.in_(ACTIVE),
@@ -286,7 +309,23 @@ def embedded_pass(runtime: Runtime) -> list[str]:
                 Job.id.not_in(live_shard),
             )
             .limit(BATCH)
+        )]
+        here = f"inline@{socket.gethostname()}:%"
+        running = c.execute(
+            select(Job.id, Job.heartbeat_at, Job.updated_at, Job.worker, Shard.worker)
+            .outerjoin(Shard, and_(Shard.job_id == Job.id, Shard.status == ShardStatus.running.value))
+            .where(Job.status == JobStatus.running.value, or_(Job.worker.like(here), Shard.worker.like(here)))
+            .limit(BATCH)
         ).all()
+    runners: dict[str, list[str]] = {}
+    for job_id, _, _, job_worker, shard_worker in running:
+        runners.setdefault(job_id, []).extend(w for w in (job_worker, shard_worker) if w)
+    known = {row[0] for row in rows}
+    for job_id, heartbeat_at, updated_at, *_ in running:
+        if job_id not in known and runners[job_id] and all(_gone_from_this_host(w) for w in runners[job_id]):
+            known.add(job_id)
+            table.expire_leases(job_id)
+            rows.append((job_id, heartbeat_at, updated_at))
     actions = []
     for job_id, heartbeat_at, updated_at in rows:
         last = heartbeat_at or updated_at

@@ -432,7 +432,7 @@ def test_embedded_cli_killed_then_retry_cancel_and_watch_work(tmp_path):
     cganctl(env, "db", "upgrade", check=True)
     rt = _table(env)
 
-    def killed_submit() -> str:
+    def killed_submit(env=env) -> str:
         process = subprocess.Popen(
             [sys.executable, "-m", "scheduler", "submit", "generate", "--count", "2000", "--shard-size", "500", "--balanced", "--json"],
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -462,6 +462,15 @@ def test_embedded_cli_killed_then_retry_cancel_and_watch_work(tmp_path):
     time.sleep(float(FAST.get("CGAN_LEASE_TIMEOUT", 45)) + 1)
     cancel = cganctl(env, "jobs", "cancel", second)
     assert rt.table.get(second).status in ("cancelled", "failed"), cancel.stdout + cancel.stderr
+
+    # with the default 45 s lease, still live in its row: the process of this host that ran it is gone, so
+    # a retry at once is taken (it was refused: "its worker is alive (lease renewed)")
+    slow = {k: v for k, v in env.items() if k not in FAST}
+    third = killed_submit(slow)
+    assert rt.table.live_leases(third)
+    retried = cganctl(slow, "jobs", "retry", third, "--json", timeout=300)
+    assert retried.returncode == 0, retried.stderr
+    assert "process running it stopped" in rt.table.get(third).error and json.loads(retried.stdout)["status"] == "succeeded"
 
 
 def _jobs(rt):

@@ -9,8 +9,6 @@ broker, the database (``OperationalError`` and other connection errors, turned i
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import uuid
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -32,7 +30,9 @@ class LeaseLost(Exception):
 
 
 def default_worker_name() -> str:
-    return f"inline@{socket.gethostname()}:{os.getpid()}"
+    from scheduler.reconcile import inline_worker_name
+
+    return inline_worker_name()
 
 
 def transient(exc: BaseException) -> bool:
