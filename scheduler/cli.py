@@ -337,7 +337,7 @@ def models_list(as_json: JsonOpt = False) -> None:
 @datasets_app.command("add")
 def datasets_add(
     name: Annotated[str, typer.Argument(help="Name jobs will use: --dataset NAME / --reference NAME.")],
-    archive: Annotated[Path, typer.Argument(help="A .tar/.tar.gz/.tgz of an ImageFolder tree (train/ and test/ splits optional).")],
+    archive: Annotated[Path, typer.Argument(help="A .tar/.tar.gz/.tgz/.tar.bz2/.tar.xz of an ImageFolder tree (train/ and test/ splits optional).")],
     as_json: JsonOpt = False,
 ) -> None:
     """Check an archive under the reading budgets, upload it to the object store and register it as NAME."""

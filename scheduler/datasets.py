@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cganmodel.dataset_index import TAR_SUFFIXES
+
 from .errors import CganError, InvalidInput, NotFound
 from .records import utcnow
 from .settings import Settings
@@ -29,7 +31,8 @@ BUILTIN_DATASETS = ("cifar10",)  # names that are never a registered dataset: to
 STORE_SCHEME = "store:"
 PREFIX = "datasets/"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+ARCHIVE_SUFFIXES = TAR_SUFFIXES  # what a dataset source may be is one rule: cganmodel.dataset_index
+ARCHIVES_SAID = ", ".join(ARCHIVE_SUFFIXES[:-1]) + " or " + ARCHIVE_SUFFIXES[-1]
 _CONTENT_KEY = re.compile(r"^datasets/[a-z0-9][a-z0-9_-]{0,63}/(?P<sha>[0-9a-f]{64})\.(tar\.gz|tgz|tar)$")
 
 
@@ -141,7 +144,7 @@ def add(store: ObjectStore, settings: Settings, name: str, path: Path) -> Datase
             raise DatasetError(f"{path} does not exist")
         if suffix is None or not path.is_file():
             hint = f"pack it: tar czf {name}.tar.gz -C {path} ." if path.is_dir() else "pack an ImageFolder tree with `tar czf`"
-            raise DatasetError(f"{path} is not a .tar, .tar.gz or .tgz file ({hint})")
+            raise DatasetError(f"{path} is not a {ARCHIVES_SAID} file ({hint})")
         size = path.stat().st_size
     except OSError as exc:  # a name too long, no permission on a parent
         raise DatasetError(f"{path} cannot be read: {exc.strerror or exc}") from None
@@ -165,7 +168,7 @@ def from_uri(uri: str, settings: Settings, store: ObjectStore, *, flag: str) -> 
     if bucket != settings.s3_bucket:
         raise DatasetError(f"{flag} {uri}: only objects in the project's bucket s3://{settings.s3_bucket} can be read")
     if not key or archive_suffix(key) is None:
-        raise DatasetError(f"{flag} {uri}: expected a .tar, .tar.gz or .tgz archive of an ImageFolder tree")
+        raise DatasetError(f"{flag} {uri}: expected a {ARCHIVES_SAID} archive of an ImageFolder tree")
     try:
         size = store.size(key)
     except NotFound:

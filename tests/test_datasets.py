@@ -25,6 +25,21 @@ def _archive(tmp_path: Path, name: str = "tiny.tar.gz", with_test: bool = True, 
     return path
 
 
+@pytest.mark.parametrize("mode, suffix", [("w:bz2", ".tar.bz2"), ("w:xz", ".tar.xz")])
+def test_every_archive_a_dataset_may_be_registers(embedded_env, tmp_path, mode, suffix):
+    """`--dataset x.tar.xz` trains; `datasets add` takes the same archives (it refused .tar.bz2 and .tar.xz)."""
+    tree = tmp_path / "tree"
+    tiny_image_folder(tree / "train", per_class=4)
+    path = tmp_path / f"tiny{suffix}"
+    with tarfile.open(path, mode) as tar:
+        tar.add(tree, arcname=".")
+    added = json.loads(cganctl(embedded_env, "datasets", "add", "tiny", str(path), "--json", check=True).stdout)
+    assert added["key"].endswith(suffix) and added["splits"]["train"] == {"airplane": 4, "cat": 4, "frog": 4}
+    trained = cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", "tiny", "--steps", "1", "--batch-size", "4",
+                      "--set", "standing_stats=0", "--wait", timeout=300)
+    assert trained.returncode == 0, trained.stderr
+
+
 def _one_error(result) -> str:
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
@@ -61,7 +76,7 @@ def test_register_list_and_train_by_name_embedded(embedded_env, tmp_path):
     [
         (("datasets", "add", "Bad Name", "ARCHIVE"), "invalid dataset name"),
         (("datasets", "add", "cifar10", "ARCHIVE"), "invalid dataset name"),
-        (("datasets", "add", "tiny", "FOLDER"), "is not a .tar, .tar.gz or .tgz file (pack it: tar czf tiny.tar.gz -C "),
+        (("datasets", "add", "tiny", "FOLDER"), "is not a .tar, .tar.gz, .tgz, .tar.bz2 or .tar.xz file (pack it: tar czf tiny.tar.gz -C "),
         (("datasets", "add", "tiny", "x" * 300 + ".tar.gz"), "cannot be read: File name too long"),
         (("submit", "train", "--preset", "mlp", "--dataset", "nosuchname", "--steps", "2"), "does not exist"),
         (("submit", "train", "--preset", "mlp", "--dataset", "s3://b/x.tar", "--steps", "2"), "need the project's bucket"),
@@ -126,7 +141,7 @@ def test_fleet_s3_uri_and_registered_name(fleet_env, table, start_worker, tmp_pa
     for uri, message in [
         ("s3://other-bucket/incoming/tiny.tar.gz", f"only objects in the project's bucket s3://{bucket}"),
         (f"s3://{bucket}/incoming/missing.tar.gz", "does not exist"),
-        (f"s3://{bucket}/incoming/tiny.zip", "expected a .tar, .tar.gz or .tgz archive"),
+        (f"s3://{bucket}/incoming/tiny.zip", "expected a .tar, .tar.gz, .tgz, .tar.bz2 or .tar.xz archive"),
     ]:
         assert message in _one_error(cganctl(fleet_env, "submit", "generate", "--fill-to", "20", "--dataset", uri))
 
