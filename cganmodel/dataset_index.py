@@ -64,7 +64,8 @@ def select(
         )
     if tops & set(SPLIT_NAMES) and all(len(p) > depth + 2 for p in paths):
         if split not in tops:
-            raise DataError(f"{source}: no {split!r} split; found {sorted(tops)}")
+            renamed = " (a val/ split is not read as the test split: rename it test/)" if split == "test" and tops & {"val", "valid", "validation"} else ""
+            raise DataError(f"{source}: no {split!r} split; found {sorted(tops)}{renamed}")
         if not tops <= set(SPLIT_NAMES):
             raise DataError(f"{source}: mixes split folders with other folders: {sorted(tops)}")
         keep = [i for i, p in enumerate(paths) if p[depth] == split]

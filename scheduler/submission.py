@@ -117,12 +117,15 @@ def check_queue_priority(queue: str, priority: int) -> None:
         raise InvalidInput(f"--priority must be between 0 (lowest) and 9 (highest), got {priority}")
 
 
-def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "--dataset", *, split: str = "train", require_split: bool = False) -> dict[str, int]:
-    """Images per class of a resolved source; a registered archive's from its index, an s3:// one from a local copy."""
+def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "--dataset", *, split: str = "train", require_split: bool = False,
+                    shown: str | None = None) -> dict[str, int]:
+    """Images per class of a resolved source; a registered archive's from its index, an s3:// one from a local copy.
+    Messages name it as ``shown`` (what the user typed: a registered name, not its ``store:`` key)."""
     from cganmodel.dataset_index import DataError, count_images
 
     from . import datasets
 
+    shown = shown or source
     if settings is not None and source.startswith(datasets.STORE_SCHEME):
         from .store import open_store
 
@@ -130,13 +133,13 @@ def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "
         indexed = datasets.indexed_splits(source, store)
         if indexed is not None:
             if split not in indexed:
-                raise InvalidInput(f"{flag}: {source} has no {split!r} split")
+                raise InvalidInput(f"{flag}: {shown} has no {split!r} split; found {sorted(indexed)}")
             return indexed[split]
         source = str(datasets.local_copy(source, settings, store))
     try:
         return count_images(source, split=split, limits=settings.dataset_limits() if settings is not None else None, require_split=require_split)
     except DataError as exc:
-        raise InvalidInput(f"{flag}: {exc}") from None
+        raise InvalidInput(f"{flag}: {str(exc).replace(source, shown)}") from None
 
 
 def _source(source: str, settings: Settings | None, flag: str) -> str:
@@ -271,7 +274,7 @@ def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelR
     dataset = _source(r.dataset, settings, "--dataset")
     spec = build(TrainSpec, preset=r.preset, dataset=dataset, recipe=recipe, name=r.name)
     if spec.dataset != "cifar10":
-        per_class = _dataset_counts(spec.dataset, settings)  # readable and indexable now, not only on the worker
+        per_class = _dataset_counts(spec.dataset, settings, shown=r.dataset)  # readable and indexable now, not only on the worker
         spec._found = per_class
         found = sum(per_class.values())
         if len(per_class) < 2 and preset(r.preset).kind == "classifier":  # nothing to tell apart (a GAN of one class is fine)
@@ -286,7 +289,7 @@ def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelR
 def _check_classifier_test_split(given: str, source: str, train: dict[str, int], settings: Settings | None) -> None:
     """A test split (where the dataset has one) may lack some of the train split's classes, not add others."""
     try:
-        test = _dataset_counts(source, settings, split="test", require_split=True)
+        test = _dataset_counts(source, settings, split="test", require_split=True, shown=given)
     except InvalidInput:
         return  # no test split: the job reports no test accuracy
     extra = [name for name in test if name not in train]
@@ -327,26 +330,26 @@ def evaluate_spec(r: EvaluateRequest, models: ModelRegistry, settings: Settings 
                  downstream=r.downstream or None, **downstream)
     from cganmodel.dataset_index import CIFAR10_CLASSES
 
-    found = list(CIFAR10_CLASSES) if spec.reference == "cifar10" else list(_dataset_counts(spec.reference, settings, "--reference"))
+    found = list(CIFAR10_CLASSES) if spec.reference == "cifar10" else list(_dataset_counts(spec.reference, settings, "--reference", shown=r.reference))
     if found != list(generator.meta["classes"]):
         raise InvalidInput(
-            f"reference {spec.reference} has classes {', '.join(found)}; model {generator.ref} has {', '.join(generator.meta['classes'])}"
+            f"reference {r.reference} has classes {', '.join(found)}; model {generator.ref} has {', '.join(generator.meta['classes'])}"
             + (" (pass --reference with the dataset the model was trained on)" if spec.reference == "cifar10" else "")
         )
     if spec.reference != "cifar10":
         if spec.downstream:
-            _check_test_split(spec.reference, list(generator.meta["classes"]), settings)
+            _check_test_split(spec.reference, list(generator.meta["classes"]), settings, shown=r.reference)
     return spec
 
 
-def _check_test_split(reference: str, classes: list[str], settings: Settings | None) -> None:
+def _check_test_split(reference: str, classes: list[str], settings: Settings | None, *, shown: str) -> None:
     """``--downstream`` tests classifiers on the reference's real test split: it must exist, same classes."""
     try:
-        found = list(_dataset_counts(reference, settings, "--reference", split="test", require_split=True))
+        found = list(_dataset_counts(reference, settings, "--reference", split="test", require_split=True, shown=shown))
     except InvalidInput as exc:
         raise InvalidInput(f"--downstream needs a reference with a test split: {str(exc).removeprefix('--reference: ')}") from None
     if found != classes:
-        raise InvalidInput(f"the test split of {reference} has classes {', '.join(found)}; the model has {', '.join(classes)}")
+        raise InvalidInput(f"the test split of {shown} has classes {', '.join(found)}; the model has {', '.join(classes)}")
 
 
 def build(cls: type, **fields: Any) -> Any:

@@ -82,6 +82,9 @@ def test_imagefolder_dir_with_splits_and_resize(tmp_path: Path) -> None:
     assert count_images(str(root), "train") == {"airplane": 4, "cat": 5, "dog": 4}
     with pytest.raises(DataError, match="no 'val' split"):
         load_image_dataset(str(root), "val")
+    with_val = write_dir(tmp_path / "with-val", tree({"train/": 1, "val/": 1}))
+    with pytest.raises(DataError, match=re.escape("no 'test' split; found ['train', 'val'] (a val/ split is not read as the test split: rename it test/)")):
+        count_images(str(with_val), "test", require_split=True)
 
 
 def test_tar_gz_with_root_folder_and_splits(tmp_path: Path) -> None:

@@ -209,3 +209,20 @@ def test_a_dataset_cache_that_cannot_be_written_names_the_folder(tmp_path):
     (tmp_path / "data" / "cache").write_text("a file where the cache folder goes")  # as a full or read-only disk would refuse
     with pytest.raises(CganError, match=r"cannot copy it \(\d+ bytes\) into this worker's dataset cache .*/cache/datasets \(CGAN_DATA_DIR\): Not a directory"):
         datasets.local_copy(entry.ref, settings, store)
+
+
+def test_messages_name_a_registered_dataset_by_its_name(embedded_env, tmp_path):
+    """Not by the store key it resolves to (store:datasets/NAME/<sha256>.tar.gz), which the user never typed."""
+    cganctl(embedded_env, "datasets", "add", "notest", str(_archive(tmp_path, with_test=False)), check=True)
+    cganctl(embedded_env, "datasets", "add", "three", str(_archive(tmp_path, "three.tar.gz")), check=True)
+    no_split = _one_error(cganctl(embedded_env, "submit", "evaluate", "--reference", "notest", "--downstream", "--no-inception"))
+    assert no_split.startswith("error: reference notest has classes airplane, cat, frog; model default:")  # classes first
+    trained = cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", "notest", "--steps", "1", "--batch-size", "4",
+                      "--set", "standing_stats=0", "--name", "tri", "--wait", timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    clf = cganctl(embedded_env, "submit", "train", "--preset", "classifier", "--dataset", "three", "--steps", "1", "--batch-size", "4",
+                  "--name", "triclf", "--wait", timeout=300)
+    assert clf.returncode == 0, clf.stderr
+    line = _one_error(cganctl(embedded_env, "submit", "evaluate", "--model", "tri", "--classifier", "triclf", "--reference", "notest",
+                              "--downstream", "--no-inception"))
+    assert line == "error: --downstream needs a reference with a test split: notest has no 'test' split; found ['train']", line
