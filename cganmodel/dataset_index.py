@@ -120,6 +120,7 @@ def iter_tar(path: Path, read: bool, limits: DataLimits | None = None) -> Iterat
     larger than ``limits.member_bytes`` is refused from its header, before a byte of it is read."""
     limits = limits or DEFAULT_LIMITS
     seen = 0
+    names: set[str] = set()
     try:
         with tarfile.open(path, mode="r|*") as tf:
             for member in tf:
@@ -127,6 +128,9 @@ def iter_tar(path: Path, read: bool, limits: DataLimits | None = None) -> Iterat
                 if seen > limits.entries:
                     raise DataError(f"{path}: more than {limits.entries} archive members (CGAN_MAX_DATASET_ENTRIES)")
                 if member.isfile() and is_image(member.name):
+                    if member.name in names:  # unpacked, the last copy wins; read, both would count
+                        raise DataError(f"{path}: member {member.name!r} appears twice in the archive")
+                    names.add(member.name)
                     if member.size > limits.member_bytes:
                         raise DataError(
                             f"{path}: member {member.name!r} is {member.size} bytes, above the limit of "

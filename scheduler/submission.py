@@ -155,6 +155,17 @@ def _even_split(total: int, names: list[str]) -> dict[str, int]:
     return {name: base + (1 if i < extra else 0) for i, name in enumerate(names)}
 
 
+def _model_class(name: str, classes: list[str]) -> str | None:
+    """The model's class that ``name`` spells, in either Unicode form (a folder name made on macOS is
+    decomposed, NFD: ``é`` as ``e`` + accent; typed, it is composed, NFC)."""
+    import unicodedata
+
+    if name in classes:
+        return name
+    key = unicodedata.normalize("NFC", name)
+    return next((c for c in classes if unicodedata.normalize("NFC", c) == key), None)
+
+
 def _counts(r: GenerateRequest, classes: list[str], model_ref: str, settings: Settings | None = None) -> dict[str, int]:
     """Images per class name, in the model's class order."""
     if r.fill_to is not None:
@@ -164,7 +175,8 @@ def _counts(r: GenerateRequest, classes: list[str], model_ref: str, settings: Se
             raise InvalidInput(f"--fill-to must be at least 1, got {r.fill_to}")
         if not r.dataset:
             raise InvalidInput("--fill-to needs --dataset PATH (an ImageFolder directory or a .tar/.tar.gz of one)")
-        have = _dataset_counts(_source(r.dataset, settings, "--dataset"), settings)
+        found = _dataset_counts(_source(r.dataset, settings, "--dataset"), settings, shown=r.dataset)
+        have = {_model_class(name, classes) or name: n for name, n in found.items()}
         unknown = sorted(set(have) - set(classes))
         if unknown:
             raise InvalidInput(f"dataset {r.dataset} has classes unknown to model {model_ref}: {', '.join(unknown)}; valid labels: {', '.join(classes)}")
@@ -177,7 +189,7 @@ def _counts(r: GenerateRequest, classes: list[str], model_ref: str, settings: Se
         raise InvalidInput("--dataset goes with --fill-to")
     if (r.count is None) == (r.per_class is None):
         raise InvalidInput("give exactly one of --count (total) or --per-class")
-    labels = list(dict.fromkeys(r.labels))
+    labels = list(dict.fromkeys(_model_class(name, classes) or name for name in r.labels))
     unknown = [name for name in labels if name not in classes]
     if unknown:
         raise InvalidInput(f"unknown label {unknown[0]!r} for model {model_ref}; valid labels: {', '.join(classes)}")

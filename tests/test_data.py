@@ -156,6 +156,15 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cat/bad.jpg"):
         load_image_dataset(str(broken))
     good = write_tar(tmp_path / "good.tar.gz", tree({"": 2}))
+    twice = tmp_path / "twice.tar"
+    with tarfile.open(twice, "w") as tf:
+        for rel, data in [*tree({"": 1}).items(), ("cat/0000.png", encode((1, 2, 3)))]:
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    for read in (count_images, load_image_dataset):
+        with pytest.raises(DataError, match="member 'cat/0000.png' appears twice"):
+            read(str(twice))
     truncated = tmp_path / "truncated.tar.gz"
     truncated.write_bytes(good.read_bytes()[:200])
     with pytest.raises(DataError, match="cannot read tar archive"):

@@ -100,6 +100,23 @@ def test_unknown_label_lists_valid_names(ctx):
         spec(ctx, labels=["unicorn"], count=1)
 
 
+def test_a_label_in_either_unicode_form_is_the_models_class(ctx, tmp_path):
+    """A class folder made on macOS is stored decomposed (NFD); typed, the same name is composed (NFC)."""
+    import unicodedata
+
+    models, settings = ctx
+    composed, decomposed = "chat_\u00e9", unicodedata.normalize("NFD", "chat_\u00e9")
+    assert composed != decomposed
+    models.register(name="fr", kind="generator", job_id=None, weights_key="k", meta={"kind": "generator", "classes": [decomposed, "chien"]})
+    made = generate_spec(GenerateRequest(model="fr", labels=(composed,), count=3), models, settings)
+    assert made.counts == {decomposed: 3}
+    from harness.datasets import tiny_image_folder
+
+    tiny_image_folder(tmp_path / "ds", classes=(composed, "chien"), per_class=2)
+    filled = generate_spec(GenerateRequest(model="fr", fill_to=5, dataset=str(tmp_path / "ds")), models, settings)
+    assert filled.counts == {decomposed: 3, "chien": 3}
+
+
 def test_unknown_model(ctx):
     models, settings = ctx
     with pytest.raises(InvalidInput, match="unknown model 'nope'"):
