@@ -206,9 +206,13 @@ def print_usefulness(metrics: dict) -> None:
 def print_models(records) -> None:
     table = Table("model", "kind", "preset", "classes")
     table.add_column("source", overflow="fold")  # a weights key is long: wrap it, never cut it
+    latest = {}
+    for m in records:
+        latest[m.name] = max(latest.get(m.name, 0), m.version)
     for m in records:
         preset = (m.meta.get("config") or {}).get("preset", "-")
-        table.add_row(*(text(v) for v in (m.ref, m.kind, preset, len(m.meta.get("classes", [])), m.job_id or m.weights_key)))
+        shown = f"{m.ref} = {m.name}" if m.version == latest[m.name] and latest[m.name] > 1 else m.ref  # what NAME alone means
+        table.add_row(*(text(v) for v in (shown, m.kind, preset, len(m.meta.get("classes", [])), m.job_id or m.weights_key)))
     console.print(table)
 
 
