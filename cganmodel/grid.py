@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import unicodedata
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -30,15 +31,16 @@ def labelled_grid_png(images_by_class: dict[str, np.ndarray]) -> bytes:
     h, w = shapes.pop() if shapes else (32, 32)
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max(int(measure.textlength(str(name), font=font)) for name in images_by_class) + 3 * PAD
+    labels = [unicodedata.normalize("NFC", str(name)) for name in images_by_class]  # é as one glyph, not e + a combining accent
+    label_w = max(int(measure.textlength(label, font=font)) for label in labels) + 3 * PAD
     cols = max(1, max(len(a) for a in images_by_class.values()))
     width = label_w + cols * (w + PAD) + PAD
     height = len(images_by_class) * (h + PAD) + PAD
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    for row, (name, arr) in enumerate(images_by_class.items()):
+    for row, (label, arr) in enumerate(zip(labels, images_by_class.values())):
         top = PAD + row * (h + PAD)
-        draw.text((PAD, top + h // 2), str(name), fill=TEXT, font=font, anchor="lm")
+        draw.text((PAD, top + h // 2), label, fill=TEXT, font=font, anchor="lm")
         for col, img in enumerate(arr):
             canvas.paste(Image.fromarray(np.ascontiguousarray(img)), (label_w + col * (w + PAD), top))
     buf = io.BytesIO()

@@ -146,3 +146,13 @@ def test_grid_png_deterministic() -> None:
         labelled_grid_png({"x": np.zeros((1, 32, 32), dtype=np.uint8)})
     png = loss_curve_png([[10, 1.0, 2.0], [20, 0.5, 1.5]])
     assert Image.open(io.BytesIO(png)).size == (640, 320)
+
+
+def test_a_grid_label_is_drawn_in_its_composed_unicode_form():
+    """A class folder from macOS spells é as e + a combining accent, which the font draws as a box."""
+    import unicodedata
+
+    images = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    composed = labelled_grid_png({"chat_\u00e9": images})
+    assert labelled_grid_png({unicodedata.normalize("NFD", "chat_\u00e9"): images}) == composed
+    assert labelled_grid_png({"chat_e": images}) != composed
