@@ -42,6 +42,13 @@ def check_all(settings=None) -> dict:
     }
     report: dict = {"services": services, "embedded": settings.embedded, "workers": None, "unserved": {}, "silent": [], "expired": []}
     if settings.embedded:
+        if services["database"]["ok"] and "no schema" not in services["database"]["detail"]:
+            from .reconcile import embedded_pass
+
+            try:  # what the jobs commands do first: a job whose process died is failed, and said so here
+                report["abandoned"] = embedded_pass(runtime)
+            except Exception:  # status reports, it never crashes
+                pass
         return report
     if services["broker"]["ok"]:
         try:

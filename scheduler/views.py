@@ -206,7 +206,7 @@ def print_usefulness(metrics: dict) -> None:
 def print_models(records) -> None:
     table = Table("model", "kind", "preset", "classes")
     table.add_column("source", overflow="fold")  # a weights key is long: wrap it, never cut it
-    latest = {}
+    latest: dict[str, int] = {}
     for m in records:
         latest[m.name] = max(latest.get(m.name, 0), m.version)
     for m in records:
@@ -250,6 +250,8 @@ def print_status(report: dict) -> None:
         console.print(markup_safe(unserved_line(queue, count, silent)), highlight=False, soft_wrap=True)
     for row in report.get("expired") or []:
         console.print(markup_safe(expired_line(row, any_worker=bool(workers))), highlight=False, soft_wrap=True)
+    for action in report.get("abandoned") or []:
+        console.print(markup_safe(f"warning: {action}: marked failed"), highlight=False, soft_wrap=True)
 
 
 def expired_line(row: dict, any_worker: bool | None) -> str:

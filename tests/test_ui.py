@@ -549,3 +549,26 @@ def test_fleet_page_and_status_name_work_whose_lease_ran_out(fleet_env, tmp_path
         assert "lease job" in shown and "running on ghost@box: no heartbeat for" in shown and "start one (cganctl worker)" in shown, shown
     finally:
         service.table.fail(job.id, "test over")
+
+
+def test_embedded_a_job_whose_process_died_is_failed_by_the_pages_and_status(service, client):
+    """The dashboard and `cganctl status` look for it as the jobs commands do; it read 'running' until one ran."""
+    import socket
+    import subprocess
+    import sys
+
+    from scheduler.health import check_all
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid of this host that no longer runs
+    job = _create(service, TrainSpec(preset="mlp", dataset="/d", steps=5, batch_size=8, checkpoint_every=5, seed=0))
+    assert service.table.claim(job.id, f"inline@{socket.gethostname()}:{gone.pid}", "t:0") == "ok"
+    assert service.table.live_leases(job.id)  # its lease (45 s) has not run out
+    page = client.get(f"/jobs/{job.id}")
+    assert page.status_code == 200 and service.table.get(job.id).status == "failed"
+    assert "the process running it stopped" in page.text
+
+    other = _create(service, TrainSpec(preset="mlp", dataset="/d", steps=5, batch_size=8, checkpoint_every=5, seed=1))
+    assert service.table.claim(other.id, f"inline@{socket.gethostname()}:{gone.pid}", "t:1") == "ok"
+    report = check_all(service.runtime.settings)
+    assert [line.split(":")[0] for line in report["abandoned"]] == [f"job {other.id}"] and service.table.get(other.id).status == "failed"

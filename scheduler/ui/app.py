@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import mimetypes
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,6 +42,7 @@ SECURITY_HEADERS = {
 }
 CHART_SIZE = {"width": 420, "height": 240}
 LIST_REFRESH_S = 10
+SWEEP_EVERY_S = 2.0  # embedded: how often pages look for jobs whose process died
 JOB_REFRESH_S = 5
 
 
@@ -133,6 +135,7 @@ class Dashboard:
         self._service = service
         self._settings = settings
         self.templates = make_templates()
+        self._swept = float("-inf")
 
     @property
     def service(self):
@@ -151,6 +154,14 @@ class Dashboard:
     def store(self):
         return self.service.runtime.store
 
+    def sweep(self) -> None:
+        """On the embedded default, what the jobs commands do first: fail a job whose process died (else it
+        would read "running" here until a CLI command ran); at most once every SWEEP_EVERY_S."""
+        now = time.monotonic()
+        if self.service.runtime.settings.embedded and now - self._swept >= SWEEP_EVERY_S:
+            self._swept = now
+            self.service.sweep()
+
     def render(self, request: Request, name: str, status_code: int = 200, **context) -> Response:
         context.setdefault("refresh", None)
         context.setdefault("nav", "")
@@ -158,12 +169,14 @@ class Dashboard:
 
     # pages
     def job_list(self, request: Request) -> Response:
+        self.sweep()
         query = queries.ListQuery.parse(request.query_params)
         page = queries.list_jobs(self.table, query)
         refresh = None if request.query_params.get("refresh") == "0" else LIST_REFRESH_S
         return self.render(request, "jobs.html", nav="jobs", page=page, query=query, refresh=refresh, now=datetime.now(timezone.utc))
 
     def job(self, request: Request) -> Response:
+        self.sweep()
         job = queries.job_by_id(self.table, request.path_params["job_id"])
         files = queries.list_files(self.store, job.id)
         context: dict = {"job": job, "files": files, "nav": "jobs"}
