@@ -135,6 +135,11 @@ class JobTable:
                 depths.setdefault(queue, dict.fromkeys(active, 0))[status] = count
         return dict(sorted(depths.items()))
 
+    def retries_of(self, job_id: str) -> builtins.list[tuple[str, str]]:
+        """(id, status) of the jobs submitted as retries of ``job_id``, oldest first."""
+        with self._session() as session:
+            return [(i, s) for i, s in session.execute(select(Job.id, Job.status).where(Job.retry_of == job_id).order_by(Job.created_at))]
+
     def running_workers(self) -> set[str]:
         """Names of the workers that run a job or a shard now, from the job table."""
         running = JobStatus.running.value

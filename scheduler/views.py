@@ -59,6 +59,9 @@ def print_job(service, job: JobRecord) -> None:
         ("worker", job.worker or "-"),
         ("retry of", job.retry_of or "-"),
     ]
+    retries = service.table.retries_of(job.id)
+    if retries:
+        rows.append(("retried as", ", ".join(f"{rid} ({rstatus})" for rid, rstatus in retries)))
     if job.error:
         rows.append(("error", job.error))
     if job.status == "running" and not service.runtime.settings.embedded:

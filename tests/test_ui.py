@@ -329,6 +329,11 @@ def test_models_and_fleet_pages(service, client):
     row = models.split("<b>tiny-gan:1</b>")[1].split("</tr>")[0]
     assert job.id[:12] in row and "62.5%" in row and "3.5" in row and "mlp" in row
     assert "<b>default:1</b>" in models and "<b>default-classifier:1</b>" in models and "shipped" in models
+    assert "<b>default-classifier:1</b></td>" in models and "84.1% test" in models.split("<b>default-classifier:1</b>")[1].split("</tr>")[0]
+    from scheduler.model_registry import BUILTIN_FILES
+
+    newest = models.split(f"<b>default:{len(BUILTIN_FILES['default'])}</b>")[1].split("</tr>")[0]
+    assert newest.startswith(' <span class="muted">= default</span>'), newest  # what --model default gets
     shipped = models.split("<b>default:1</b>")[1].split("</tr>")[0]
     assert "not evaluated here" in shipped and "cganctl submit evaluate --model default:1" in shipped
 
@@ -572,3 +577,37 @@ def test_embedded_a_job_whose_process_died_is_failed_by_the_pages_and_status(ser
     assert service.table.claim(other.id, f"inline@{socket.gethostname()}:{gone.pid}", "t:1") == "ok"
     report = check_all(service.runtime.settings)
     assert [line.split(":")[0] for line in report["abandoned"]] == [f"job {other.id}"] and service.table.get(other.id).status == "failed"
+
+
+def test_a_job_page_says_what_the_cli_says(service, client):
+    """Units as the CLI gives them, the protocol beside the scores, the retry of a failed job, no file promised
+    by a job that ended without it, a classifier's own next step, names as written."""
+    evaluation = _create(service, EvaluateSpec(model="default:1", classifier="default-classifier:1", reference="/data/tiny", samples_per_class=4,
+                                               inception=False, downstream=True), queue="cpu")
+    service.table.claim(evaluation.id, "w2@host")
+    protocol = {"num_samples": 40, "samples_per_class": 4, "reference_images": 100, "seed": 0,
+                "feature_extractors": {"classifier": {"description": "penultimate features (128-d)"}}}
+    service.table.succeed(evaluation.id, artifacts={}, metrics={
+        "label_accuracy": 0.75, "cas_accuracy": 0.105, "augmentation_gain": 0.035, "classifier_fid": 11.26, "protocol": protocol,
+        "per_class": {"na\u00efve": {"label_accuracy": 0.8, "augmentation_baseline": 0.45, "augmentation_augmented": 0.4, "augmentation_gain": -0.05}}})
+    page = client.get(f"/jobs/{evaluation.id}").text
+    metrics = page.split('id="metrics"')[1]
+    assert "75.0%" in metrics and "10.5%" in metrics and "+3.5 points" in metrics and "11.26" in metrics
+    assert "45.0%" in metrics and "40.0%" in metrics and "-5.0 points" in metrics  # per class: no bare fractions
+    assert "Scored on 40 generated samples (4 a class, seed 0) against 100 reference images" in metrics
+
+    failed = _create(service, GenerateSpec(model="default:1", counts={"cat": 20}, shard_size=10))
+    service.table.request_cancel(failed.id)
+    retry = service.retry(failed.id)
+    page = client.get(f"/jobs/{failed.id}").text
+    assert f'href="/jobs/{retry.id}">{retry.id[:12]}</a>' in page.split('id="retries"')[1]
+    assert "Written when the last shard is in" not in page and "Not written: the job ended cancelled" in page
+
+    classifier = _create(service, TrainSpec(preset="classifier", dataset="/data/tiny", steps=2, batch_size=8, checkpoint_every=1, seed=0))
+    service.table.claim(classifier.id, "w1@host")
+    service.table.succeed(classifier.id, artifacts={}, metrics={"model": "clf:1", "accuracy": 0.49,
+                                                                "test": {"accuracy": 1.0, "count": 30, "per_class": {"na\u00efve": 1.0}}})
+    page = client.get(f"/jobs/{classifier.id}").text
+    assert "cganctl submit evaluate --model GENERATOR --classifier clf:1" in page and "cganctl submit evaluate --model clf:1" not in page
+    assert "test accuracy 100.0%" in page and "Label accuracy against step" not in page
+    assert "na\u00efve" in page and "\\u00ef" not in page

@@ -95,15 +95,25 @@ def _pct(value) -> str:
 def _size(value) -> str:
     if not isinstance(value, int):
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return "-"
 
 
 def _pretty(value) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, default=str)
+    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)  # naïve, not na\u00efve
+
+
+def _metric(name: str, value) -> str:
+    """One metric as the CLI says it: accuracies in percent, gains in points, the rest as numbers."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if name.endswith("_gain"):
+            return f"{100 * value:+.1f} points"
+        if "accuracy" in name or name.endswith(("_rate", "augmentation_augmented", "augmentation_baseline")):
+            return _pct(value)
+    return _num(value)
 
 
 def _percent_done(job: JobRecord) -> float | None:
@@ -123,6 +133,7 @@ def make_templates() -> Jinja2Templates:
         lstrip_blocks=True,
     )
     env.filters.update(ago=_ago, ts=_ts, num=_num, pct=_pct, size=_size, pretty=_pretty, duration=_duration, span=_span)
+    env.globals.update(metric=_metric)
     env.globals.update(percent_done=_percent_done, relative_name=queries.relative_name)
     return Jinja2Templates(env=env)
 
@@ -179,7 +190,7 @@ class Dashboard:
         self.sweep()
         job = queries.job_by_id(self.table, request.path_params["job_id"])
         files = queries.list_files(self.store, job.id)
-        context: dict = {"job": job, "files": files, "nav": "jobs"}
+        context: dict = {"job": job, "files": files, "nav": "jobs", "retries": self.table.retries_of(job.id)}
         if job.kind == "train":
             context.update(self._train_context(request, job, files))
         elif job.kind == "generate":
@@ -279,11 +290,28 @@ class Dashboard:
     def models(self, request: Request) -> Response:
         records = self._models()
         scored = queries.evaluations(self.table)
+        newest: dict[str, int] = {}
+        for m in records:
+            newest[m.name] = max(newest.get(m.name, 0), m.version)
         rows = []
         for m in records:
             evaluations = scored.get(m.ref, [])
-            rows.append({"model": m, "evaluation": evaluations[0] if evaluations else None, "evaluations": len(evaluations)})
+            rows.append({"model": m, "evaluation": evaluations[0] if evaluations else None, "evaluations": len(evaluations),
+                         "alias": m.version == newest[m.name] and m.version > 1,  # what the bare name resolves to
+                         "test": self._test_accuracy(m) if m.kind == "classifier" else None})
         return self.render(request, "models.html", nav="models", rows=rows, columns=queries.EVAL_COLUMNS)
+
+    def _test_accuracy(self, model) -> float | None:
+        """A classifier's accuracy on its dataset's test split: from its model card (shipped) or its train job."""
+        shipped = model.meta.get("test_accuracy")
+        test = shipped if isinstance(shipped, dict) else None
+        if test is None and model.job_id:
+            try:
+                test = (self.table.get(model.job_id).metrics or {}).get("test")
+            except NotFound:
+                test = None
+        value = test.get("accuracy") if isinstance(test, dict) else None
+        return value if isinstance(value, (int, float)) else None
 
     def datasets(self, request: Request) -> Response:
         from ..datasets import registered
