@@ -10,6 +10,7 @@ import io
 import os
 import stat
 import tarfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -115,9 +116,10 @@ def check_decodes(blobs: list[bytes], names: list[str]) -> None:
             raise DataError(f"cannot decode image {name!r} ({exc})") from None
 
 
-def iter_tar(path: Path, read: bool, limits: DataLimits | None = None) -> Iterator[tuple[str, bytes | None]]:
+def iter_tar(path: Path, read: bool, limits: DataLimits | None = None, others: Counter[str] | None = None) -> Iterator[tuple[str, bytes | None]]:
     """(member name, bytes or None) for each regular image file, streaming (no extraction). A member
-    larger than ``limits.member_bytes`` is refused from its header, before a byte of it is read."""
+    larger than ``limits.member_bytes`` is refused from its header, before a byte of it is read.
+    ``others`` counts the regular files that are not read, by extension (hidden files aside)."""
     limits = limits or DEFAULT_LIMITS
     seen = 0
     names: set[str] = set()
@@ -127,6 +129,8 @@ def iter_tar(path: Path, read: bool, limits: DataLimits | None = None) -> Iterat
                 seen += 1
                 if seen > limits.entries:
                     raise DataError(f"{path}: more than {limits.entries} archive members (CGAN_MAX_DATASET_ENTRIES)")
+                if member.isfile() and not is_image(member.name) and others is not None:
+                    _count_other(member.name, others)
                 if member.isfile() and is_image(member.name):
                     if member.name in names:  # unpacked, the last copy wins; read, both would count
                         raise DataError(f"{path}: member {member.name!r} appears twice in the archive")
@@ -149,7 +153,13 @@ def _inside(real: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def list_dir(path: Path, limits: DataLimits | None = None) -> list[str]:
+def _count_other(name: str, others: Counter[str]) -> None:
+    base = PurePosixPath(name).name
+    if not base.startswith("."):  # .DS_Store and the like: nobody's data
+        others[PurePosixPath(base).suffix.lower() or "(no extension)"] += 1
+
+
+def list_dir(path: Path, limits: DataLimits | None = None, others: Counter[str] | None = None) -> list[str]:
     """Image files under ``path`` (relative POSIX names), sorted per folder. Symbolic links are followed
     only where they stay inside ``path``'s real folder; each real folder is visited once (no loop can
     hang the walk, no link can count one class's images as another's twice), and under its own name
@@ -199,6 +209,8 @@ def list_dir(path: Path, limits: DataLimits | None = None) -> list[str]:
                         f"{limits.member_bytes} (CGAN_MAX_ARCHIVE_MEMBER_BYTES)"
                     )
                 names.append(str(PurePosixPath(*rel, entry.name)))
+            elif stat.S_ISREG(st.st_mode) and others is not None:
+                _count_other(entry.name, others)
         stack.extend(reversed(subdirs))
     return names
 
@@ -218,11 +230,23 @@ def resolve(source: str) -> Path:
     return path
 
 
-def count_images(source: str, split: str = "train", limits: DataLimits | None = None, *, require_split: bool = False) -> dict[str, int]:
+def not_read_note(others: Counter[str]) -> str | None:
+    """What a reader skipped, for the user: "3 files are not images and were not read (.heic 2, .txt 1)"."""
+    total = sum(others.values())
+    if not total:
+        return None
+    kinds = ", ".join(f"{ext} {n}" for ext, n in others.most_common(6)) + (", ..." if len(others) > 6 else "")
+    verb = "file is not an image and was" if total == 1 else "files are not images and were"
+    return f"{total} {verb} not read ({kinds}; images end in {', '.join(IMAGE_EXTENSIONS)})"
+
+
+def count_images(source: str, split: str = "train", limits: DataLimits | None = None, *, require_split: bool = False,
+                 others: Counter[str] | None = None) -> dict[str, int]:
     """Images per class in an ImageFolder directory or tarball (``split`` where it has split folders;
-    with ``require_split`` a tree without split folders is a DataError)."""
+    with ``require_split`` a tree without split folders is a DataError); ``others`` counts the files of the
+    whole tree that are not read as images, by extension."""
     path = resolve(source)
-    names = list_dir(path, limits) if path.is_dir() else [n for n, _ in iter_tar(path, read=False, limits=limits)]
+    names = list_dir(path, limits, others) if path.is_dir() else [n for n, _ in iter_tar(path, read=False, limits=limits, others=others)]
     selected = select([parts(n) for n in names], split, source, require_split=require_split)
     return {c: len(idx) for c, idx in selected.items()}
 

@@ -82,10 +82,12 @@ def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, a
             found = getattr(spec, "_found", None)
             if found:  # what the job will train on, as the submit read it (a wrong folder shows here)
                 classes = ", ".join(f"{name} {n}" for name, n in list(found.items())[:20]) + (", ..." if len(found) > 20 else "")
-                from .textsafe import plural
+                from .textsafe import plain, plural
 
                 shown_as = getattr(request, "dataset", None) or job.spec["dataset"]  # the name the user gave, not store:KEY
                 typer.echo(f"dataset {shown_as}: {plural(sum(found.values()), 'image')} in {plural(len(found), 'class')}: {classes}")
+                if getattr(spec, "_not_read", None):
+                    typer.echo(f"warning: {plain(spec._not_read)}", err=True)
             recipe = job.spec["recipe"]
             typer.echo(f"recipe {job.spec['preset']}: " + " ".join(f"{k}={v}" for k, v in recipe.items() if k != "preset"))
     absent = getattr(spec, "_absent", None)
@@ -341,6 +343,10 @@ def datasets_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Check an archive under the reading budgets, upload it to the object store and register it as NAME."""
+    from collections import Counter
+
+    from cganmodel.dataset_index import not_read_note
+
     from . import datasets
     from .settings import get_settings
     from .store import open_store
@@ -352,7 +358,8 @@ def datasets_add(
         previous = datasets.get(store, name) if datasets.NAME.match(name) else None
     except datasets.DatasetError:  # an unreadable index: adding the dataset again is the cure, so it goes on
         previous = None
-    entry = datasets.add(store, settings, name, archive.expanduser())
+    others: Counter[str] = Counter()
+    entry = datasets.add(store, settings, name, archive.expanduser(), others=others)
     replaced = previous if previous is not None and previous.key != entry.key else None
     if as_json:
         _emit_json({**datasets.describe(entry), "replaced": replaced.key if replaced else None})
@@ -361,6 +368,9 @@ def datasets_add(
 
     splits = ", ".join(f"{split} {plural(sum(counts.values()), 'image')}" for split, counts in entry.splits.items())
     typer.echo(f"dataset {entry.name}: {plural(len(entry.classes), 'class')} ({plain(', '.join(entry.classes))}), {splits}; stored as {entry.key}")
+    note = not_read_note(others)
+    if note:
+        typer.echo(f"warning: {plain(note)}", err=True)
     if replaced is not None:
         typer.echo(f"replaces {name} added {replaced.added_at[:19]} from {plain(replaced.source)} ({replaced.key}); jobs already submitted keep reading that one")
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +93,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _splits(path: Path, settings: Settings) -> dict[str, dict[str, int]]:
+def _splits(path: Path, settings: Settings, others: Counter[str] | None = None) -> dict[str, dict[str, int]]:
     """Classes and counts of the archive's train split (or of the whole tree) and of its test split, if any."""
     from cganmodel.dataset_index import DataError, count_images
 
     limits = settings.dataset_limits()
     try:
-        splits = {"train": count_images(str(path), limits=limits)}
+        splits = {"train": count_images(str(path), limits=limits, others=others)}
     except DataError as exc:
         raise DatasetError(f"cannot register {path}: {exc}") from None
     try:
@@ -134,8 +135,9 @@ def _check_images(path: Path, settings: Settings, batch: int = 1000) -> None:
         raise DatasetError(f"cannot register {path}: {exc}") from None
 
 
-def add(store: ObjectStore, settings: Settings, name: str, path: Path) -> DatasetEntry:
-    """Check, upload and register ``path`` as dataset ``name`` (replacing an earlier registration)."""
+def add(store: ObjectStore, settings: Settings, name: str, path: Path, others: Counter[str] | None = None) -> DatasetEntry:
+    """Check, upload and register ``path`` as dataset ``name`` (replacing an earlier registration); ``others``
+    counts the archive's files that are not images (not read), by extension."""
     if not NAME.match(name) or name in BUILTIN_DATASETS:
         raise DatasetError(f"invalid dataset name {name!r}: lower-case letters, digits, '-' and '_' (at most 64), not 'cifar10'")
     suffix = archive_suffix(path.name)
@@ -150,7 +152,7 @@ def add(store: ObjectStore, settings: Settings, name: str, path: Path) -> Datase
         raise DatasetError(f"{path} cannot be read: {exc.strerror or exc}") from None
     if size > settings.max_dataset_bytes:
         raise DatasetError(f"{path} is {size} bytes, above the maximum of {settings.max_dataset_bytes} (CGAN_MAX_DATASET_BYTES)")
-    splits = _splits(path, settings)
+    splits = _splits(path, settings, others)
     sha = _sha256(path)
     key = f"{PREFIX}{name}/{sha}{suffix}"
     if not store.exists(key):

@@ -209,3 +209,20 @@ def test_a_non_square_image_is_cropped_to_its_centre_not_stretched(tmp_path: Pat
     data = load_image_dataset(str(write_dir(tmp_path / "ds", files)))
     assert data.images.shape == (2, 32, 32, 3)
     assert data.images.float().min() > 200, data.images.float().amin(dim=(0, 3))  # stretched, the edges were black
+
+
+def test_files_that_are_not_images_are_counted_for_the_user(tmp_path: Path) -> None:
+    """A class of .heic photos is no class here: the reader says what it skipped, by extension (hidden files aside)."""
+    from collections import Counter
+
+    from cganmodel.dataset_index import not_read_note
+
+    files = {**tree({"": 2}), "cat/notes.txt": b"x", "cat/.DS_Store": b"x", "phone/0.HEIC": b"x", "phone/1.heic": b"x"}
+    root = write_dir(tmp_path / "ds", files)
+    archive = write_tar(tmp_path / "ds.tar.gz", files)
+    for source in (root, archive):
+        others: Counter[str] = Counter()
+        assert count_images(str(source), others=others) == {"airplane": 2, "cat": 2, "dog": 2}
+        assert others == {".heic": 2, ".txt": 1}, source
+        assert not_read_note(others) == "3 files are not images and were not read (.heic 2, .txt 1; images end in .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)"
+    assert not_read_note(Counter()) is None
