@@ -611,3 +611,12 @@ def test_a_job_page_says_what_the_cli_says(service, client):
     assert "cganctl submit evaluate --model GENERATOR --classifier clf:1" in page and "cganctl submit evaluate --model clf:1" not in page
     assert "test accuracy 100.0%" in page and "Label accuracy against step" not in page
     assert "na\u00efve" in page and "\\u00ef" not in page
+
+
+def test_charts_label_fractions_as_percent_and_steps_as_whole_numbers():
+    from scheduler.ui.charts import line_chart
+
+    chart = line_chart({"label accuracy": [(40, 1 / 3)]}, percent=True)
+    assert chart["lines"][0]["last"] == "33.3%" and all(t["label"].endswith("%") for t in chart["y_ticks"])
+    assert [t["label"] for t in chart["x_ticks"]] == ["39", "40", "41"]  # one point: no tick at step 39.5
+    assert line_chart({"loss": [(0.5, 2.0), (1.5, 1.0)]})["x_ticks"][0]["label"] == "0.5"  # fractional x keeps its ticks

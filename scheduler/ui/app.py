@@ -239,7 +239,7 @@ class Dashboard:
             "loss_chart": loss_chart,
             "latest_checkpoint": checkpoints[-1] if checkpoints else None,
             "scores": scores,
-            "accuracy_chart": line_chart(score_series, width=CHART_SIZE["width"], height=CHART_SIZE["height"]) if scores else None,
+            "accuracy_chart": line_chart(score_series, width=CHART_SIZE["width"], height=CHART_SIZE["height"], percent=True) if scores else None,
             "fid_chart": line_chart({k: v for k, v in fid_series.items() if v}, width=CHART_SIZE["width"], height=CHART_SIZE["height"]) if scores else None,
             "chain": queries.training_chain(self.table, job),
         }
