@@ -434,13 +434,15 @@ class JobTable:
             )
         )
 
-    def fail(self, job_id: str, error: str) -> bool:
+    def fail(self, job_id: str, error: str, *, ended_at: datetime | None = None) -> bool:
+        """An active job failed; ``ended_at``: when it really stopped, where that is known to be earlier than
+        now (a process that died: its last heartbeat), so that its run time is not the time until noticed."""
         now = utcnow()
         return bool(
             self._write(
                 update(Job)
                 .where(Job.id == job_id, Job.status.in_(ACTIVE))
-                .values(status=JobStatus.failed.value, error=error[:4000], finished_at=now, updated_at=now, lease_expires_at=None)
+                .values(status=JobStatus.failed.value, error=error[:4000], finished_at=ended_at or now, updated_at=now, lease_expires_at=None)
             )
         )
 

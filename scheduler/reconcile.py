@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import socket
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Callable
 
 from sqlalchemy import and_, func, or_, select, update
@@ -329,12 +329,13 @@ def embedded_pass(runtime: Runtime) -> list[str]:
     actions = []
     for job_id, heartbeat_at, updated_at in rows:
         last = heartbeat_at or updated_at
+        last = last if last.tzinfo else last.replace(tzinfo=timezone.utc)
         message = f"the process running it stopped (no heartbeat since {last:%Y-%m-%d %H:%M:%S} UTC)"
         job = table.get(job_id)
         if job.cancel_requested:
             table.mark_cancelled(job_id)
         else:
-            table.fail(job_id, message)
+            table.fail(job_id, message, ended_at=last)
         cleanup.close_unsuccessful(runtime, table.get(job_id))
         actions.append(f"job {job_id}: {message}")
     return actions

@@ -569,9 +569,20 @@ def test_embedded_a_job_whose_process_died_is_failed_by_the_pages_and_status(ser
     job = _create(service, TrainSpec(preset="mlp", dataset="/d", steps=5, batch_size=8, checkpoint_every=5, seed=0))
     assert service.table.claim(job.id, f"inline@{socket.gethostname()}:{gone.pid}", "t:0") == "ok"
     assert service.table.live_leases(job.id)  # its lease (45 s) has not run out
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from scheduler import db
+
+    beat = db.utcnow() - timedelta(minutes=10)
+    with service.table.engine.begin() as c:  # its last sign of life, 10 minutes before anyone looked
+        c.execute(update(db.Job).where(db.Job.id == job.id).values(heartbeat_at=beat, started_at=beat - timedelta(seconds=7)))
     page = client.get(f"/jobs/{job.id}")
-    assert page.status_code == 200 and service.table.get(job.id).status == "failed"
+    failed = service.table.get(job.id)
+    assert page.status_code == 200 and failed.status == "failed"
     assert "the process running it stopped" in page.text
+    assert abs((failed.finished_at - beat).total_seconds()) < 1  # it ran 7 s, not the 10 minutes until noticed
 
     other = _create(service, TrainSpec(preset="mlp", dataset="/d", steps=5, batch_size=8, checkpoint_every=5, seed=1))
     assert service.table.claim(other.id, f"inline@{socket.gethostname()}:{gone.pid}", "t:1") == "ok"
