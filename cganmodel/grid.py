@@ -13,6 +13,21 @@ BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
 
 
+def _drawable(name: str) -> str:
+    """A class name as PIL's default font can draw it (ASCII only: it has no é): accents dropped ("naïve" ->
+    "naive"), any other character "?". ASCII names are unchanged; the exact names are in the manifest."""
+    out = []
+    for char in name:
+        if char.isascii():
+            out.append(char)
+        elif unicodedata.combining(char):  # the accent of a decomposed é (NFD): dropped
+            continue
+        else:
+            folded = "".join(c for c in unicodedata.normalize("NFKD", char) if c.isascii())
+            out.append(folded or "?")
+    return "".join(out)
+
+
 def labelled_grid_png(images_by_class: dict[str, np.ndarray]) -> bytes:
     """Render ``{class name: uint8 (N, H, W, 3)}`` as one labelled row per class (dict order).
 
@@ -31,7 +46,7 @@ def labelled_grid_png(images_by_class: dict[str, np.ndarray]) -> bytes:
     h, w = shapes.pop() if shapes else (32, 32)
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    labels = [unicodedata.normalize("NFC", str(name)) for name in images_by_class]  # é as one glyph, not e + a combining accent
+    labels = [_drawable(str(name)) for name in images_by_class]
     label_w = max(int(measure.textlength(label, font=font)) for label in labels) + 3 * PAD
     cols = max(1, max(len(a) for a in images_by_class.values()))
     width = label_w + cols * (w + PAD) + PAD
