@@ -65,8 +65,7 @@ def select(
         )
     if tops & set(SPLIT_NAMES) and all(len(p) > depth + 2 for p in paths):
         if split not in tops:
-            renamed = " (a val/ split is not read as the test split: rename it test/)" if split == "test" and tops & {"val", "valid", "validation"} else ""
-            raise DataError(f"{source}: no {split!r} split; found {sorted(tops)}{renamed}")
+            raise DataError(f"{source}: no {split!r} split; found {sorted(tops)}{rename_hint(split, tops)}")
         if not tops <= set(SPLIT_NAMES):
             raise DataError(f"{source}: mixes split folders with other folders: {sorted(tops)}")
         keep = [i for i, p in enumerate(paths) if p[depth] == split]
@@ -88,6 +87,11 @@ def select(
         direct = [paths[i] for i in idx if len(paths[i]) == depth + 2]  # e.g. train/x.jpg, not train/cat/0.jpg
         _check_class(name, (direct or [paths[idx[0]]])[0], source)
     return dict(sorted(by_class.items()))
+
+
+def rename_hint(split: str, found) -> str:
+    """What to do when the test split is asked for and a tree has a validation split instead."""
+    return " (a val/ split is not read as the test split: rename it test/)" if split == "test" and set(found) & {"val", "valid", "validation"} else ""
 
 
 def _check_class(name: str, example: tuple[str, ...], source: str) -> None:
@@ -249,6 +253,21 @@ def count_images(source: str, split: str = "train", limits: DataLimits | None = 
     names = list_dir(path, limits, others) if path.is_dir() else [n for n, _ in iter_tar(path, read=False, limits=limits, others=others)]
     selected = select([parts(n) for n in names], split, source, require_split=require_split)
     return {c: len(idx) for c, idx in selected.items()}
+
+
+def count_splits(source: str, limits: DataLimits | None = None, others: Counter[str] | None = None) -> dict[str, dict[str, int]]:
+    """Images per class of every split of a tree in one reading: ``train`` (the whole tree where it has no
+    split folders; a DataError where it cannot be read) and each other split folder it has (``test``, ``val``...)."""
+    path = resolve(source)
+    names = list_dir(path, limits, others) if path.is_dir() else [n for n, _ in iter_tar(path, read=False, limits=limits, others=others)]
+    paths = [parts(n) for n in names]
+    splits = {"train": {c: len(idx) for c, idx in select(paths, "train", source).items()}}
+    for split in SPLIT_NAMES[1:]:
+        try:
+            splits[split] = {c: len(idx) for c, idx in select(paths, split, source, require_split=True).items()}
+        except DataError:
+            continue
+    return splits
 
 
 def fingerprint(source: str, limits: DataLimits | None = None) -> str | None:

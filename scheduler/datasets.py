@@ -94,18 +94,14 @@ def _sha256(path: Path) -> str:
 
 
 def _splits(path: Path, settings: Settings, others: Counter[str] | None = None) -> dict[str, dict[str, int]]:
-    """Classes and counts of the archive's train split (or of the whole tree) and of its test split, if any."""
-    from cganmodel.dataset_index import DataError, count_images
+    """Classes and counts of the archive's train split (or of the whole tree) and of each other split it has
+    (``test``, and ``val`` that no job reads: listed, so that a user sees it)."""
+    from cganmodel.dataset_index import DataError, count_splits
 
-    limits = settings.dataset_limits()
     try:
-        splits = {"train": count_images(str(path), limits=limits, others=others)}
+        splits = count_splits(str(path), limits=settings.dataset_limits(), others=others)
     except DataError as exc:
         raise DatasetError(f"cannot register {path}: {exc}") from None
-    try:
-        splits["test"] = count_images(str(path), split="test", limits=limits, require_split=True)
-    except DataError:
-        pass
     _check_images(path, settings)
     return splits
 

@@ -135,7 +135,9 @@ def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "
         indexed = datasets.indexed_splits(source, store)
         if indexed is not None:
             if split not in indexed:
-                raise InvalidInput(f"{flag}: {shown} has no {split!r} split; found {sorted(indexed)}")
+                from cganmodel.dataset_index import rename_hint
+
+                raise InvalidInput(f"{flag}: {shown} has no {split!r} split; found {sorted(indexed)}{rename_hint(split, indexed)}")
             return indexed[split]
         source = str(datasets.local_copy(source, settings, store))
     try:

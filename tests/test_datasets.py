@@ -226,3 +226,24 @@ def test_messages_name_a_registered_dataset_by_its_name(embedded_env, tmp_path):
     line = _one_error(cganctl(embedded_env, "submit", "evaluate", "--model", "tri", "--classifier", "triclf", "--reference", "notest",
                               "--downstream", "--no-inception"))
     assert line == "error: --downstream needs a reference with a test split: notest has no 'test' split; found ['train']", line
+
+
+def test_a_val_split_is_listed_and_the_test_split_hint_names_it(embedded_env, tmp_path):
+    tree = tmp_path / "tree"
+    tiny_image_folder(tree / "train", per_class=4)
+    tiny_image_folder(tree / "val", per_class=2)
+    archive = tmp_path / "tv.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname=".")
+    added = cganctl(embedded_env, "datasets", "add", "tv", str(archive), check=True).stdout
+    assert "train 12 images, val 6 images" in added, added  # listed, not silently left out
+    from harness.services import settings_from_env
+    from scheduler.dataset_access import resolve
+    from scheduler.errors import InvalidInput
+    from scheduler.submission import _check_test_split
+
+    settings = settings_from_env(embedded_env)
+    with pytest.raises(InvalidInput) as refused:
+        _check_test_split(resolve("tv", settings, flag="--reference"), ["airplane", "cat", "frog"], settings, shown="tv")
+    assert str(refused.value) == ("--downstream needs a reference with a test split: tv has no 'test' split; found ['train', 'val'] "
+                                  "(a val/ split is not read as the test split: rename it test/)")
