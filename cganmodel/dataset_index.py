@@ -46,7 +46,7 @@ def select(
     folders is all one split, unless ``require_split`` (then it has no ``split``: DataError).
     """
     if not paths:
-        raise DataError(f"{source}: no image files found (read are files ending in {', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(f"{source}: no image files found (the files read end in {', '.join(IMAGE_EXTENSIONS)})")
     climbing = next((p for p in paths if ".." in p), None)
     if climbing is not None:
         raise DataError(f"{source}: {'/'.join(climbing)!r} climbs out of the tree with '..'")
@@ -226,7 +226,7 @@ def parts(name: str) -> tuple[str, ...]:
 def resolve(source: str) -> Path:
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataError(f"data source {source!r} does not exist (expected 'cifar10', a directory or a tar archive)")
+        raise DataError(f"data source {source!r} does not exist (expected 'cifar10', a registered dataset name, a folder or a {'/'.join(TAR_SUFFIXES)} archive)")
     if not path.is_dir() and not path.is_file():
         raise DataError(f"{source}: neither a folder nor a regular file")
     if path.is_file() and not is_tar(path):

@@ -321,6 +321,9 @@ def _check_classifier_test_split(given: str, source: str, train: dict[str, int],
 
 def _check_scorer(scorer: ModelRecord, generator: ModelRecord) -> None:
     """A classifier scores a generator's samples by class index: it must know the generator's classes, in its order."""
+    if len(generator.meta["classes"]) < 2:
+        raise InvalidInput(f"model {generator.ref} has one class: a classifier has nothing to tell it from, so it cannot be scored or filtered "
+                           "(generate from it without --min-confidence)")
     if list(scorer.meta["classes"]) != list(generator.meta["classes"]):
         raise InvalidInput(f"classifier {scorer.ref} was trained on other classes than model {generator.ref}: pass --classifier with one "
                            "trained on the model's classes (cganctl submit train --preset classifier --dataset ...)")

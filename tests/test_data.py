@@ -141,7 +141,7 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no image files"):
         load_image_dataset(str(tmp_path / "empty"))
     gifs = write_dir(tmp_path / "gifs", {"cat/0.gif": b"GIF89a", "dog/0.gif": b"GIF89a"})
-    with pytest.raises(DataError, match=r"no image files found \(read are files ending in .jpg, .jpeg, .png, "):
+    with pytest.raises(DataError, match=r"no image files found \(the files read end in .jpg, .jpeg, .png, "):
         load_image_dataset(str(gifs))
     (tmp_path / "file.txt").write_text("hi")
     with pytest.raises(DataError, match="not a directory or a .tar"):

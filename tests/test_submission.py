@@ -117,6 +117,14 @@ def test_a_label_in_either_unicode_form_is_the_models_class(ctx, tmp_path):
     assert filled.counts == {decomposed: 3, "chien": 3}
 
 
+def test_a_one_class_model_is_not_scored_by_a_classifier(ctx):
+    models, settings = ctx
+    models.register(name="solo", kind="generator", job_id=None, weights_key="k", meta={"kind": "generator", "classes": ["frog"]})
+    with pytest.raises(InvalidInput, match="model solo:1 has one class: a classifier has nothing to tell it from"):
+        generate_spec(GenerateRequest(model="solo", labels=("frog",), count=3, min_confidence=0.5), models, settings)
+    assert generate_spec(GenerateRequest(model="solo", labels=("frog",), count=3), models, settings).counts == {"frog": 3}
+
+
 def test_unknown_model(ctx):
     models, settings = ctx
     with pytest.raises(InvalidInput, match="unknown model 'nope'"):
