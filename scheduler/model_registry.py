@@ -47,6 +47,15 @@ def weights_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "weights"
 
 
+def aliased(records: list[ModelRecord]) -> set[str]:
+    """Refs that a bare name resolves to (its newest version), where the name has more than one version:
+    ``default:5`` for ``default``. What ``models list`` and the dashboard mark."""
+    newest: dict[str, int] = {}
+    for m in records:
+        newest[m.name] = max(newest.get(m.name, 0), m.version)
+    return {f"{name}:{version}" for name, version in newest.items() if version > 1}
+
+
 def builtin_versions(name: str) -> list[ModelRecord]:
     """Every shipped version of ``name`` whose files are installed, oldest first."""
     records = []

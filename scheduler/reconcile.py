@@ -268,15 +268,19 @@ class Reconciler:
         return actions
 
 
+def _inline_prefix() -> str:
+    return f"inline@{socket.gethostname()}:"
+
+
 def inline_worker_name() -> str:
     """The worker name of a job run in-process (the embedded default, ``worker.execute`` without Celery)."""
-    return f"inline@{socket.gethostname()}:{os.getpid()}"
+    return f"{_inline_prefix()}{os.getpid()}"
 
 
 def _gone_from_this_host(worker: str | None) -> bool:
     """True for an in-process runner of this host whose process no longer exists (a reused pid reads as
     alive: then the lease decides, as for any other worker)."""
-    prefix = f"inline@{socket.gethostname()}:"
+    prefix = _inline_prefix()
     if not worker or not worker.startswith(prefix) or not worker[len(prefix):].isdigit():
         return False
     try:
@@ -310,7 +314,7 @@ def embedded_pass(runtime: Runtime) -> list[str]:
             )
             .limit(BATCH)
         )]
-        here = f"inline@{socket.gethostname()}:%"
+        here = f"{_inline_prefix()}%"
         running = c.execute(
             select(Job.id, Job.heartbeat_at, Job.updated_at, Job.worker, Shard.worker)
             .outerjoin(Shard, and_(Shard.job_id == Job.id, Shard.status == ShardStatus.running.value))

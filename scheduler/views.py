@@ -209,12 +209,12 @@ def print_usefulness(metrics: dict) -> None:
 def print_models(records) -> None:
     table = Table("model", "kind", "preset", "classes")
     table.add_column("source", overflow="fold")  # a weights key is long: wrap it, never cut it
-    latest: dict[str, int] = {}
-    for m in records:
-        latest[m.name] = max(latest.get(m.name, 0), m.version)
+    from .model_registry import aliased
+
+    alias = aliased(records)
     for m in records:
         preset = (m.meta.get("config") or {}).get("preset", "-")
-        shown = f"{m.ref} = {m.name}" if m.version == latest[m.name] and latest[m.name] > 1 else m.ref  # what NAME alone means
+        shown = f"{m.ref} = {m.name}" if m.ref in alias else m.ref  # what NAME alone means
         table.add_row(*(text(v) for v in (shown, m.kind, preset, len(m.meta.get("classes", [])), m.job_id or m.weights_key)))
     console.print(table)
 

@@ -14,11 +14,11 @@ from harness.datasets import tiny_image_folder
 from harness.services import cganctl, settings_from_env, wait_for
 
 
-def _archive(tmp_path: Path, name: str = "tiny.tar.gz", with_test: bool = True, per_class: int = 6) -> Path:
+def _archive(tmp_path: Path, name: str = "tiny.tar.gz", with_test: bool = True, per_class: int = 6, second: str = "test") -> Path:
     tree = tmp_path / f"tree-{name}"
     tiny_image_folder(tree / "train", per_class=per_class)
     if with_test:
-        tiny_image_folder(tree / "test", per_class=3)
+        tiny_image_folder(tree / second, per_class=3)
     path = tmp_path / name
     with tarfile.open(path, "w:gz") as tar:
         tar.add(tree, arcname=".")
@@ -229,14 +229,9 @@ def test_messages_name_a_registered_dataset_by_its_name(embedded_env, tmp_path):
 
 
 def test_a_val_split_is_listed_and_the_test_split_hint_names_it(embedded_env, tmp_path):
-    tree = tmp_path / "tree"
-    tiny_image_folder(tree / "train", per_class=4)
-    tiny_image_folder(tree / "val", per_class=2)
-    archive = tmp_path / "tv.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(tree, arcname=".")
+    archive = _archive(tmp_path, "tv.tar.gz", per_class=4, second="val")
     added = cganctl(embedded_env, "datasets", "add", "tv", str(archive), check=True).stdout
-    assert "train 12 images, val 6 images" in added, added  # listed, not silently left out
+    assert "train 12 images, val 9 images" in added, added  # listed, not silently left out
     from harness.services import settings_from_env
     from scheduler.dataset_access import resolve
     from scheduler.errors import InvalidInput

@@ -290,14 +290,14 @@ class Dashboard:
     def models(self, request: Request) -> Response:
         records = self._models()
         scored = queries.evaluations(self.table)
-        newest: dict[str, int] = {}
-        for m in records:
-            newest[m.name] = max(newest.get(m.name, 0), m.version)
+        from ..model_registry import aliased
+
+        alias = aliased(records)
         rows = []
         for m in records:
             evaluations = scored.get(m.ref, [])
             rows.append({"model": m, "evaluation": evaluations[0] if evaluations else None, "evaluations": len(evaluations),
-                         "alias": m.version == newest[m.name] and m.version > 1,  # what the bare name resolves to
+                         "alias": m.ref in alias,  # what the bare name resolves to
                          "test": self._test_accuracy(m) if m.kind == "classifier" else None})
         return self.render(request, "models.html", nav="models", rows=rows, columns=queries.EVAL_COLUMNS)
 
