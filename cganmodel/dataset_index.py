@@ -6,6 +6,7 @@ classes without importing torch; :mod:`cganmodel.data` decodes what this module 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import stat
@@ -24,6 +25,31 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 class DataError(ValueError):
     """A data source is missing, unreadable, empty or not an ImageFolder tree."""
+
+
+@dataclasses.dataclass
+class Skipped:
+    """What a reading of a tree passes over, for the user's warnings: the regular files that are no image
+    (by extension, hidden files aside), every folder it saw, and from those the class folders of the train
+    split without an image (no class of the model: a copy that failed, photos in a format not read)."""
+
+    files: Counter[str] = dataclasses.field(default_factory=Counter)
+    folders: set[tuple[str, ...]] = dataclasses.field(default_factory=set)
+    empty_classes: list[str] = dataclasses.field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """One line each, for ``warning:``: "3 files are not images and were not read (.heic 2, .txt 1; ...)"."""
+        notes = []
+        total = sum(self.files.values())
+        if total:
+            kinds = ", ".join(f"{ext} {n}" for ext, n in self.files.most_common(6)) + (", ..." if len(self.files) > 6 else "")
+            verb = "file is not an image and was" if total == 1 else "files are not images and were"
+            notes.append(f"{total} {verb} not read ({kinds}; images end in {', '.join(IMAGE_EXTENSIONS)})")
+        if self.empty_classes:
+            shown = ", ".join(self.empty_classes[:20]) + (", ..." if len(self.empty_classes) > 20 else "")
+            folders = "class folder holds no image and is not a class" if len(self.empty_classes) == 1 else "class folders hold no image and are not classes"
+            notes.append(f"{len(self.empty_classes)} {folders} of this dataset: {shown}")
+        return notes
 
 
 def is_tar(path: Path) -> bool:
@@ -45,6 +71,18 @@ def select(
     starts with split folders (``train/``, ``test/``...), ``split`` picks one. A tree without split
     folders is all one split, unless ``require_split`` (then it has no ``split``: DataError).
     """
+    keep, depth = _locate(paths, split, source, require_split=require_split)
+    by_class: dict[str, list[int]] = {}
+    for i in sorted(keep, key=lambda i: paths[i]):  # by path: a folder and any archive of it give one order
+        by_class.setdefault(paths[i][depth], []).append(i)
+    for name, idx in by_class.items():
+        direct = [paths[i] for i in idx if len(paths[i]) == depth + 2]  # e.g. train/x.jpg, not train/cat/0.jpg
+        _check_class(name, (direct or [paths[idx[0]]])[0], source)
+    return dict(sorted(by_class.items()))
+
+
+def _locate(paths: list[tuple[str, ...]], split: str, source: str, *, require_split: bool = False) -> tuple[list[int], int]:
+    """The indices of ``split``'s images in ``paths`` and the depth of their class folder (see :func:`select`)."""
     if not paths:
         raise DataError(f"{source}: no image files found (the files read end in {', '.join(IMAGE_EXTENSIONS)})")
     climbing = next((p for p in paths if ".." in p), None)
@@ -80,13 +118,15 @@ def select(
             f"{source}: image files outside class folders, e.g. {'/'.join(loose[0])!r} "
             "(expected <root>/<class>/<image>)"
         )
-    by_class: dict[str, list[int]] = {}
-    for i in sorted(keep, key=lambda i: paths[i]):  # by path: a folder and any archive of it give one order
-        by_class.setdefault(paths[i][depth], []).append(i)
-    for name, idx in by_class.items():
-        direct = [paths[i] for i in idx if len(paths[i]) == depth + 2]  # e.g. train/x.jpg, not train/cat/0.jpg
-        _check_class(name, (direct or [paths[idx[0]]])[0], source)
-    return dict(sorted(by_class.items()))
+    return keep, depth
+
+
+def _empty_classes(paths: list[tuple[str, ...]], split: str, source: str, folders: set[tuple[str, ...]]) -> list[str]:
+    """The folders beside ``split``'s class folders (same parent) that hold no image of it, sorted."""
+    keep, depth = _locate(paths, split, source)
+    parent = paths[keep[0]][:depth]
+    classes = {paths[i][depth] for i in keep}
+    return sorted({f[depth] for f in folders if len(f) == depth + 1 and f[:depth] == parent and not f[depth].startswith(".")} - classes)
 
 
 def rename_hint(split: str, found) -> str:
@@ -120,10 +160,10 @@ def check_decodes(blobs: list[bytes], names: list[str]) -> None:
             raise DataError(f"cannot decode image {name!r} ({exc})") from None
 
 
-def iter_tar(path: Path, read: bool, limits: DataLimits | None = None, others: Counter[str] | None = None) -> Iterator[tuple[str, bytes | None]]:
+def iter_tar(path: Path, read: bool, limits: DataLimits | None = None, skipped: Skipped | None = None) -> Iterator[tuple[str, bytes | None]]:
     """(member name, bytes or None) for each regular image file, streaming (no extraction). A member
     larger than ``limits.member_bytes`` is refused from its header, before a byte of it is read.
-    ``others`` counts the regular files that are not read, by extension (hidden files aside)."""
+    ``skipped`` collects the regular files that are not read and the folders (:class:`Skipped`)."""
     limits = limits or DEFAULT_LIMITS
     seen = 0
     names: set[str] = set()
@@ -133,8 +173,8 @@ def iter_tar(path: Path, read: bool, limits: DataLimits | None = None, others: C
                 seen += 1
                 if seen > limits.entries:
                     raise DataError(f"{path}: more than {limits.entries} archive members (CGAN_MAX_DATASET_ENTRIES)")
-                if member.isfile() and not is_image(member.name) and others is not None:
-                    _count_other(member.name, others)
+                if skipped is not None:
+                    _note(member.name, member.isdir(), member.isfile() and not is_image(member.name), skipped)
                 if member.isfile() and is_image(member.name):
                     if member.name in names:  # unpacked, the last copy wins; read, both would count
                         raise DataError(f"{path}: member {member.name!r} appears twice in the archive")
@@ -157,19 +197,22 @@ def _inside(real: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _count_other(name: str, others: Counter[str]) -> None:
+def _note(name: str, folder: bool, other: bool, skipped: Skipped) -> None:
+    """Record a folder, or a regular file that is no image, of a tree being read."""
+    if folder and parts(name):
+        skipped.folders.add(parts(name))
     base = PurePosixPath(name).name
-    if not base.startswith("."):  # .DS_Store and the like: nobody's data
-        others[PurePosixPath(base).suffix.lower() or "(no extension)"] += 1
+    if other and not base.startswith("."):  # .DS_Store and the like: nobody's data
+        skipped.files[PurePosixPath(base).suffix.lower() or "(no extension)"] += 1
 
 
-def list_dir(path: Path, limits: DataLimits | None = None, others: Counter[str] | None = None) -> list[str]:
+def list_dir(path: Path, limits: DataLimits | None = None, skipped: Skipped | None = None) -> list[str]:
     """Image files under ``path`` (relative POSIX names), sorted per folder. Symbolic links are followed
     only where they stay inside ``path``'s real folder; each real folder is visited once (no loop can
     hang the walk, no link can count one class's images as another's twice), and under its own name
     before under a link's (the tree is walked without links first, then the links to folders not yet
     visited); only regular files count; at most ``limits.entries`` paths are visited and no file may
-    exceed ``limits.member_bytes``."""
+    exceed ``limits.member_bytes``. ``skipped`` collects the folders and the files that are no image."""
     limits = limits or DEFAULT_LIMITS
     root = os.path.realpath(path)
     names: list[str] = []
@@ -204,6 +247,8 @@ def list_dir(path: Path, limits: DataLimits | None = None, others: Counter[str] 
                 continue  # a dangling link
             if stat.S_ISDIR(st.st_mode):
                 (linked if entry.is_symlink() else subdirs).append((real, (*rel, entry.name)))
+                if skipped is not None and not entry.is_symlink():  # a link to a class folder is no class of its own
+                    _note("/".join((*rel, entry.name)), True, False, skipped)
             elif stat.S_ISREG(st.st_mode) and is_image(entry.name):
                 if entry.is_symlink() and os.path.dirname(real) != real_dir:
                     continue  # a link to an image of another folder would relabel it
@@ -213,8 +258,8 @@ def list_dir(path: Path, limits: DataLimits | None = None, others: Counter[str] 
                         f"{limits.member_bytes} (CGAN_MAX_ARCHIVE_MEMBER_BYTES)"
                     )
                 names.append(str(PurePosixPath(*rel, entry.name)))
-            elif stat.S_ISREG(st.st_mode) and others is not None:
-                _count_other(entry.name, others)
+            elif stat.S_ISREG(st.st_mode) and skipped is not None:
+                _note(entry.name, False, True, skipped)
         stack.extend(reversed(subdirs))
     return names
 
@@ -234,34 +279,32 @@ def resolve(source: str) -> Path:
     return path
 
 
-def not_read_note(others: Counter[str]) -> str | None:
-    """What a reader skipped, for the user: "3 files are not images and were not read (.heic 2, .txt 1)"."""
-    total = sum(others.values())
-    if not total:
-        return None
-    kinds = ", ".join(f"{ext} {n}" for ext, n in others.most_common(6)) + (", ..." if len(others) > 6 else "")
-    verb = "file is not an image and was" if total == 1 else "files are not images and were"
-    return f"{total} {verb} not read ({kinds}; images end in {', '.join(IMAGE_EXTENSIONS)})"
-
-
 def count_images(source: str, split: str = "train", limits: DataLimits | None = None, *, require_split: bool = False,
-                 others: Counter[str] | None = None) -> dict[str, int]:
+                 skipped: Skipped | None = None) -> dict[str, int]:
     """Images per class in an ImageFolder directory or tarball (``split`` where it has split folders;
-    with ``require_split`` a tree without split folders is a DataError); ``others`` counts the files of the
-    whole tree that are not read as images, by extension."""
+    with ``require_split`` a tree without split folders is a DataError); ``skipped`` collects the files of
+    the whole tree that are not read as images and ``split``'s class folders without an image."""
     path = resolve(source)
-    names = list_dir(path, limits, others) if path.is_dir() else [n for n, _ in iter_tar(path, read=False, limits=limits, others=others)]
-    selected = select([parts(n) for n in names], split, source, require_split=require_split)
+    names = _walk(path, limits, skipped)
+    paths = [parts(n) for n in names]
+    selected = select(paths, split, source, require_split=require_split)
+    if skipped is not None:
+        skipped.empty_classes = _empty_classes(paths, split, source, skipped.folders)
     return {c: len(idx) for c, idx in selected.items()}
 
 
-def count_splits(source: str, limits: DataLimits | None = None, others: Counter[str] | None = None) -> dict[str, dict[str, int]]:
+def _walk(path: Path, limits: DataLimits | None, skipped: Skipped | None) -> list[str]:
+    return list_dir(path, limits, skipped) if path.is_dir() else [n for n, _ in iter_tar(path, read=False, limits=limits, skipped=skipped)]
+
+
+def count_splits(source: str, limits: DataLimits | None = None, skipped: Skipped | None = None) -> dict[str, dict[str, int]]:
     """Images per class of every split of a tree in one reading: ``train`` (the whole tree where it has no
     split folders; a DataError where it cannot be read) and each other split folder it has (``test``, ``val``...)."""
     path = resolve(source)
-    names = list_dir(path, limits, others) if path.is_dir() else [n for n, _ in iter_tar(path, read=False, limits=limits, others=others)]
-    paths = [parts(n) for n in names]
+    paths = [parts(n) for n in _walk(path, limits, skipped)]
     splits = {"train": {c: len(idx) for c, idx in select(paths, "train", source).items()}}
+    if skipped is not None:
+        skipped.empty_classes = _empty_classes(paths, "train", source, skipped.folders)
     for split in SPLIT_NAMES[1:]:
         try:
             splits[split] = {c: len(idx) for c, idx in select(paths, split, source, require_split=True).items()}

@@ -86,8 +86,8 @@ def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, a
 
                 shown_as = getattr(request, "dataset", None) or job.spec["dataset"]  # the name the user gave, not store:KEY
                 typer.echo(f"dataset {shown_as}: {plural(sum(found.values()), 'image')} in {plural(len(found), 'class')}: {classes}")
-                if getattr(spec, "_not_read", None):
-                    typer.echo(f"warning: {plain(spec._not_read)}", err=True)
+                for note in getattr(spec, "_notes", ()):
+                    typer.echo(f"warning: {plain(note)}", err=True)
             recipe = job.spec["recipe"]
             typer.echo(f"recipe {job.spec['preset']}: " + " ".join(f"{k}={v}" for k, v in recipe.items() if k != "preset"))
     absent = getattr(spec, "_absent", None)
@@ -343,9 +343,7 @@ def datasets_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Check an archive under the reading budgets, upload it to the object store and register it as NAME."""
-    from collections import Counter
-
-    from cganmodel.dataset_index import not_read_note
+    from cganmodel.dataset_index import Skipped
 
     from . import datasets
     from .settings import get_settings
@@ -358,18 +356,17 @@ def datasets_add(
         previous = datasets.get(store, name) if datasets.NAME.match(name) else None
     except datasets.DatasetError:  # an unreadable index: adding the dataset again is the cure, so it goes on
         previous = None
-    others: Counter[str] = Counter()
-    entry = datasets.add(store, settings, name, archive.expanduser(), others=others)
+    skipped = Skipped()
+    entry = datasets.add(store, settings, name, archive.expanduser(), skipped=skipped)
     replaced = previous if previous is not None and previous.key != entry.key else None
     if as_json:
-        _emit_json({**datasets.describe(entry), "replaced": replaced.key if replaced else None})
+        _emit_json({**datasets.describe(entry), "replaced": replaced.key if replaced else None, "warnings": skipped.notes()})
         return
     from .textsafe import plural
 
     splits = ", ".join(f"{split} {plural(sum(counts.values()), 'image')}" for split, counts in entry.splits.items())
     typer.echo(f"dataset {entry.name}: {plural(len(entry.classes), 'class')} ({plain(', '.join(entry.classes))}), {splits}; stored as {entry.key}")
-    note = not_read_note(others)
-    if note:
+    for note in skipped.notes():
         typer.echo(f"warning: {plain(note)}", err=True)
     if replaced is not None:
         typer.echo(f"replaces {name} added {replaced.added_at[:19]} from {plain(replaced.source)} ({replaced.key}); jobs already submitted keep reading that one")

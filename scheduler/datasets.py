@@ -17,11 +17,10 @@ import hashlib
 import json
 import re
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cganmodel.dataset_index import TAR_SUFFIXES
+from cganmodel.dataset_index import TAR_SUFFIXES, Skipped
 
 from .errors import CganError, InvalidInput, NotFound
 from .records import utcnow
@@ -93,13 +92,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _splits(path: Path, settings: Settings, others: Counter[str] | None = None) -> dict[str, dict[str, int]]:
+def _splits(path: Path, settings: Settings, skipped: Skipped | None = None) -> dict[str, dict[str, int]]:
     """Classes and counts of the archive's train split (or of the whole tree) and of each other split it has
     (``test``, and ``val`` that no job reads: listed, so that a user sees it)."""
     from cganmodel.dataset_index import DataError, count_splits
 
     try:
-        splits = count_splits(str(path), limits=settings.dataset_limits(), others=others)
+        splits = count_splits(str(path), limits=settings.dataset_limits(), skipped=skipped)
     except DataError as exc:
         raise DatasetError(f"cannot register {path}: {exc}") from None
     _check_images(path, settings)
@@ -131,9 +130,9 @@ def _check_images(path: Path, settings: Settings, batch: int = 1000) -> None:
         raise DatasetError(f"cannot register {path}: {exc}") from None
 
 
-def add(store: ObjectStore, settings: Settings, name: str, path: Path, others: Counter[str] | None = None) -> DatasetEntry:
-    """Check, upload and register ``path`` as dataset ``name`` (replacing an earlier registration); ``others``
-    counts the archive's files that are not images (not read), by extension."""
+def add(store: ObjectStore, settings: Settings, name: str, path: Path, skipped: Skipped | None = None) -> DatasetEntry:
+    """Check, upload and register ``path`` as dataset ``name`` (replacing an earlier registration); ``skipped``
+    collects what the reading passed over (files that are no image, class folders without one)."""
     if not NAME.match(name) or name in BUILTIN_DATASETS:
         raise DatasetError(f"invalid dataset name {name!r}: lower-case letters, digits, '-' and '_' (at most 64), not 'cifar10'")
     suffix = archive_suffix(path.name)
@@ -148,7 +147,7 @@ def add(store: ObjectStore, settings: Settings, name: str, path: Path, others: C
         raise DatasetError(f"{path} cannot be read: {exc.strerror or exc}") from None
     if size > settings.max_dataset_bytes:
         raise DatasetError(f"{path} is {size} bytes, above the maximum of {settings.max_dataset_bytes} (CGAN_MAX_DATASET_BYTES)")
-    splits = _splits(path, settings, others)
+    splits = _splits(path, settings, skipped)
     sha = _sha256(path)
     key = f"{PREFIX}{name}/{sha}{suffix}"
     if not store.exists(key):

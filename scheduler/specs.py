@@ -68,7 +68,7 @@ class TrainSpec(_Spec):
     resume_from: str | None = Field(None, description="job id whose latest checkpoint starts this run")
     # what the submit found in the dataset (images per class), for its own output; never stored
     _found: dict[str, int] | None = PrivateAttr(default=None)
-    _not_read: str | None = PrivateAttr(default=None)  # files of the tree that are no image, said at submit
+    _notes: list[str] = PrivateAttr(default_factory=list)  # what the reading passed over (dataset_index.Skipped), said at submit
 
     @model_validator(mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidInput
 
 if TYPE_CHECKING:
-    from collections import Counter
+    from cganmodel.dataset_index import Skipped
 
     from .model_registry import ModelRecord, ModelRegistry
     from .settings import Settings
@@ -120,7 +120,7 @@ def check_queue_priority(queue: str, priority: int) -> None:
 
 
 def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "--dataset", *, split: str = "train", require_split: bool = False,
-                    shown: str | None = None, others: Counter[str] | None = None) -> dict[str, int]:
+                    shown: str | None = None, skipped: Skipped | None = None) -> dict[str, int]:
     """Images per class of a resolved source; a registered archive's from its index, an s3:// one from a local copy.
     Messages name it as ``shown`` (what the user typed: a registered name, not its ``store:`` key)."""
     from cganmodel.dataset_index import DataError, count_images
@@ -142,7 +142,7 @@ def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "
         source = str(datasets.local_copy(source, settings, store))
     try:
         return count_images(source, split=split, limits=settings.dataset_limits() if settings is not None else None, require_split=require_split,
-                            others=others)
+                            skipped=skipped)
     except DataError as exc:
         raise InvalidInput(f"{flag}: {str(exc).replace(source, shown)}") from None
 
@@ -291,13 +291,11 @@ def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelR
     dataset = _source(r.dataset, settings, "--dataset")
     spec = build(TrainSpec, preset=r.preset, dataset=dataset, recipe=recipe, name=r.name)
     if spec.dataset != "cifar10":
-        from collections import Counter
+        from cganmodel.dataset_index import Skipped
 
-        from cganmodel.dataset_index import not_read_note
-
-        others: Counter[str] = Counter()
-        per_class = _dataset_counts(spec.dataset, settings, shown=r.dataset, others=others)  # readable and indexable now, not only on the worker
-        spec._found, spec._not_read = per_class, not_read_note(others)
+        skipped = Skipped()
+        per_class = _dataset_counts(spec.dataset, settings, shown=r.dataset, skipped=skipped)  # readable and indexable now, not only on the worker
+        spec._found, spec._notes = per_class, skipped.notes()
         found = sum(per_class.values())
         if len(per_class) < 2 and preset(r.preset).kind == "classifier":  # nothing to tell apart (a GAN of one class is fine)
             raise InvalidInput(f"--dataset {r.dataset} has {len(per_class)} class ({', '.join(per_class)}): a classifier needs at least 2 class folders")

@@ -272,11 +272,13 @@ def test_embedded_train_on_a_device_this_machine_lacks_is_bad_input(embedded_env
 def test_train_shows_and_uses_the_resolved_recipe(embedded_env, tmp_path):
     data = tiny_image_folder(tmp_path / "images")
     (data / "cat" / "notes.txt").write_text("not an image")
+    (data / "deer").mkdir()  # a copy that failed: no class of the model, and the user is told
     result = cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "2",
                      "--set", "batch_size=8", "--set", "lr_g=1e-4", "--set", "checkpoint_every=1", "--wait")
     assert result.returncode == 0, result.stderr
     assert f"dataset {data}: 24 images in 3 classes: airplane 8, cat 8, frog 8" in result.stdout, result.stdout
     assert "warning: 1 file is not an image and was not read (.txt 1; images end in .jpg" in result.stderr, result.stderr
+    assert "warning: 1 class folder holds no image and is not a class of this dataset: deer\n" in result.stderr, result.stderr
     recipe_line = next(line for line in result.stdout.splitlines() if line.startswith("recipe mlp:"))
     assert "steps=2" in recipe_line and "lr_g=0.0001" in recipe_line and "n_dis=1" in recipe_line and "batch_size=8" in recipe_line
     job = _job_rows(embedded_env)[0]

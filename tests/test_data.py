@@ -212,17 +212,29 @@ def test_a_non_square_image_is_cropped_to_its_centre_not_stretched(tmp_path: Pat
 
 
 def test_files_that_are_not_images_are_counted_for_the_user(tmp_path: Path) -> None:
-    """A class of .heic photos is no class here: the reader says what it skipped, by extension (hidden files aside)."""
-    from collections import Counter
-
-    from cganmodel.dataset_index import not_read_note
+    """A class of .heic photos is no class here: the reader says what it skipped, by extension (hidden files aside),
+    and names the class folders left without an image (an empty one too; a link to a class folder is no class)."""
+    from cganmodel.dataset_index import Skipped
 
     files = {**tree({"": 2}), "cat/notes.txt": b"x", "cat/.DS_Store": b"x", "phone/0.HEIC": b"x", "phone/1.heic": b"x"}
     root = write_dir(tmp_path / "ds", files)
-    archive = write_tar(tmp_path / "ds.tar.gz", files)
+    (root / "empty").mkdir()
+    (root / ".cache").mkdir()
+    (root / "kitty").symlink_to("cat")
+    archive = tmp_path / "ds.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(root, arcname="ds")  # directory members, the empty folder's included, as `tar czf` writes them
     for source in (root, archive):
-        others: Counter[str] = Counter()
-        assert count_images(str(source), others=others) == {"airplane": 2, "cat": 2, "dog": 2}
-        assert others == {".heic": 2, ".txt": 1}, source
-        assert not_read_note(others) == "3 files are not images and were not read (.heic 2, .txt 1; images end in .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)"
-    assert not_read_note(Counter()) is None
+        skipped = Skipped()
+        assert count_images(str(source), skipped=skipped) == {"airplane": 2, "cat": 2, "dog": 2}
+        assert skipped.files == {".heic": 2, ".txt": 1}, source
+        assert skipped.empty_classes == ["empty", "phone"], source
+        assert skipped.notes() == [
+            "3 files are not images and were not read (.heic 2, .txt 1; images end in .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)",
+            "2 class folders hold no image and are not classes of this dataset: empty, phone",
+        ]
+    split = Skipped()  # in a tree with splits, the train split's class folders (the test split's own aside)
+    files = {**tree({"train/": 1}), "train/frog/.keep": b"", "test/cat/0.png": encode((1, 2, 3)), "test/ship/.keep": b""}
+    assert count_images(str(write_dir(tmp_path / "split", files)), skipped=split) == {"airplane": 1, "cat": 1, "dog": 1}
+    assert split.notes() == ["1 class folder holds no image and is not a class of this dataset: frog"]
+    assert Skipped().notes() == []

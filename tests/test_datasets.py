@@ -30,11 +30,13 @@ def test_every_archive_a_dataset_may_be_registers(embedded_env, tmp_path, mode, 
     """`--dataset x.tar.xz` trains; `datasets add` takes the same archives (it refused .tar.bz2 and .tar.xz)."""
     tree = tmp_path / "tree"
     tiny_image_folder(tree / "train", per_class=4)
+    (tree / "train" / "deer").mkdir()  # a class folder without an image: named, not a class
     path = tmp_path / f"tiny{suffix}"
     with tarfile.open(path, mode) as tar:
         tar.add(tree, arcname=".")
     added = json.loads(cganctl(embedded_env, "datasets", "add", "tiny", str(path), "--json", check=True).stdout)
     assert added["key"].endswith(suffix) and added["splits"]["train"] == {"airplane": 4, "cat": 4, "frog": 4}
+    assert added["warnings"] == ["1 class folder holds no image and is not a class of this dataset: deer"]
     trained = cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", "tiny", "--steps", "1", "--batch-size", "4",
                       "--set", "standing_stats=0", "--wait", timeout=300)
     assert trained.returncode == 0, trained.stderr
