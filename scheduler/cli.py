@@ -186,6 +186,7 @@ def submit_train(
 def submit_evaluate(
     model: Annotated[str, typer.Option("--model", help="NAME[:VERSION] of the generator.")] = EvaluateRequest.model,
     classifier: Annotated[Optional[str], typer.Option("--classifier", help="NAME[:VERSION] of the scoring classifier (default: the shipped one).")] = None,
+    no_classifier: Annotated[bool, typer.Option("--no-classifier", help="No scoring classifier: the Inception metrics only (a one-class model, or none trained on its classes).")] = False,
     reference: Annotated[str, typer.Option("--reference", help="Dataset for FID statistics (cifar10, folder or tar).")] = EvaluateRequest.reference,
     samples_per_class: Annotated[Optional[int], typer.Option("--samples-per-class", help="Default 5000 (the standard 50k protocol for 10 classes).")] = None,
     reference_limit: Annotated[Optional[int], typer.Option("--reference-limit", help="Use at most N reference images.")] = None,
@@ -204,7 +205,7 @@ def submit_evaluate(
 ) -> None:
     """Score a generator: FID, label accuracy per class, intra-FID, a sample grid (and usefulness with --downstream)."""
     request = EvaluateRequest(
-        model=model, classifier=classifier, reference=reference, samples_per_class=samples_per_class,
+        model=model, classifier=classifier, no_classifier=no_classifier, reference=reference, samples_per_class=samples_per_class,
         reference_limit=reference_limit, inception=inception, seed=seed, truncation=truncation, downstream=downstream,
         downstream_fraction=downstream_fraction, downstream_steps=downstream_steps,
         downstream_per_class=downstream_per_class, downstream_min_confidence=downstream_min_confidence,

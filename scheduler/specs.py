@@ -101,7 +101,7 @@ _PRE_RECIPE_KEYS = ("steps", "batch_size", "checkpoint_every", "seed")
 class EvaluateSpec(_Spec):
     kind: Literal["evaluate"] = "evaluate"
     model: str = Field(..., description="NAME:VERSION of a generator, resolved at submit")
-    classifier: str = Field(..., description="NAME:VERSION of the scoring classifier, resolved at submit")
+    classifier: str | None = Field(None, description="NAME:VERSION of the scoring classifier, resolved at submit; None (--no-classifier): the Inception metrics only")
     reference: str = Field("cifar10", description="dataset whose statistics FID compares against")
     samples_per_class: int = Field(5000, ge=2, le=100_000, description="at least 2: FID and intra-FID need a covariance")
     reference_limit: int | None = Field(None, gt=0, description="use at most this many reference images")
@@ -113,6 +113,14 @@ class EvaluateSpec(_Spec):
     downstream_steps: int = Field(400, gt=0, le=200_000, description="optimiser steps of every downstream classifier")
     downstream_per_class: int = Field(500, gt=0, le=50_000, description="generated training images per class")
     downstream_min_confidence: float | None = Field(None, gt=0, le=1, description="keep generated training images the scoring classifier gives their label with p >= P")
+
+    @model_validator(mode="after")
+    def _something_to_score(self) -> "EvaluateSpec":
+        if self.classifier is None and not self.inception:
+            raise ValueError("an evaluation without a classifier needs Inception: nothing would be measured")
+        if self.classifier is None and self.downstream:
+            raise ValueError("downstream scoring needs the classifier")
+        return self
 
 
 class GenerateSpec(_Spec):

@@ -87,6 +87,7 @@ class EvaluateRequest:
 
     model: str = DEFAULT_MODEL
     classifier: str | None = None  # None: the shipped default classifier
+    no_classifier: bool = False  # no classifier at all: the Inception metrics only (a one-class model, or no classifier of its classes)
     reference: str = "cifar10"
     samples_per_class: int | None = None
     reference_limit: int | None = None
@@ -321,10 +322,11 @@ def _check_scorer(scorer: ModelRecord, generator: ModelRecord) -> None:
     """A classifier scores a generator's samples by class index: it must know the generator's classes, in its order."""
     if len(generator.meta["classes"]) < 2:
         raise InvalidInput(f"model {generator.ref} has one class: a classifier has nothing to tell it from, so it cannot be scored or filtered "
-                           "(generate from it without --min-confidence)")
+                           "(generate from it without --min-confidence; evaluate it with --no-classifier, the Inception metrics only)")
     if list(scorer.meta["classes"]) != list(generator.meta["classes"]):
         raise InvalidInput(f"classifier {scorer.ref} was trained on other classes than model {generator.ref}: pass --classifier with one "
-                           "trained on the model's classes (cganctl submit train --preset classifier --dataset ...)")
+                           "trained on the model's classes (cganctl submit train --preset classifier --dataset ...), or evaluate with "
+                           "--no-classifier (the Inception metrics only)")
 
 
 def _below_one(value: float | None, flag: str) -> None:
@@ -340,15 +342,24 @@ def evaluate_spec(r: EvaluateRequest, models: ModelRegistry, settings: Settings 
     _below_one(r.downstream_min_confidence, "--downstream-min-confidence")
 
     generator = models.resolve(r.model, "generator")
-    scorer = models.resolve(r.classifier or DEFAULT_CLASSIFIER, "classifier")
-    _check_scorer(scorer, generator)
+    scorer = None if r.no_classifier else models.resolve(r.classifier or DEFAULT_CLASSIFIER, "classifier")
+    if r.no_classifier:
+        if r.classifier is not None:
+            raise InvalidInput("--classifier and --no-classifier exclude each other")
+        if not r.inception:
+            raise InvalidInput("--no-classifier with --no-inception leaves nothing to measure")
+        if r.downstream:
+            raise InvalidInput("--downstream needs the scoring classifier (it filters the generated images and measures in its feature space): drop --no-classifier")
+    else:
+        assert scorer is not None
+        _check_scorer(scorer, generator)
     downstream = dict(downstream_fraction=r.downstream_fraction, downstream_steps=r.downstream_steps,
                       downstream_per_class=r.downstream_per_class, downstream_min_confidence=r.downstream_min_confidence)
     extra = [k for k, v in downstream.items() if v is not None]
     if extra and not r.downstream:
         raise InvalidInput(f"--{extra[0].replace('_', '-')} goes with --downstream")
     reference = _source(r.reference, settings, "--reference")
-    spec = build(EvaluateSpec, model=generator.ref, classifier=scorer.ref, reference=reference, samples_per_class=r.samples_per_class,
+    spec = build(EvaluateSpec, model=generator.ref, classifier=scorer.ref if scorer else None, reference=reference, samples_per_class=r.samples_per_class,
                  reference_limit=r.reference_limit, inception=r.inception, seed=r.seed, truncation=r.truncation,
                  downstream=r.downstream or None, **downstream)
     from cganmodel.dataset_index import CIFAR10_CLASSES

@@ -118,6 +118,8 @@ PER_CLASS_COLUMNS = {
 
 def print_per_class(per_class: dict[str, dict]) -> None:
     present = {k for row in per_class.values() for k in row}
+    if not present:  # rows without a column: nothing to show
+        return
     columns = [c for c in PER_CLASS_COLUMNS if c in present] + sorted(present - set(PER_CLASS_COLUMNS))
     headers = (markup_safe(PER_CLASS_COLUMNS.get(c, (c,))[0]) for c in columns)
     table = Table("class", *headers, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)

@@ -269,6 +269,25 @@ def test_embedded_train_on_a_device_this_machine_lacks_is_bad_input(embedded_env
     assert _job_rows(embedded_env) == []
 
 
+def test_a_one_class_model_is_evaluated_by_inception_alone(embedded_env, tmp_path):
+    """A GAN of one class folder has no classifier to score it: --no-classifier gives its Inception FID (before,
+    no evaluation of it could be submitted)."""
+    data = tiny_image_folder(tmp_path / "frogs", classes=("frog",), per_class=8)
+    cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "1", "--batch-size", "4",
+            "--set", "standing_stats=0", "--name", "solo", "--wait", check=True, timeout=300)
+    refused = cganctl(embedded_env, "submit", "evaluate", "--model", "solo", "--reference", str(data), "--samples-per-class", "4")
+    assert refused.returncode == 2 and "evaluate it with --no-classifier" in refused.stderr, refused.stderr
+    out = cganctl(embedded_env, "submit", "evaluate", "--model", "solo", "--no-classifier", "--reference", str(data),
+                  "--samples-per-class", "4", "--wait", "--json", check=True, timeout=300)
+    job = json.loads(out.stdout)
+    metrics = job["metrics"]
+    assert job["status"] == "succeeded" and job["spec"]["classifier"] is None, job
+    assert metrics["inception_fid"] > 0 and "label_accuracy" not in metrics and "classifier_fid" not in metrics, metrics
+    assert list(metrics["protocol"]["feature_extractors"]) == ["inception"] and metrics["protocol"]["reference_images"] == 8
+    shown = cganctl(embedded_env, "jobs", "show", job["id"], check=True).stdout
+    assert "Inception FID" in shown and "label accuracy" not in shown, shown
+
+
 def test_train_shows_and_uses_the_resolved_recipe(embedded_env, tmp_path):
     data = tiny_image_folder(tmp_path / "images")
     (data / "cat" / "notes.txt").write_text("not an image")

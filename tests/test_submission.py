@@ -125,6 +125,26 @@ def test_a_one_class_model_is_not_scored_by_a_classifier(ctx):
     assert generate_spec(GenerateRequest(model="solo", labels=("frog",), count=3), models, settings).counts == {"frog": 3}
 
 
+def test_an_evaluation_without_a_classifier_is_the_inception_metrics_only(ctx):
+    """--no-classifier: a one-class model (or one no classifier knows the classes of) gets its Inception FID;
+    what would need the classifier, or measure nothing, is refused by flag."""
+    from scheduler.submission import EvaluateRequest, evaluate_spec
+
+    models, settings = ctx
+    models.register(name="solo", kind="generator", job_id=None, weights_key="k", meta={"kind": "generator", "classes": ["cifar10-only-airplane"]})
+    with pytest.raises(InvalidInput, match="model solo:1 has one class.*evaluate it with --no-classifier"):
+        evaluate_spec(EvaluateRequest(model="solo"), models, settings)
+    made = evaluate_spec(EvaluateRequest(model="gen", no_classifier=True), models, settings)
+    assert made.classifier is None and made.inception and made.model == "gen:1"
+    for request, message in (
+        (EvaluateRequest(model="gen", no_classifier=True, classifier="clf"), "--classifier and --no-classifier exclude each other"),
+        (EvaluateRequest(model="gen", no_classifier=True, inception=False), "--no-classifier with --no-inception leaves nothing to measure"),
+        (EvaluateRequest(model="gen", no_classifier=True, downstream=True), "--downstream needs the scoring classifier"),
+    ):
+        with pytest.raises(InvalidInput, match=message):
+            evaluate_spec(request, models, settings)
+
+
 def test_unknown_model(ctx):
     models, settings = ctx
     with pytest.raises(InvalidInput, match="unknown model 'nope'"):

@@ -1,7 +1,7 @@
 """Evaluate jobs: FID (Inception and classifier features), label accuracy, per-class intra-FID, a grid.
 
-Reference statistics are computed once per (reference set, protocol, classifier) and cached in the
-object store under ``cache/reference-stats/``.
+Without a classifier (``--no-classifier``) the Inception metrics only. Reference statistics are computed
+once per (reference set, protocol, classifier) and cached in the object store under ``cache/reference-stats/``.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _progress(ctx: JobContext):
 
 
 def _reference(
-    ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedModel, classes: list[str]
+    ctx: JobContext, spec: EvaluateSpec, classifier: models.LoadedModel | None, classes: list[str], device: str
 ) -> tuple[dict, dict | None]:
     """Reference statistics, and with ``--downstream`` the raw reference features (for PRDC); both cached."""
     from cganmodel.dataset_index import fingerprint
@@ -41,7 +41,7 @@ def _reference(
         "reference_content": fingerprint(ctx.dataset_path(spec.reference), ctx.runtime.settings.dataset_limits()),
         "split": "train",
         "limit": spec.reference_limit,
-        "classifier_sha256": classifier.sha256,
+        "classifier_sha256": classifier.sha256 if classifier is not None else None,
         "inception": spec.inception,
         "version": 3,  # 3: images of another shape are centre-cropped before the resize (2 stretched them)
     }
@@ -63,10 +63,10 @@ def _reference(
     features: dict = {}
     stats = reference_stats(
         data,
-        classifier=classifier.module,
+        classifier=classifier.module if classifier is not None else None,
         inception=spec.inception,
         max_images=spec.reference_limit,
-        device=classifier.device,
+        device=device,
         on_progress=_progress(ctx),
         features_out=features,
     )
@@ -84,14 +84,14 @@ def run(ctx: JobContext, spec: EvaluateSpec) -> tuple[dict, dict]:
     from cganmodel.evaluation import evaluate_generator
 
     generator = models.load(ctx.runtime, spec.model, "generator")
-    classifier = models.load(ctx.runtime, spec.classifier, "classifier")
+    classifier = models.load(ctx.runtime, spec.classifier, "classifier") if spec.classifier is not None else None
     classes = list(generator.record.meta["classes"])
-    reference, reference_features = _reference(ctx, spec, classifier, classes)
+    reference, reference_features = _reference(ctx, spec, classifier, classes, generator.device)
     generated_features: dict = {}
     metrics, grid_png = evaluate_generator(
         generator.module,
         classes,
-        classifier=classifier.module,
+        classifier=classifier.module if classifier is not None else None,
         samples_per_class=spec.samples_per_class,
         seed=spec.seed,
         truncation=spec.truncation,
@@ -104,7 +104,7 @@ def run(ctx: JobContext, spec: EvaluateSpec) -> tuple[dict, dict]:
     if spec.downstream:
         from .downstream_job import downstream
 
-        assert reference_features is not None, "the reference's features are kept for --downstream"
+        assert reference_features is not None and classifier is not None, "the spec has both for --downstream"
         metrics.update(downstream(ctx, spec, generator, classifier, classes, reference_features, generated_features, _progress(ctx)))
     metrics = dict(metrics, model=spec.model, classifier=spec.classifier, reference=spec.reference, per_class=_per_class(metrics, classes))
     metrics_key = ctx.put("metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=float).encode(), "application/json")
@@ -126,6 +126,8 @@ def _per_class(metrics: dict, classes: list[str]) -> dict[str, dict[str, float]]
         "augmentation_gain": _column(metrics.get("augmentation_gain_per_class"), "gain"),
     }
     tables: dict[str, dict] = {name: values for name, values in columns.items() if isinstance(values, dict)}
+    if not tables:  # e.g. --no-classifier on one class: no metric has a per-class breakdown
+        return {}
     return {c: {name: values[c] for name, values in tables.items() if c in values} for c in classes}
 
 
