@@ -124,28 +124,52 @@ def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "
                     shown: str | None = None, skipped: Skipped | None = None) -> dict[str, int]:
     """Images per class of a resolved source; a registered archive's from its index, an s3:// one from a local copy.
     Messages name it as ``shown`` (what the user typed: a registered name, not its ``store:`` key)."""
-    from cganmodel.dataset_index import DataError, count_images
-
-    from . import datasets
+    from cganmodel.dataset_index import DataError, count_images, rename_hint
 
     shown = shown or source
+    local, indexed = _readable(source, settings)
+    if indexed is not None:
+        if split not in indexed:
+            raise InvalidInput(f"{flag}: {shown} has no {split!r} split; found {sorted(indexed)}{rename_hint(split, indexed)}")
+        return indexed[split]
+    try:
+        return count_images(local, split=split, limits=settings.dataset_limits() if settings is not None else None, require_split=require_split,
+                            skipped=skipped)
+    except DataError as exc:
+        raise InvalidInput(f"{flag}: {str(exc).replace(local, shown)}") from None
+
+
+def _dataset_splits(source: str, settings: Settings | None = None, flag: str = "--dataset", *, shown: str | None = None,
+                    skipped: Skipped | None = None) -> dict[str, dict[str, int]]:
+    """Images per class of every split of a resolved source in one reading (``dataset_index.count_splits``):
+    ``train`` (the whole tree where it has no split folders) and each split folder it has."""
+    from cganmodel.dataset_index import DataError, count_splits
+
+    local, indexed = _readable(source, settings)
+    if indexed is not None:
+        if "train" not in indexed:  # every index written by datasets add has it
+            raise InvalidInput(f"{flag}: {shown or source} has no 'train' split; found {sorted(indexed)}")
+        return indexed
+    try:
+        return count_splits(local, limits=settings.dataset_limits() if settings is not None else None, skipped=skipped)
+    except DataError as exc:
+        raise InvalidInput(f"{flag}: {str(exc).replace(local, shown or source)}") from None
+
+
+def _readable(source: str, settings: Settings | None) -> tuple[str, dict[str, dict[str, int]] | None]:
+    """What to read for a resolved source: a registered archive's index of splits (nothing to read), else a
+    local path (an s3:// source's local copy)."""
+    from . import datasets
+
     if settings is not None and source.startswith(datasets.STORE_SCHEME):
         from .store import open_store
 
         store = open_store(settings)
         indexed = datasets.indexed_splits(source, store)
         if indexed is not None:
-            if split not in indexed:
-                from cganmodel.dataset_index import rename_hint
-
-                raise InvalidInput(f"{flag}: {shown} has no {split!r} split; found {sorted(indexed)}{rename_hint(split, indexed)}")
-            return indexed[split]
-        source = str(datasets.local_copy(source, settings, store))
-    try:
-        return count_images(source, split=split, limits=settings.dataset_limits() if settings is not None else None, require_split=require_split,
-                            skipped=skipped)
-    except DataError as exc:
-        raise InvalidInput(f"{flag}: {str(exc).replace(source, shown)}") from None
+            return source, indexed
+        return str(datasets.local_copy(source, settings, store)), None
+    return source, None
 
 
 def _source(source: str, settings: Settings | None, flag: str) -> str:
@@ -295,23 +319,22 @@ def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelR
         from cganmodel.dataset_index import Skipped
 
         skipped = Skipped()
-        per_class = _dataset_counts(spec.dataset, settings, shown=r.dataset, skipped=skipped)  # readable and indexable now, not only on the worker
+        splits = _dataset_splits(spec.dataset, settings, shown=r.dataset, skipped=skipped)  # readable and indexable now, not only on the worker
+        per_class = splits["train"]
         spec._found, spec._notes = per_class, skipped.notes()
         found = sum(per_class.values())
         if len(per_class) < 2 and preset(r.preset).kind == "classifier":  # nothing to tell apart (a GAN of one class is fine)
             raise InvalidInput(f"--dataset {r.dataset} has {len(per_class)} class ({', '.join(per_class)}): a classifier needs at least 2 class folders")
         if preset(r.preset).kind == "classifier":  # the job scores it on the test split: by class name
-            _check_classifier_test_split(r.dataset, spec.dataset, per_class, settings)
+            _check_classifier_test_split(r.dataset, splits.get("test"), per_class)
         if found < int(recipe.get("batch_size") or 1):
             raise InvalidInput(f"--dataset {r.dataset} has {found} images, fewer than the batch size {recipe['batch_size']} (--batch-size / --set batch_size=N)")
     return spec
 
 
-def _check_classifier_test_split(given: str, source: str, train: dict[str, int], settings: Settings | None) -> None:
+def _check_classifier_test_split(given: str, test: dict[str, int] | None, train: dict[str, int]) -> None:
     """A test split (where the dataset has one) may lack some of the train split's classes, not add others."""
-    try:
-        test = _dataset_counts(source, settings, split="test", require_split=True, shown=given)
-    except InvalidInput:
+    if test is None:
         return  # no test split: the job reports no test accuracy
     extra = [name for name in test if name not in train]
     if extra:
