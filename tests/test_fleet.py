@@ -184,6 +184,13 @@ def test_train_then_generate_and_evaluate_with_the_new_model(fleet_env, start_wo
     assert json.loads(store.get_bytes(evaluated["artifacts"]["metrics"]))["label_accuracy"] == metrics["label_accuracy"]
     shown = cganctl(fleet_env, "jobs", "show", evaluated["id"], check=True).stdout
     assert "label_accuracy" in shown and "frog" in shown
+    assert "or evaluate with --no-classifier" in mismatch.stderr
+    out = cganctl(fleet_env, "submit", "evaluate", "--model", "tinyfrogs", "--no-classifier", "--reference", str(data),
+                  "--samples-per-class", "3", "--wait", "--json", timeout=300)  # the Inception metrics alone, through Celery and S3
+    assert out.returncode == 0, out.stderr
+    inception_only = json.loads(out.stdout)
+    assert inception_only["spec"]["classifier"] is None and inception_only["metrics"]["inception_fid"] > 0
+    assert "label_accuracy" not in inception_only["metrics"] and inception_only["metrics"]["protocol"]["num_samples"] == 9
 
 
 def test_priority_orders_waiting_jobs(fleet_env, start_worker, table):
