@@ -23,7 +23,10 @@ BUILTIN_PREFIX = "builtin:"
 # Shipped models, their versions in order: NAME:1 is the first file stem, NAME:2 the second, ...;
 # NAME alone means the last. A new version is added beside the old ones (specs that name NAME:1 keep working).
 BUILTIN_FILES = {
-    "default": ("default-generator", "default-generator-v2", "default-generator-v3", "default-generator-v4", "default-generator-v5", "default-generator-v6", "default-generator-v7"),
+    "default": (
+        "default-generator", "default-generator-v2", "default-generator-v3", "default-generator-v4",
+        "default-generator-v5", "default-generator-v6", "default-generator-v7", "default-generator-v8",
+    ),
     "default-classifier": ("default-classifier",),
 }
 
