@@ -147,6 +147,8 @@ def test_job_list_pages_filters_and_bad_filters(service, client):
         ("limit=abc", "limit must be a whole number"),
         ("after=zzz", "after must be a job id"),
         ("after=" + "0" * 32, "no job"),
+        ("page=2", "unknown parameter &#39;page&#39;: the list reads status, kind, limit, after, before, refresh, token; the list pages"),
+        ("stauts=failed", "unknown parameter &#39;stauts&#39;"),
     ]:
         bad = client.get(f"/?{query}")
         assert bad.status_code == 400, query
@@ -316,6 +318,8 @@ def test_token_gate(service):
     assert "httponly" in login.headers["set-cookie"].lower() and "samesite=strict" in login.headers["set-cookie"].lower()
     after = client.get(f"/jobs/{job.id}?step=2")  # the cookie from the login
     assert after.status_code == 200 and "step-0000002" in after.text
+    bookmarked = client.get("/?token=tok-123&status=succeeded", follow_redirects=False)  # signed in, token left in the link
+    assert bookmarked.status_code == 200 and job.id in bookmarked.text
 
 
 def test_models_and_fleet_pages(service, client):

@@ -36,8 +36,15 @@ class ListQuery:
     after: str | None = None  # id of the last row of the previous page: show older jobs
     before: str | None = None  # id of the first row of the next page: show newer jobs
 
+    # what the list reads: its filters, its keyset cursors, `refresh` (the page's own) and `token` (the access check's)
+    PARAMETERS = ("status", "kind", "limit", "after", "before", "refresh", "token")
+
     @classmethod
     def parse(cls, params) -> "ListQuery":
+        unknown = sorted(set(params.keys()) - set(cls.PARAMETERS))
+        if unknown:
+            hint = "; the list pages with its Older and Newer links (after=JOB, before=JOB)" if "page" in unknown else ""
+            raise BadRequest(f"unknown parameter {unknown[0]!r}: the list reads {', '.join(cls.PARAMETERS)}{hint}")
         status = params.get("status") or None
         kind = params.get("kind") or None
         if status is not None and status not in JobStatus.__members__:
