@@ -1,6 +1,7 @@
 """Getting a job's tasks to a worker: Celery over the broker, or a thread of this process (embedded)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Protocol
@@ -82,7 +83,8 @@ class InlineDispatcher:
     """The embedded default: the job runs in a thread of this process while the CLI watches the table."""
 
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+        # the job is a worker's work: its S3 calls wait out an outage as a worker's do (store.S3_PATIENCE)
+        self.runtime = dataclasses.replace(runtime, patient=True)
         self.threads: list[threading.Thread] = []
 
     def check(self) -> str:

@@ -16,10 +16,11 @@ if TYPE_CHECKING:  # imported where used: a submit on the lean path never loads 
 @dataclasses.dataclass
 class Runtime:
     settings: Settings
+    patient: bool = False  # a worker's: its S3 calls wait out an outage (store.S3_PATIENCE); a command's answer soon
 
     @classmethod
-    def create(cls, settings: Settings | None = None) -> "Runtime":
-        return cls(settings or get_settings())
+    def create(cls, settings: Settings | None = None, patient: bool = False) -> "Runtime":
+        return cls(settings or get_settings(), patient)
 
     @cached_property
     def table(self) -> JobTable:
@@ -41,7 +42,7 @@ class Runtime:
     def store(self) -> ObjectStore:
         from .store import open_store
 
-        return open_store(self.settings)
+        return open_store(self.settings, self.patient)
 
     def job_key(self, job_id: str, name: str) -> str:
         return f"jobs/{job_id}/{name}"

@@ -22,6 +22,11 @@ _REFUSED_CODES = frozenset({
     "InvalidBucketName", "NoSuchBucket",
 })
 
+# How long one S3 call may wait for an answer: (socket read timeout in s, attempts in all, with botocore's backoff).
+# A worker is patient: its task waits out an S3 outage of minutes and the job goes on. A command or a
+# dashboard page is not: someone is waiting, so a frozen endpoint is an `error:` (exit 3) or a 503 in ~20 s.
+S3_PATIENCE = {"worker": (60, 6), "interactive": (10, 2)}
+
 
 class ObjectStore(Protocol):
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
@@ -127,21 +132,22 @@ class LocalStore:
 class S3Store:
     """Any S3-compatible endpoint: path-style addressing, checksums only where the API requires them."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, patient: bool = False) -> None:
         import boto3
         from botocore.config import Config
 
         self.bucket = settings.s3_bucket
         self.endpoint = settings.s3_endpoint_url
         self.shown_endpoint = redact_url(self.endpoint) or 'AWS'  # never the credentials in it
+        read_timeout, attempts = S3_PATIENCE["worker" if patient else "interactive"]
         config = Config(
             s3={"addressing_style": "path"},
             signature_version="s3v4",
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"max_attempts": 5, "mode": "standard"},
+            retries={"total_max_attempts": attempts, "mode": "standard"},
             connect_timeout=5,
-            read_timeout=60,
+            read_timeout=read_timeout,
         )
         secret = settings.s3_secret_access_key
         key_id = settings.s3_access_key_id
@@ -227,5 +233,6 @@ class S3Store:
         return f"s3://{self.bucket} at {self.shown_endpoint}"
 
 
-def open_store(settings: Settings) -> ObjectStore:
-    return S3Store(settings) if settings.s3_bucket else LocalStore(settings.make_folder(settings.local_store_dir))
+def open_store(settings: Settings, patient: bool = False) -> ObjectStore:
+    """The configured store; ``patient``: a worker's S3 client (see S3_PATIENCE)."""
+    return S3Store(settings, patient) if settings.s3_bucket else LocalStore(settings.make_folder(settings.local_store_dir))

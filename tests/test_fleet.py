@@ -234,6 +234,12 @@ def test_a_worker_does_not_start_on_settings_every_task_would_fail_on(fleet_env,
             status = cganctl({**fleet_env, **frozen}, "status", "--json", timeout=120)
             assert status.returncode == 3 and time.monotonic() - started < 60, status.stderr
             assert json.loads(status.stdout)["services"]["object store"] == {"ok": False, "detail": "no answer within 15 s", "exit_code": 3}
+            # a command that reads the store gives up as soon (before: 5 attempts of a 60 s read timeout, 6 minutes)
+            started = time.monotonic()
+            listing = cganctl({**fleet_env, **frozen}, "datasets", "list", timeout=400)
+            took, lines = time.monotonic() - started, listing.stderr.strip().splitlines()
+            assert listing.returncode == 3 and len(lines) == 1 and lines[0].startswith("error: S3 at ") and "is unreachable" in lines[0], listing.stderr
+            assert took < 45, took
         finally:
             s3.process.send_signal(signal.SIGCONT)
     # a database that does not answer now: a warning, and the worker starts (tasks wait for it)

@@ -90,3 +90,19 @@ def test_delete_prefix_leaves_no_empty_folder_behind(tmp_path):
     assert sorted(p.name for p in (tmp_path / "objects" / "jobs" / "a" / "checkpoints").iterdir()) == ["step-2"]
     assert store.delete_prefix("jobs/a/") == 2
     assert list((tmp_path / "objects" / "jobs").iterdir()) == []
+
+
+def test_a_worker_waits_out_an_s3_outage_and_a_command_does_not(tmp_path):
+    """A worker's S3 client (and an embedded job's) retries for minutes; a command's or the dashboard's gives up
+    in about 20 s, so a frozen endpoint is an `error:` line, not a 6-minute hang (tests/test_fleet.py freezes one)."""
+    from scheduler.dispatch import make_dispatcher
+    from scheduler.runtime import Runtime
+    from scheduler.store import S3_PATIENCE
+
+    settings = Settings(data_dir=tmp_path, s3_bucket="b", s3_endpoint_url="http://127.0.0.1:9")
+    command, worker = Runtime.create(settings), Runtime.create(settings, patient=True)
+    embedded = make_dispatcher(Runtime.create(Settings(data_dir=tmp_path, s3_bucket="b", s3_endpoint_url="http://127.0.0.1:9"))).runtime
+    for runtime, (read_timeout, attempts) in [(command, S3_PATIENCE["interactive"]), (worker, S3_PATIENCE["worker"]), (embedded, S3_PATIENCE["worker"])]:
+        config = runtime.store.client.meta.config
+        assert (config.read_timeout, config.retries["total_max_attempts"]) == (read_timeout, attempts)
+    assert S3_PATIENCE["interactive"][0] * S3_PATIENCE["interactive"][1] <= 30 <= S3_PATIENCE["worker"][0] * S3_PATIENCE["worker"][1]

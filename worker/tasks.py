@@ -34,7 +34,7 @@ _runtime: Runtime | None = None
 def runtime() -> Runtime:
     global _runtime
     if _runtime is None:
-        _runtime = Runtime.create()
+        _runtime = Runtime.create(patient=True)
     return _runtime
 
 
