@@ -40,6 +40,12 @@ class Layout(str, Enum):
     imagefolder = "imagefolder"
 
 
+class Pool(str, Enum):  # the Celery pools a worker runs under (README, "GPU workers run --pool solo")
+    solo = "solo"
+    threads = "threads"
+    prefork = "prefork"
+
+
 QueueOpt = Annotated[Optional[str], typer.Option("--queue", help="Celery queue (default: the kind's CGAN_ROUTES entry, else CGAN_DEFAULT_QUEUE='gpu').")]
 PriorityOpt = Annotated[int, typer.Option("--priority", help="0 (lowest) to 9 (highest).")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow the job with a progress bar until it ends; the exit code says how.")]
@@ -406,8 +412,8 @@ def db_upgrade() -> None:
 @app.command("worker")
 def worker(
     queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated queues to consume.")] = "gpu",
-    pool: Annotated[str, typer.Option("--pool", help="solo for GPU workers (CUDA cannot start in a forked child).")] = "solo",
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 1,
+    pool: Annotated[Pool, typer.Option("--pool", help="solo for GPU workers (CUDA cannot start in a forked child).")] = Pool.solo,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Tasks at once (threads/prefork).")] = 1,
     hostname: Annotated[Optional[str], typer.Option("--hostname", "-n", help="Worker name, e.g. gpu0@%h.")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
     metrics_port: Annotated[
@@ -416,7 +422,12 @@ def worker(
 ) -> None:
     """Start a Celery worker (needs CGAN_BROKER_URL)."""
     from .settings import get_settings
+    from .submission import QUEUE_NAME
 
+    names = queues.split(",")
+    for name in names:  # the names a submit accepts, so no worker waits on a queue no job can reach
+        if not QUEUE_NAME.match(name):
+            _fail(f"invalid queue name {name!r} in --queues {queues!r}: comma-separated names of 1 to 64 letters, digits, '_', '.', '-'", 2)
     settings = get_settings()
     if settings.embedded:
         _fail("no broker configured: set CGAN_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", 2)
@@ -426,14 +437,14 @@ def worker(
         typer.echo(f"warning: {_clip(warning)} (starting anyway: tasks wait for it)", err=True)
     metrics_port = metrics_port or settings.metrics_port
     if metrics_port is not None:
-        if pool not in ("solo", "threads"):
-            _fail(f"--metrics-port needs --pool solo or threads (a {pool} child process would count in its own memory)", 2)
+        if pool is Pool.prefork:
+            _fail(f"--metrics-port needs --pool solo or threads (a {pool.value} child process would count in its own memory)", 2)
         from worker import metrics
 
         metrics.serve(metrics_port)
     from worker.celery_app import app as celery_app
 
-    argv = ["worker", "-Q", queues, "--pool", pool, "-c", str(concurrency), "-l", loglevel, "--without-gossip", "--without-mingle"]
+    argv = ["worker", "-Q", queues, "--pool", pool.value, "-c", str(concurrency), "-l", loglevel, "--without-gossip", "--without-mingle"]
     if hostname:
         argv += ["-n", hostname]
     celery_app.worker_main(argv)
@@ -532,7 +543,8 @@ def main() -> None:
         else:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            typer.echo(f"error: {_clip(plain(scrub(exc.format_message()), one_line=True))}{hint}", err=True)
+            usage = exc.format_message().replace("Value error, ", "")  # Typer's enum check words it as pydantic does
+            typer.echo(f"error: {_clip(plain(scrub(usage), one_line=True))}{hint}", err=True)
         sys.exit(exc.exit_code)
     except typer.Abort:  # a prompt answered with end-of-input
         typer.echo("error: aborted", err=True)

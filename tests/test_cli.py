@@ -78,6 +78,23 @@ def test_unknown_command_is_one_error_line_and_a_bare_group_shows_its_help(embed
 
 
 @pytest.mark.parametrize(
+    "args, message",
+    [
+        (["worker", "--pool", "bogus"], "error: Invalid value for '--pool': 'bogus' is not one of 'solo', 'threads', 'prefork'. (see 'cganctl worker --help')"),
+        (["worker", "--queues", "a b,,c"], "error: invalid queue name 'a b' in --queues 'a b,,c': comma-separated names of 1 to 64"),
+        (["worker", "--queues", "gpu,"], "error: invalid queue name '' in --queues 'gpu,'"),
+        (["worker", "--concurrency", "0"], "error: Invalid value for '--concurrency' / '-c': Input should be greater than or equal to 1"),
+        (["results", "download", "abcd", "--to", "x", "--layout", "bogus"], "error: Invalid value for '--layout': 'bogus' is not one of 'webdataset', 'imagefolder'."),
+    ],
+)
+def test_bad_worker_and_download_options_are_one_line_exit_2(embedded_env, args, message):
+    """Checked before the broker is: the same answer with or without one; no worker starts on a queue no submit can name."""
+    result = cganctl(dict(embedded_env, CGAN_BROKER_URL="redis://127.0.0.1:1/0"), *args, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), result.stderr
+
+
+@pytest.mark.parametrize(
     "variable, value, what",
     [
         ("CGAN_BROKER_URL", "redis://127.0.0.1:1/0", "broker"),
