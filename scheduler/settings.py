@@ -130,6 +130,13 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _shard_size_within_its_minimum(self) -> "Settings":
+        """The default shard size obeys the floor an explicit --shard-size is held to."""
+        if self.shard_size < self.min_shard_size:
+            raise ValueError(f"CGAN_SHARD_SIZE ({self.shard_size}) is below CGAN_MIN_SHARD_SIZE ({self.min_shard_size}): raise it, or lower the minimum")
+        return self
+
     def queue_for(self, kind: str) -> str:
         """Where a job of ``kind`` goes without ``--queue``: its route, else the default queue."""
         return self.routes.get(kind, self.default_queue)
