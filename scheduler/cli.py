@@ -366,14 +366,18 @@ def datasets_add(
     skipped = Skipped()
     entry = datasets.add(store, settings, name, archive.expanduser(), skipped=skipped)
     replaced = previous if previous is not None and previous.key != entry.key else None
+    warnings = skipped.notes()
+    extra = datasets.classes_only_in_test(entry.splits)
+    if extra:  # fine for a GAN (it reads the train split), not for a classifier: said now, not at its submit
+        warnings.append(f"its test split has classes the train split lacks ({', '.join(extra)}): `submit train --preset classifier` refuses it")
     if as_json:
-        _emit_json({**datasets.describe(entry), "replaced": replaced.key if replaced else None, "warnings": skipped.notes()})
+        _emit_json({**datasets.describe(entry), "replaced": replaced.key if replaced else None, "warnings": warnings})
         return
     from .textsafe import plural
 
     splits = ", ".join(f"{split} {plural(sum(counts.values()), 'image')}" for split, counts in entry.splits.items())
     typer.echo(f"dataset {entry.name}: {plural(len(entry.classes), 'class')} ({plain(', '.join(entry.classes))}), {splits}; stored as {entry.key}")
-    for note in skipped.notes():
+    for note in warnings:
         typer.echo(f"warning: {plain(note)}", err=True)
     if replaced is not None:
         typer.echo(f"replaces {name} added {replaced.added_at[:19]} from {plain(replaced.source)} ({replaced.key}); jobs already submitted keep reading that one")

@@ -92,6 +92,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def classes_only_in_test(splits: dict[str, dict[str, int]]) -> list[str]:
+    """The test split's classes that the train split lacks: a classifier trained on it could not score them
+    (a test split may lack some train classes, not add others)."""
+    train, test = splits.get("train", {}), splits.get("test") or {}
+    return [name for name in test if name not in train]
+
+
 def _splits(path: Path, settings: Settings, skipped: Skipped | None = None) -> dict[str, dict[str, int]]:
     """Classes and counts of the archive's train split (or of the whole tree) and of each other split it has
     (``test``, and ``val`` that no job reads: listed, so that a user sees it)."""

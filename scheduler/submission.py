@@ -334,9 +334,11 @@ def train_spec(r: TrainRequest, settings: Settings | None = None, models: ModelR
 
 def _check_classifier_test_split(given: str, test: dict[str, int] | None, train: dict[str, int]) -> None:
     """A test split (where the dataset has one) may lack some of the train split's classes, not add others."""
+    from .datasets import classes_only_in_test
+
     if test is None:
         return  # no test split: the job reports no test accuracy
-    extra = [name for name in test if name not in train]
+    extra = classes_only_in_test({"train": train, "test": test})
     if extra:
         raise InvalidInput(f"--dataset {given}: its test split has classes the train split lacks ({', '.join(extra)}): the classifier could not score them")
 

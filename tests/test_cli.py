@@ -364,6 +364,14 @@ def test_train_shows_and_uses_the_resolved_recipe(embedded_env, tmp_path):
     refused = cganctl(embedded_env, "submit", "train", "--preset", "classifier", "--dataset", str(split), "--steps", "2", "--batch-size", "8")
     assert refused.returncode == 2 and refused.stderr.strip() == (
         f"error: --dataset {split}: its test split has classes the train split lacks (dog): the classifier could not score them"), refused.stderr
+    # registering it is allowed (a GAN reads the train split only), with the warning a classifier's submit would give
+    import tarfile
+
+    with tarfile.open(tmp_path / "split.tar.gz", "w:gz") as tar:
+        tar.add(split, arcname="split")
+    added = cganctl(embedded_env, "datasets", "add", "splitset", str(tmp_path / "split.tar.gz"))
+    assert added.returncode == 0 and added.stderr.strip() == (
+        "warning: its test split has classes the train split lacks (dog): `submit train --preset classifier` refuses it"), added.stderr
 
 
 def test_a_job_failing_in_process_is_one_error_line(embedded_env, tmp_path):
