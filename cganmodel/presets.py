@@ -247,6 +247,13 @@ class ClassifierTrainConfig:
         return config_from_dict(cls, d)
 
 
+def _number(text: str, expected: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(expected) from None
+
+
 def _parse(key: str, text: str, default: Any) -> Any:
     """A ``--set`` value typed like the preset's default for ``key``."""
     try:
@@ -255,16 +262,19 @@ def _parse(key: str, text: str, default: Any) -> Any:
                 raise ValueError("expected true or false")
             return text.lower() in ("true", "1", "yes")
         if isinstance(default, int):
+            if not text.strip().lstrip("+-").isdigit():
+                raise ValueError(f"expected a whole number (the preset's is {default})")
             return int(text)
         if isinstance(default, float):
-            value = float(text)
+            value = _number(text, f"expected a number (the preset's is {default:g})")
             if value != value or value in (float("inf"), float("-inf")):
                 raise ValueError("not a finite number")
             return value
         if isinstance(default, tuple):
-            parts = [float(p) for p in text.split(",")]
+            shape = f"expected {len(default)} comma-separated numbers (the preset's: {','.join(f'{v:g}' for v in default)})"
+            parts = [_number(p, shape) for p in text.split(",")]
             if len(parts) != len(default):
-                raise ValueError(f"expected {len(default)} comma-separated numbers")
+                raise ValueError(shape)
             return tuple(parts)
         return text
     except ValueError as exc:

@@ -114,6 +114,7 @@ def generate(
     batch_size: int = 250,
     device: str | torch.device = "cpu",
     on_batch: Callable[[int], None] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Generated:
     """Generate one image per entry of ``labels``.
 
@@ -129,7 +130,7 @@ def generate(
 
     ``G`` (and ``classifier``) are moved to ``device`` if needed and run in eval mode; their
     training flags are restored afterwards. ``on_batch(n_done)`` is called after each batch with the
-    number of positions filled so far.
+    number of positions filled so far. ``class_names`` (indexed by label) name the classes in errors.
     """
     z_dim = int(G.z_dim)  # type: ignore[arg-type]
     num_classes = int(G.num_classes)  # type: ignore[arg-type]
@@ -214,7 +215,7 @@ def generate(
                 ]
                 if over or round_index > MAX_ROUNDS:
                     detail = ", ".join(
-                        f"class {c}: {stats[c]['accepted']} of {stats[c]['generated']} candidates accepted, "
+                        f"{class_names[c] if class_names else f'class {c}'}: {stats[c]['accepted']} of {stats[c]['generated']} candidates accepted, "
                         f"{len(todo[c])} still missing"
                         for c in sorted(todo)
                     )

@@ -267,7 +267,7 @@ def jobs_watch(job_id: str) -> None:
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str) -> None:
-    """Cancel: a queued job at once, a running one at its next step boundary."""
+    """Cancel: a queued job at once, a running one after its current step or batch."""
     service = _service()
     service.sweep()
     job = service.get(job_id)
@@ -275,7 +275,8 @@ def jobs_cancel(job_id: str) -> None:
     if outcome == "cancelled":
         typer.echo(f"job {job.id} cancelled")
     elif outcome == "cancelling":
-        typer.echo(f"job {job.id} is running: it stops at its next step boundary and is then marked cancelled")
+        boundary = {"train": "training step", "generate": "batch of images"}.get(job.kind, "batch")
+        typer.echo(f"job {job.id} is running: it stops after its current {boundary} and is then marked cancelled")
     else:
         _fail(f"job {job.id} already {outcome}", 2)
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, field_validator, model_validator
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # what `submit train --name` may register
 
 
 class JobKind(str, enum.Enum):
@@ -64,11 +67,18 @@ class TrainSpec(_Spec):
         description="the complete training config, resolved at submit from the preset's defaults and the overrides "
         "(cganmodel.presets.resolve_recipe); empty: the preset's defaults",
     )
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="model name to register")
+    name: str | None = Field(None, description="model name to register")
     resume_from: str | None = Field(None, description="job id whose latest checkpoint starts this run")
     # what the submit found in the dataset (images per class), for its own output; never stored
     _found: dict[str, int] | None = PrivateAttr(default=None)
     _notes: list[str] = PrivateAttr(default_factory=list)  # what the reading passed over (dataset_index.Skipped), said at submit
+
+    @field_validator("name")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is not None and not MODEL_NAME.match(value):
+            raise ValueError("a model name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
 
     @model_validator(mode="before")
     @classmethod

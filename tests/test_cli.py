@@ -250,8 +250,10 @@ def test_min_confidence_keeps_only_confident_samples(embedded_env, tmp_path):
     "args, message",
     [
         (["--set", "lr_gg=1"], "--set lr_gg: unknown key for preset 'resnet'"),
-        (["--set", "lr_g=fast"], "--set lr_g=fast: could not convert string to float"),
+        (["--set", "lr_g=fast"], "--set lr_g=fast: expected a number (the preset's is 0.0002)"),
         (["--set", "lr_g"], "--set 'lr_g': expected KEY=VALUE"),
+        (["--set", "n_dis=1.5"], "--set n_dis=1.5: expected a whole number (the preset's is 2)"),
+        (["--name", "Bad Name"], "invalid --name 'Bad Name': a model name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"),
         (["--preset", "mlp", "--set", "n_dis=0"], "invalid training config: n_dis=0 (should be at least 1)"),
         (["--preset", "gpt"], "unknown preset 'gpt'"),
         (["--steps", "0"], "invalid training config: steps=0") ,

@@ -104,7 +104,7 @@ def test_cancel_queued_and_running_then_retry_resumes(fleet_env, start_worker, t
     start_worker("w1")
     running = json.loads(cganctl(fleet_env, *submit, check=True).stdout)
     wait_for(lambda: store.exists(f"jobs/{running['id']}/checkpoints/latest.json"), timeout=120)
-    assert "next step boundary" in cganctl(fleet_env, "jobs", "cancel", running["id"], check=True).stdout
+    assert "it stops after its current training step" in cganctl(fleet_env, "jobs", "cancel", running["id"], check=True).stdout
     wait_for(lambda: table.get(running["id"]).status == "cancelled", timeout=60)
     checkpoint = json.loads(store.get_bytes(f"jobs/{running['id']}/checkpoints/latest.json"))
 

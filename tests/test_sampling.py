@@ -101,6 +101,8 @@ def test_min_confidence_zero_accepts_all(G) -> None:
 def test_unreachable_confidence_raises(G) -> None:
     with pytest.raises(GenerationError, match=r"min_confidence=0.5.*class 2: 0 of \d+ candidates accepted"):
         generate(G, [2, 2], seed=0, classifier=Brightness(), min_confidence=0.5)
+    with pytest.raises(GenerationError, match=r"redraw rounds \(frog: 0 of \d+ candidates accepted, 2 still missing\)"):
+        generate(G, [2, 2], seed=0, classifier=Brightness(), min_confidence=0.5, class_names=["cat", "dog", "frog"])
 
 
 def test_argument_errors(G) -> None:

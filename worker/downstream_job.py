@@ -50,6 +50,7 @@ def downstream(
         min_confidence=spec.downstream_min_confidence,
         device=generator.device,
         on_batch=lambda n: progress({"stage": "downstream/generate", "done": n, "total": len(labels)}),
+        class_names=classes,
     )
     metrics = downstream_metrics(
         made.images,

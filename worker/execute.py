@@ -156,8 +156,11 @@ def fail_after_retries(runtime: Runtime, job_id: str, exc: BaseException, shard:
 
 
 def _log_failure(exc: BaseException, message: str, *args) -> None:
-    """A failure the product explains (a refusal, bad data) is one line; anything else keeps its traceback."""
-    if isinstance(exc, CganError):
+    """A failure the product explains (a refusal, bad data, a --min-confidence never reached) is one line;
+    anything else keeps its traceback."""
+    from cganmodel.sampling import GenerationError
+
+    if isinstance(exc, (CganError, GenerationError)):
         log.error(message + ": %s", *args, _describe(exc))
     else:
         log.exception(message, *args)

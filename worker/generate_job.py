@@ -54,6 +54,7 @@ def make_shard(ctx: JobContext, spec: GenerateSpec, index: int) -> None:
                 batch_size=GENERATE_CHUNK,
                 device=generator.device,
                 on_batch=lambda _done: ctx.check_cancelled(),  # also inside min-confidence redraw rounds
+                class_names=classes,
             )
             for class_index, counts in out.stats.items():
                 stats.setdefault(classes[int(class_index)], Counter()).update(counts)
