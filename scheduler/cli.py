@@ -239,6 +239,9 @@ def jobs_list(
     jobs = service.list(status=status, kind=kind, limit=limit)
     if as_json:
         _emit_json([j.to_dict() for j in jobs])
+    elif not jobs:
+        which = " ".join(f for f in (status, kind) if f)
+        typer.echo(f"no {which + ' ' if which else ''}jobs" + ("" if which else " yet (cganctl submit generate --label frog --count 100)"))
     else:
         print_job_list(jobs)
 

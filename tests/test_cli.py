@@ -68,6 +68,11 @@ def test_bad_generate_input(embedded_env, args, message):
     assert _job_rows(embedded_env) == []
 
 
+def test_an_empty_job_list_says_so(embedded_env):
+    assert cganctl(embedded_env, "jobs", "list", check=True).stdout.strip() == "no jobs yet (cganctl submit generate --label frog --count 100)"
+    assert cganctl(embedded_env, "jobs", "list", "--status", "failed", "--kind", "train", check=True).stdout.strip() == "no failed train jobs"
+
+
 def test_unknown_command_is_one_error_line_and_a_bare_group_shows_its_help(embedded_env):
     result = cganctl(embedded_env, "submit", "generat")
     assert result.returncode == 2
