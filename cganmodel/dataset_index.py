@@ -36,6 +36,7 @@ class Skipped:
     files: Counter[str] = dataclasses.field(default_factory=Counter)
     folders: set[tuple[str, ...]] = dataclasses.field(default_factory=set)
     empty_classes: list[str] = dataclasses.field(default_factory=list)
+    links: int = 0  # archive members that are symbolic or hard links: never followed, never read
 
     def notes(self) -> list[str]:
         """One line each, for ``warning:``: "3 files are not images and were not read (.heic 2, .txt 1; ...)"."""
@@ -49,6 +50,9 @@ class Skipped:
             shown = ", ".join(self.empty_classes[:20]) + (", ..." if len(self.empty_classes) > 20 else "")
             folders = "class folder holds no image and is not a class" if len(self.empty_classes) == 1 else "class folders hold no image and are not classes"
             notes.append(f"{len(self.empty_classes)} {folders} of this dataset: {shown}")
+        if self.links:
+            what = "archive member is a link and was" if self.links == 1 else "archive members are links and were"
+            notes.append(f"{self.links} {what} not read (links in an archive are never followed: pack the files themselves, tar -h)")
         return notes
 
 
@@ -175,6 +179,7 @@ def iter_tar(path: Path, read: bool, limits: DataLimits | None = None, skipped: 
                     raise DataError(f"{path}: more than {limits.entries} archive members (CGAN_MAX_DATASET_ENTRIES)")
                 if skipped is not None:
                     _note(member.name, member.isdir(), member.isfile() and not is_image(member.name), skipped)
+                    skipped.links += member.issym() or member.islnk()
                 if member.isfile() and is_image(member.name):
                     if member.name in names:  # unpacked, the last copy wins; read, both would count
                         raise DataError(f"{path}: member {member.name!r} appears twice in the archive")

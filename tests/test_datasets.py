@@ -31,12 +31,14 @@ def test_every_archive_a_dataset_may_be_registers(embedded_env, tmp_path, mode, 
     tree = tmp_path / "tree"
     tiny_image_folder(tree / "train", per_class=4)
     (tree / "train" / "deer").mkdir()  # a class folder without an image: named, not a class
+    (tree / "train" / "cat" / "passwd.png").symlink_to("/etc/passwd")  # a link member: not followed, said so
     path = tmp_path / f"tiny{suffix}"
     with tarfile.open(path, mode) as tar:
         tar.add(tree, arcname=".")
     added = json.loads(cganctl(embedded_env, "datasets", "add", "tiny", str(path), "--json", check=True).stdout)
     assert added["key"].endswith(suffix) and added["splits"]["train"] == {"airplane": 4, "cat": 4, "frog": 4}
-    assert added["warnings"] == ["1 class folder holds no image and is not a class of this dataset: deer"]
+    assert added["warnings"] == ["1 class folder holds no image and is not a class of this dataset: deer",
+                                 "1 archive member is a link and was not read (links in an archive are never followed: pack the files themselves, tar -h)"]
     trained = cganctl(embedded_env, "submit", "train", "--preset", "mlp", "--dataset", "tiny", "--steps", "1", "--batch-size", "4",
                       "--set", "standing_stats=0", "--wait", timeout=300)
     assert trained.returncode == 0, trained.stderr
