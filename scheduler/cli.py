@@ -450,6 +450,7 @@ def worker(
         from worker import metrics
 
         metrics.serve(metrics_port)
+        typer.echo(f"worker metrics on http://0.0.0.0:{metrics_port}/metrics")
     from worker.celery_app import app as celery_app
 
     argv = ["worker", "-Q", queues, "--pool", pool.value, "-c", str(concurrency), "-l", loglevel, "--without-gossip", "--without-mingle"]
@@ -468,7 +469,7 @@ def metrics(
     from .settings import get_settings
 
     try:
-        serve_forever(get_settings(), port, addr)
+        serve_forever(get_settings(), port, addr, on_ready=lambda url: typer.echo(f"control-plane metrics on {url} (read at each scrape; Ctrl-C stops)"))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
+from typing import Callable
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -158,8 +159,10 @@ def listen(port: int, addr: str = "0.0.0.0", registry: CollectorRegistry | None 
         raise ServiceUnavailable(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") from None
 
 
-def serve_forever(settings: Settings, port: int, addr: str = "0.0.0.0") -> None:
-    """Serve the control-plane ``/metrics`` until the process is stopped."""
+def serve_forever(settings: Settings, port: int, addr: str = "0.0.0.0", on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve the control-plane ``/metrics`` until the process is stopped; ``on_ready(url)`` once it listens."""
     listen(port, addr, registry=registry_for(settings))
+    if on_ready is not None:
+        on_ready(f"http://{addr}:{port}/metrics")
     while True:
         time.sleep(3600)

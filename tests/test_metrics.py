@@ -53,9 +53,10 @@ def _wait_http(port: int, process: subprocess.Popen, timeout: float = 60) -> Non
 def control_plane(fleet_env, table):
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "scheduler", "metrics", "--port", str(port), "--addr", "127.0.0.1"],
-                               env=fleet_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               env=fleet_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_http(port, process)
+        assert process.stdout.readline() == f"control-plane metrics on http://127.0.0.1:{port}/metrics (read at each scrape; Ctrl-C stops)\n"
         yield port
     finally:
         process.terminate()
