@@ -10,13 +10,19 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .errors import CganError, InvalidInput
+from .errors import CganError, InvalidInput, NotFound
 from .manifest import Manifest
 from .records import status_phrase
 
 
-class ChecksumMismatch(CganError):
+class DamagedResult(CganError):
+    """A stored result that does not match its manifest (a file changed or gone): exit 1, like a failed job."""
+
     exit_code = 1
+
+
+class ChecksumMismatch(DamagedResult):
+    pass
 
 
 class UnsafeDestination(CganError):
@@ -131,7 +137,10 @@ def _download(store, manifest: Manifest, manifest_bytes: bytes, dest: Path, layo
     paths = []
     for entry in manifest.files:
         path = _safe_target(dest, shard_dir / entry.name)
-        store.download(entry.key, path)
+        try:
+            store.download(entry.key, path)
+        except NotFound:
+            raise DamagedResult(f"{entry.key}: listed in the job's manifest but missing from the store") from None
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != entry.sha256:
             path.unlink()

@@ -190,6 +190,11 @@ def test_download_refuses_a_corrupted_shard(embedded_env, tmp_path):
     result = cganctl(embedded_env, "results", "download", job["id"], "--to", str(tmp_path / "out"))
     assert result.returncode == 1 and "shard-000001.tar: sha256" in result.stderr and "does not match the manifest" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # all or nothing: not even the good shard 0, no staging folder
+    shard.unlink()  # gone from the store: the same kind of answer, exit 1, nothing written
+    gone = cganctl(embedded_env, "results", "download", job["id"], "--to", str(tmp_path / "out"))
+    assert gone.returncode == 1 and gone.stderr.strip() == (
+        f"error: jobs/{job['id']}/shards/shard-000001.tar: listed in the job's manifest but missing from the store"), gone.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_fill_to_names_the_classes_it_does_not_fill(embedded_env, tmp_path):
