@@ -184,3 +184,23 @@ def test_reference_cache_follows_the_folder_content_and_survives_corruption(embe
     for path in (store / "cache" / "reference-stats").iterdir():
         path.write_bytes(b"garbage")
     assert evaluate()["classifier_fid"] == changed["classifier_fid"]  # recomputed, not a failed job
+
+
+def test_a_task_reads_the_reference_once_for_downstream(tmp_path):
+    """evaluate --downstream asks for the reference's train split twice (its FID statistics, then the downstream
+    classifiers): the task reads it once and holds it only until that second use; another task reads it again."""
+    from harness.datasets import tiny_image_folder
+    from scheduler.runtime import Runtime
+    from scheduler.settings import Settings
+    from scheduler.specs import TrainSpec
+    from worker.context import JobContext
+
+    data = tiny_image_folder(tmp_path / "data" / "datasets" / "tiny")
+    runtime = Runtime(Settings(data_dir=tmp_path / "data"))
+    spec = TrainSpec(preset="mlp", dataset=str(data), steps=5, batch_size=8, checkpoint_every=5, seed=0)
+    job = runtime.table.create(spec, queue="cpu", priority=0, max_attempts=1, progress_total=5, progress_unit="steps")
+    task = JobContext(runtime, job)
+    first = task.load_dataset(str(data), "train", keep=True)
+    assert len(first.images) == 24 and task.load_dataset(str(data), "train") is first
+    assert task.load_dataset(str(data), "train") is not first  # taken back by its second use: not held any longer
+    assert JobContext(runtime, job).load_dataset(str(data), "train") is not first

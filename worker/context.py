@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from scheduler.errors import JobCancelled
 from scheduler.jobs import JobRecord
@@ -34,6 +35,7 @@ class JobContext:
         self.interval = interval
         self._last_report = 0.0
         self._last_check = 0.0
+        self._datasets: dict[tuple[str, str], Any] = {}  # kept by load_dataset(keep=True) for the task's next call
 
     @property
     def lease_lost(self) -> bool:
@@ -60,12 +62,19 @@ class JobContext:
 
         return check_on_worker(source, self.runtime.settings, self.store)
 
-    def load_dataset(self, source: str, split: str = "train"):
-        """``source``'s ``split`` in memory, under this worker's dataset rules and reading budgets."""
+    def load_dataset(self, source: str, split: str = "train", keep: bool = False):
+        """``source``'s ``split`` in memory, under this worker's dataset rules and reading budgets. ``keep``: hold it
+        for this task's next call of the same split (evaluate --downstream reads the reference's train split twice),
+        which takes it back, so nothing is held longer than it is used."""
         from cganmodel.data import load_image_dataset
 
-        settings = self.runtime.settings
-        return load_image_dataset(self.dataset_path(source), split=split, root=str(settings.data_dir / "datasets"), limits=settings.dataset_limits())
+        data = self._datasets.pop((source, split), None)
+        if data is None:
+            settings = self.runtime.settings
+            data = load_image_dataset(self.dataset_path(source), split=split, root=str(settings.data_dir / "datasets"), limits=settings.dataset_limits())
+        if keep:
+            self._datasets[source, split] = data
+        return data
 
     def key(self, name: str) -> str:
         return self.runtime.job_key(self.job.id, name)

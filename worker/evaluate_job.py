@@ -57,7 +57,7 @@ def _reference(
         pass
     except ValueError as exc:  # a corrupt cache object: computed again below and overwritten
         log.warning("reference cache %s is unreadable (%s): computing it again", key, exc)
-    data = ctx.load_dataset(spec.reference, "train")  # this worker's roots, file system and budgets
+    data = ctx.load_dataset(spec.reference, "train", keep=spec.downstream)  # this worker's roots and budgets; kept for downstream
     if list(data.classes) != list(classes):
         raise ValueError(f"reference {spec.reference} has classes {data.classes}, the model has {classes}")
     features: dict = {}
