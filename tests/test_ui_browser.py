@@ -130,8 +130,13 @@ def _shot(page, path: Path, full_page: bool = False) -> None:
     Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
 
 
-def _image_loaded(page, selector: str) -> int:
-    page.wait_for_function(f"document.querySelector('{selector}').complete")
+def _image_loaded(page, selector: str, timeout_s: float = 30.0) -> int:
+    """The image's width once it has loaded. Polled from here: wait_for_function's in-page polling evaluates a
+    string, which the dashboard's CSP (script-src 'self') blocks whenever the image is not complete at once."""
+    deadline = time.monotonic() + timeout_s
+    while not page.eval_on_selector(selector, "img => img.complete"):
+        assert time.monotonic() < deadline, f"{selector} did not load within {timeout_s} s"
+        time.sleep(0.05)
     return page.eval_on_selector(selector, "img => img.naturalWidth")
 
 
