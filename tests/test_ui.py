@@ -149,6 +149,7 @@ def test_job_list_pages_filters_and_bad_filters(service, client):
         ("after=" + "0" * 32, "no job"),
         ("page=2", "unknown parameter &#39;page&#39;: the list reads status, kind, limit, after, before, refresh, token; the list pages"),
         ("stauts=failed", "unknown parameter &#39;stauts&#39;"),
+        ("status=failed&status=running", "parameter &#39;status&#39; given 2 times: give it once"),
     ]:
         bad = client.get(f"/?{query}")
         assert bad.status_code == 400, query
@@ -248,6 +249,27 @@ def test_downloads_stay_inside_the_jobs_prefix(service, client):
         response = client.get(path)
         assert response.status_code == 404, path
         assert response.headers["content-type"].startswith("text/html")
+
+
+def test_every_page_refuses_parameters_it_does_not_read(service, client):
+    """A typo in an address (?stpe=2, ?refesh=0) is a 400 that names what the page reads, on every page,
+    not the wrong page shown as if it were right; so is a parameter given twice."""
+    job = _train_job_with_checkpoints(service)
+    grid = f"/jobs/{job.id}/files/checkpoints/step-0000004/samples.png"
+    for path, reads in [
+        (f"/jobs/{job.id}?stpe=2", "unknown parameter &#39;stpe&#39;: a job&#39;s page reads step, refresh, token"),
+        (f"/jobs/{job.id}?step=2&step=4", "parameter &#39;step&#39; given 2 times: give it once"),
+        (f"{grid}?download=1", "unknown parameter &#39;download&#39;: a file reads refresh, token"),
+        ("/models?sort=fid", "unknown parameter &#39;sort&#39;: the models page reads refresh, token"),
+        ("/datasets?name=x", "unknown parameter &#39;name&#39;: the datasets page reads refresh, token"),
+        ("/fleet?refesh=0", "unknown parameter &#39;refesh&#39;: the fleet page reads refresh, token"),
+        ("/fleet?refresh=0&refresh=1", "parameter &#39;refresh&#39; given 2 times"),
+    ]:
+        bad = client.get(path)
+        assert bad.status_code == 400, path
+        assert reads in bad.text, (path, bad.text)
+    for path in [f"/jobs/{job.id}?step=2", f"/jobs/{job.id}?refresh=0", grid, "/models", "/datasets?refresh=0", "/fleet?refresh=0"]:
+        assert client.get(path).status_code == 200, path
 
 
 def test_unknown_job_is_a_404_page(service, client):

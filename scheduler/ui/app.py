@@ -187,6 +187,7 @@ class Dashboard:
         return self.render(request, "jobs.html", nav="jobs", page=page, query=query, refresh=refresh, now=datetime.now(timezone.utc))
 
     def job(self, request: Request) -> Response:
+        queries.check_parameters(request.query_params, "a job's page", ("step",))
         self.sweep()
         job = queries.job_by_id(self.table, request.path_params["job_id"])
         files = queries.list_files(self.store, job.id)
@@ -274,6 +275,7 @@ class Dashboard:
         return ModelRegistry(self.table.engine).all()
 
     def file(self, request: Request) -> Response:
+        queries.check_parameters(request.query_params, "a file")
         job = queries.job_by_id(self.table, request.path_params["job_id"])
         name = request.path_params["name"]
         key = queries.object_key(job.id, name)
@@ -288,6 +290,7 @@ class Dashboard:
         return Response(data, media_type=media_type, headers=headers)
 
     def models(self, request: Request) -> Response:
+        queries.check_parameters(request.query_params, "the models page")
         records = self._models()
         scored = queries.evaluations(self.table)
         from ..model_registry import aliased
@@ -314,11 +317,13 @@ class Dashboard:
         return value if isinstance(value, (int, float)) else None
 
     def datasets(self, request: Request) -> Response:
+        queries.check_parameters(request.query_params, "the datasets page")
         from ..datasets import registered
 
         return self.render(request, "datasets.html", nav="datasets", entries=sorted(registered(self.store), key=lambda e: e.name))
 
     def fleet(self, request: Request) -> Response:
+        queries.check_parameters(request.query_params, "the fleet page")
         from ..health import check_all
 
         report = check_all(self.service.runtime.settings)

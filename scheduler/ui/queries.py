@@ -28,6 +28,22 @@ class BadRequest(ValueError):
     """A filter or paging parameter the dashboard cannot use; shown as a 400 page with this message."""
 
 
+# every page reads `refresh` (refresh=0: no auto-refresh) and `token` (the access check's); each its own besides
+COMMON_PARAMETERS = ("refresh", "token")
+
+
+def check_parameters(params, page: str, reads: tuple[str, ...] = (), hint: str = "") -> None:
+    """400 for a parameter ``page`` does not read (a typo would otherwise be ignored and show the wrong page)
+    or one given more than once (which value would win is not for a reader of the address to guess)."""
+    allowed = tuple(reads) + COMMON_PARAMETERS
+    unknown = sorted(set(params.keys()) - set(allowed))
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0]!r}: {page} reads {', '.join(allowed)}{hint}")
+    repeated = sorted(k for k in set(params.keys()) if len(params.getlist(k)) > 1)
+    if repeated:
+        raise BadRequest(f"parameter {repeated[0]!r} given {len(params.getlist(repeated[0]))} times: give it once")
+
+
 @dataclasses.dataclass(frozen=True)
 class ListQuery:
     status: str | None = None
@@ -36,15 +52,13 @@ class ListQuery:
     after: str | None = None  # id of the last row of the previous page: show older jobs
     before: str | None = None  # id of the first row of the next page: show newer jobs
 
-    # what the list reads: its filters, its keyset cursors, `refresh` (the page's own) and `token` (the access check's)
-    PARAMETERS = ("status", "kind", "limit", "after", "before", "refresh", "token")
+    # what the list reads besides COMMON_PARAMETERS: its filters and its keyset cursors
+    PARAMETERS = ("status", "kind", "limit", "after", "before")
 
     @classmethod
     def parse(cls, params) -> "ListQuery":
-        unknown = sorted(set(params.keys()) - set(cls.PARAMETERS))
-        if unknown:
-            hint = "; the list pages with its Older and Newer links (after=JOB, before=JOB)" if "page" in unknown else ""
-            raise BadRequest(f"unknown parameter {unknown[0]!r}: the list reads {', '.join(cls.PARAMETERS)}{hint}")
+        hint = "; the list pages with its Older and Newer links (after=JOB, before=JOB)" if "page" in params else ""
+        check_parameters(params, "the list", cls.PARAMETERS, hint)
         status = params.get("status") or None
         kind = params.get("kind") or None
         if status is not None and status not in JobStatus.__members__:
