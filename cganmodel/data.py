@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cganmodel.dataset_index import DataError, iter_tar, list_dir, parts, resolve, select
+from cganmodel.dataset_index import DataError, iter_tar, list_dir, parts, resolve, select, to_rgb
 from cganmodel.imaging import to_float
 from cganmodel.limits import DEFAULT_LIMITS, BudgetExceeded, DataLimits, check_images
 
@@ -76,7 +76,7 @@ def _resize(im: Image.Image, size: int) -> np.ndarray:
 def _decode(data: bytes, name: str, size: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return _resize(im.convert("RGB"), size)
+            return _resize(to_rgb(im), size)
     except Exception as exc:
         raise DataError(f"cannot decode image {name!r} ({exc})") from None
 

@@ -14,8 +14,12 @@ import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from cganmodel.limits import DEFAULT_LIMITS, DataLimits
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")  # the builtin `cifar10`
@@ -37,6 +41,7 @@ class Skipped:
     folders: set[tuple[str, ...]] = dataclasses.field(default_factory=set)
     empty_classes: list[str] = dataclasses.field(default_factory=list)
     links: int = 0  # archive members that are symbolic or hard links: never followed, never read
+    special: int = 0  # archive members that are devices or FIFOs: never read
 
     def notes(self) -> list[str]:
         """One line each, for ``warning:``: "3 files are not images and were not read (.heic 2, .txt 1; ...)"."""
@@ -53,6 +58,9 @@ class Skipped:
         if self.links:
             what = "archive member is a link and was" if self.links == 1 else "archive members are links and were"
             notes.append(f"{self.links} {what} not read (links in an archive are never followed: pack the files themselves, tar -h)")
+        if self.special:
+            what = "archive member is a device or FIFO and was" if self.special == 1 else "archive members are devices or FIFOs and were"
+            notes.append(f"{self.special} {what} not read")
         return notes
 
 
@@ -60,9 +68,14 @@ def is_tar(path: Path) -> bool:
     return path.name.lower().endswith(TAR_SUFFIXES)
 
 
+def is_hidden(name: str) -> bool:
+    """A path with a hidden part (``.git/``, ``.ipynb_checkpoints/``, ``.DS_Store``): not the dataset's, in a folder
+    (the walk does not enter it) and in an archive alike. ``..`` is not hidden: it is refused where it appears."""
+    return any(p.startswith(".") and p != ".." for p in PurePosixPath(name).parts)
+
+
 def is_image(name: str) -> bool:
-    base = PurePosixPath(name).name
-    return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
+    return not is_hidden(name) and PurePosixPath(name).name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def select(
@@ -151,6 +164,22 @@ def _check_class(name: str, example: tuple[str, ...], source: str) -> None:
         raise DataError(f"{source}: {exc} (e.g. {where!r})") from None
 
 
+def to_rgb(im: "Image.Image") -> "Image.Image":
+    """The one rule for pixel depth: 8-bit RGB. An image of more than 8 bits a sample (a 16-bit grayscale PNG or
+    TIFF opens as mode ``I;16``, a 32-bit one as ``I``) is scaled from its full 16-bit range, 0-65535 to 0-255
+    (PIL's own conversion would clip every value above 255 to white); a floating-point image (mode ``F``) has no
+    known range and is refused."""
+    if im.mode == "F":
+        raise ValueError("a floating-point image (mode F) has no known range of values: save it with 8 or 16 bits a sample")
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        import numpy as np
+        from PIL import Image
+
+        wide = np.asarray(im, dtype=np.int64).clip(0, 65535)
+        im = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    return im.convert("RGB")
+
+
 def check_decodes(blobs: list[bytes], names: list[str]) -> None:
     """Every image decodes whole (a truncated PNG or JPEG has a header that opens, then fails): DataError
     naming the first that does not. Check the header budgets first (``limits.check_images``)."""
@@ -160,6 +189,7 @@ def check_decodes(blobs: list[bytes], names: list[str]) -> None:
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
+                to_rgb(image)  # the depth rule too: a floating-point image is refused here, not after training
         except Exception as exc:
             raise DataError(f"cannot decode image {name!r} ({exc})") from None
 
@@ -177,9 +207,12 @@ def iter_tar(path: Path, read: bool, limits: DataLimits | None = None, skipped: 
                 seen += 1
                 if seen > limits.entries:
                     raise DataError(f"{path}: more than {limits.entries} archive members (CGAN_MAX_DATASET_ENTRIES)")
+                if is_hidden(member.name):
+                    continue  # as the folder walk does not enter .git/ or read .DS_Store
                 if skipped is not None:
                     _note(member.name, member.isdir(), member.isfile() and not is_image(member.name), skipped)
                     skipped.links += member.issym() or member.islnk()
+                    skipped.special += member.ischr() or member.isblk() or member.isfifo()
                 if member.isfile() and is_image(member.name):
                     if member.name in names:  # unpacked, the last copy wins; read, both would count
                         raise DataError(f"{path}: member {member.name!r} appears twice in the archive")
@@ -243,7 +276,10 @@ def list_dir(path: Path, limits: DataLimits | None = None, skipped: Skipped | No
                 raise DataError(f"{path}: more than {limits.entries} paths (CGAN_MAX_DATASET_ENTRIES)")
             if entry.name.startswith("."):
                 continue
-            real = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
+            try:
+                real = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
+            except OSError:
+                continue  # a link that cannot be resolved (/proc/1/cwd): not followed, as one that leads out
             if not _inside(real, root):
                 continue  # a link out of the dataset is not followed
             try:

@@ -21,6 +21,7 @@ import queue
 import re
 import tarfile
 import threading
+import unicodedata
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -205,9 +206,20 @@ def _check_key(key: str) -> str:
     return key
 
 
+MAX_CLASS_NAME_BYTES = 255  # a folder name on common file systems (ext4, XFS, APFS, NTFS): the imagefolder layout
+
+
 def check_class_name(name: str) -> str:
+    """A class name every output can hold: a folder name of the imagefolder layout (no separator, not ``.``/``..``,
+    at most 255 bytes as UTF-8), and printable (no control character: a newline cannot be drawn on the contact
+    sheet or shown on one line)."""
     if not name or name in {".", ".."} or any(c in name for c in "/\\\0"):
         raise ValueError(f"class name {name!r} cannot be a folder name")
+    control = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if control is not None:
+        raise ValueError(f"class name {name!r} holds a control character ({control!r}): rename the folder")
+    if len(name.encode("utf-8")) > MAX_CLASS_NAME_BYTES:
+        raise ValueError(f"class name {name[:40]!r}... is {len(name.encode('utf-8'))} bytes, above the {MAX_CLASS_NAME_BYTES} a folder name may have")
     return name
 
 

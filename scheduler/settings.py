@@ -20,6 +20,10 @@ from .redact import redact_url
 __all__ = ["Settings", "get_settings", "redact_url"]
 
 
+MAX_TASK_SECONDS = 30 * 24 * 3600  # a task's time limits and the visibility timeout: 30 days at most
+MAX_INTERVAL = 24 * 3600  # heartbeats, leases, reconciliation, grace, retry budget: a day at most (and finite)
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "cganctl"
@@ -43,15 +47,15 @@ class Settings(BaseSettings):
     max_count: int = Field(default=1_000_000, gt=0, description="Largest image count one generate job may ask for.")
     max_attempts: int = Field(default=3, ge=1, description="Deliveries of one task before its job is failed.")
     shard_size: int = Field(default=2500, gt=0, description="Default images per generate shard.")
-    task_soft_time_limit: int = Field(default=5 * 3600, gt=0, description="Seconds before a task is asked to save and stop.")
-    task_time_limit: int = Field(default=5 * 3600 + 600, gt=0, description="Seconds before a task is killed.")
-    visibility_timeout: int = Field(default=6 * 3600, gt=0, description="Redis visibility timeout; longer than the longest task.")
+    task_soft_time_limit: int = Field(default=5 * 3600, gt=0, le=MAX_TASK_SECONDS, description="Seconds before a task is asked to save and stop.")
+    task_time_limit: int = Field(default=5 * 3600 + 600, gt=0, le=MAX_TASK_SECONDS, description="Seconds before a task is killed; above the soft limit.")
+    visibility_timeout: int = Field(default=6 * 3600, gt=0, le=MAX_TASK_SECONDS, description="Redis visibility timeout; longer than the longest task.")
     metrics_port: int | None = Field(default=None, ge=1, le=65535, description="Port of a worker's Prometheus /metrics; unset: no endpoint.")
-    heartbeat_interval: float = Field(default=10.0, gt=0, description="Seconds between lease renewals of a running task.")
-    lease_timeout: float = Field(default=45.0, gt=0, description="Seconds without a renewal after which a running task's worker counts as gone.")
-    reconcile_interval: float = Field(default=15.0, gt=0, description="Seconds between reconciliation passes (one worker at a time).")
-    requeue_grace: float = Field(default=30.0, ge=0, description="Age after which queued work the broker does not hold is sent again.")
-    transient_retry_budget: float = Field(default=600.0, gt=0, description="Seconds of back-off a task spends on an unavailable service before its job fails.")
+    heartbeat_interval: float = Field(default=10.0, ge=0.1, le=MAX_INTERVAL, description="Seconds between lease renewals of a running task.")
+    lease_timeout: float = Field(default=45.0, gt=0, le=MAX_INTERVAL, description="Seconds without a renewal after which a running task's worker counts as gone.")
+    reconcile_interval: float = Field(default=15.0, ge=0.1, le=MAX_INTERVAL, description="Seconds between reconciliation passes (one worker at a time).")
+    requeue_grace: float = Field(default=30.0, ge=0, le=MAX_INTERVAL, description="Age after which queued work the broker does not hold is sent again.")
+    transient_retry_budget: float = Field(default=600.0, gt=0, le=MAX_INTERVAL, description="Seconds of back-off a task spends on an unavailable service before its job fails.")
     lean_submit: bool = Field(default=True, description="Submit on a PostgreSQL + Redis fleet with psycopg and redis-py alone (no SQLAlchemy, no Celery import).")
     ui_token: SecretStr | None = Field(default=None, description="Token `cganctl ui` requires of every request; needed to bind beyond loopback.")
 
@@ -77,6 +81,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _empty_data_dir_is_unset(cls, value: object) -> object:
+        """``CGAN_DATA_DIR=`` means the default folder, as an empty value does for every other setting (not the
+        current folder, which Path("") would be)."""
+        return _default_data_dir() if isinstance(value, str) and not value.strip() else value
 
     @field_validator("broker_url")
     @classmethod
@@ -127,6 +138,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"CGAN_LEASE_TIMEOUT ({self.lease_timeout:g} s) must be at least twice CGAN_HEARTBEAT_INTERVAL "
                 f"({self.heartbeat_interval:g} s), or a live task's lease runs out between its renewals"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _soft_limit_before_the_hard_one(self) -> "Settings":
+        """The soft limit asks a task to save and stop; at the hard one it is killed (or, under --pool solo, its
+        lease is let go): a soft limit not below the hard one would never be reached first."""
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError(
+                f"CGAN_TASK_SOFT_TIME_LIMIT ({self.task_soft_time_limit} s) must be below CGAN_TASK_TIME_LIMIT "
+                f"({self.task_time_limit} s): the soft limit asks a task to stop before the hard one kills it"
             )
         return self
 

@@ -125,6 +125,10 @@ def test_a_folder_and_its_archives_in_any_member_order_load_the_same(tmp_path: P
         (["data/test/0.png", "data/prod/cat/0.png"], "images directly in the split folder 'test'"),
         (["train/cat/0.png", "train/x.png"], "images directly in the split folder 'train', e.g. 'train/x.png'"),
         (["ca\\t/0.png", "dog/0.png"], "cannot be a folder name"),
+        # a newline cannot be drawn on the contact sheet or shown on one line: refused when read, not after training
+        (["new\nline/0.png", "dog/0.png"], "class name 'new\\nline' holds a control character ('\\n')"),
+        (["esc\x1b[31mred/0.png", "dog/0.png"], "holds a control character ('\\x1b')"),
+        (["y" * 300 + "/0.png", "dog/0.png"], "is 300 bytes, above the 255 a folder name may have"),
     ],
 )
 def test_class_folders_every_format_can_hold(tmp_path: Path, names: list[str], message: str) -> None:
@@ -239,3 +243,52 @@ def test_files_that_are_not_images_are_counted_for_the_user(tmp_path: Path) -> N
     assert count_images(str(write_dir(tmp_path / "split", files)), skipped=split) == {"airplane": 1, "cat": 1, "dog": 1}
     assert split.notes() == ["1 class folder holds no image and is not a class of this dataset: frog"]
     assert Skipped().notes() == []
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    """A 16-bit grayscale PNG (mode I;16) holds 0-65535: read as 0-255 of the same brightness, where PIL's own
+    conversion clips every value above 255 to white. A floating-point TIFF has no known range: refused by name."""
+    levels = {"dark": 1000, "mid": 32768, "white": 65535}
+    files = {}
+    for name, value in levels.items():
+        buf = io.BytesIO()
+        Image.fromarray(np.full((32, 32), value, dtype=np.uint16)).save(buf, format="PNG")
+        files[f"{name}/0.png"] = buf.getvalue()
+    data = load_image_dataset(str(write_dir(tmp_path / "deep", files)))
+    means = {c: data.images[data.labels == i].float().mean().item() for i, c in enumerate(data.classes)}
+    assert means == {"dark": 4.0, "mid": 128.0, "white": 255.0}, means  # value * 255 / 65535, rounded
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32), 0.5, dtype=np.float32)).save(buf, format="TIFF")
+    with pytest.raises(DataError, match=r"cannot decode image 'f/0.tif' \(a floating-point image \(mode F\) has no known range"):
+        load_image_dataset(str(write_dir(tmp_path / "float", {"f/0.tif": buf.getvalue(), "g/0.png": encode((1, 2, 3))})))
+
+
+def test_hidden_folders_and_special_members_of_an_archive_are_not_read(tmp_path: Path) -> None:
+    """A folder and its archive give the same classes: a hidden folder (.ipynb_checkpoints/, .git/) is not
+    entered in either; a device or FIFO member of an archive is never read, and counted for the user."""
+    from cganmodel.dataset_index import Skipped
+
+    files = {**tree({"": 1}), ".ipynb_checkpoints/0.png": encode((5, 5, 5)), "cat/.hidden/1.png": encode((5, 5, 5)),
+             ".git/objects/ab": b"x"}
+    root = write_dir(tmp_path / "ds", files)
+    archive = tmp_path / "ds.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(root, arcname=".")
+        fifo = tarfile.TarInfo("cat/pipe.png")
+        fifo.type = tarfile.FIFOTYPE
+        tf.addfile(fifo)
+    for source in (root, archive):
+        skipped = Skipped()
+        assert count_images(str(source), skipped=skipped) == {"airplane": 1, "cat": 1, "dog": 1}, source
+        assert skipped.files == {}, source
+    assert skipped.notes() == ["1 archive member is a device or FIFO and was not read"]
+    assert load_image_dataset(str(archive)).classes == ["airplane", "cat", "dog"]
+
+
+def test_a_link_that_cannot_be_resolved_is_not_followed(tmp_path: Path) -> None:
+    """A link in a dataset folder to a target the walk may not even resolve (/proc/1/cwd as a user without
+    that right; here a link loop) is passed over like a link that leads out, not a PermissionError."""
+    root = write_dir(tmp_path / "ds", tree({"": 1}))
+    (root / "loop").symlink_to(root / "loop")
+    (root / "out").symlink_to("/proc/1/cwd")
+    assert count_images(str(root)) == {"airplane": 1, "cat": 1, "dog": 1}

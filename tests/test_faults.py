@@ -514,7 +514,7 @@ def test_a_hung_task_past_the_time_limit_goes_to_another_worker(tmp_path):
     with SIGSTOP) under --pool solo, where nothing kills it: past CGAN_TASK_TIME_LIMIT its heartbeat stops
     renewing, the lease runs out and the shard runs again on another worker. When the hung delivery wakes
     it writes nothing: the shard is recorded once, by the worker that holds it."""
-    with fleet(tmp_path, extra={"CGAN_TASK_TIME_LIMIT": "8"}) as f:
+    with fleet(tmp_path, extra={"CGAN_TASK_TIME_LIMIT": "8", "CGAN_TASK_SOFT_TIME_LIMIT": "7"}) as f:  # soft below hard
         hung = f.start_worker("hung")
         rt = _table(f.env)
         f.s3.process.send_signal(signal.SIGSTOP)

@@ -335,6 +335,14 @@ def test_submit_refuses_what_a_worker_would_reject(embedded_env, tmp_path, args,
         ("CGAN_BROKER_URL", "http://u:hunter2@x/", "error: invalid setting CGAN_BROKER_URL: the broker is Redis: a redis:// or rediss:// URL"),
         ("CGAN_LEASE_TIMEOUT", "1", "error: invalid settings: CGAN_LEASE_TIMEOUT (1 s) must be at least twice CGAN_HEARTBEAT_INTERVAL (10 s)"),
         ("CGAN_SHARD_SIZE", "5", "error: invalid settings: CGAN_SHARD_SIZE (5) is below CGAN_MIN_SHARD_SIZE (10): raise it"),
+        # not finite, or absurd: each interval is at most a day, a task's limits 30 days, a heartbeat at least 0.1 s
+        ("CGAN_LEASE_TIMEOUT", "inf", "error: invalid setting CGAN_LEASE_TIMEOUT: Input should be less than or equal to 86400"),
+        ("CGAN_LEASE_TIMEOUT", "nan", "error: invalid setting CGAN_LEASE_TIMEOUT: Input should be less than or equal to 86400"),
+        ("CGAN_LEASE_TIMEOUT", "1e12", "error: invalid setting CGAN_LEASE_TIMEOUT: Input should be less than or equal to 86400"),
+        ("CGAN_TRANSIENT_RETRY_BUDGET", "inf", "error: invalid setting CGAN_TRANSIENT_RETRY_BUDGET: Input should be less than or equal to 86400"),
+        ("CGAN_HEARTBEAT_INTERVAL", "1e-9", "error: invalid setting CGAN_HEARTBEAT_INTERVAL: Input should be greater than or equal to 0.1"),
+        ("CGAN_VISIBILITY_TIMEOUT", str(10**12), "error: invalid setting CGAN_VISIBILITY_TIMEOUT: Input should be less than or equal to 2592000"),
+        ("CGAN_TASK_TIME_LIMIT", "600", "error: invalid settings: CGAN_TASK_SOFT_TIME_LIMIT (18000 s) must be below CGAN_TASK_TIME_LIMIT (600 s)"),
         ("CGAN_DATA_DIR", "/proc/no-such-folder", "error: invalid setting CGAN_DATA_DIR: cannot create /proc/no-such-folder"),
         ("CGAN_DATABASE_URL", "nonsense", "error: invalid setting CGAN_DATABASE_URL nonsense: Could not parse"),
         ("CGAN_DATABASE_URL", "nosuchdb://u:hunter2@h/x", "error: invalid setting CGAN_DATABASE_URL nosuchdb://u:***@h/x: Can't load plugin"),
@@ -346,6 +354,22 @@ def test_invalid_setting_is_one_error_line(embedded_env, setting, value, message
     result = cganctl(env, "submit", "generate", "--label", "cat", "--count", "10", timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
     assert result.stderr.startswith(message) and "hunter2" not in result.stderr, result.stderr
+
+
+def test_an_empty_data_dir_setting_is_the_default_folder(embedded_env, tmp_path):
+    """CGAN_DATA_DIR= (empty, as an unset variable in many deploy files) is the default folder under
+    XDG_DATA_HOME, as an empty value is unset for every other setting; never the current folder."""
+    import subprocess
+
+    from harness.services import cganctl_command
+
+    home = tmp_path / "xdg"
+    env = dict(embedded_env, CGAN_DATA_DIR="", XDG_DATA_HOME=str(home))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    result = subprocess.run([*cganctl_command(), "jobs", "list"], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (home / "cganctl" / "cganctl.db").exists() and not list(cwd.iterdir())
 
 
 @pytest.mark.parametrize("value", ["nonsense", "mysql://u:hunter2@h/x"])
