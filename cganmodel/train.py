@@ -36,7 +36,7 @@ from cganmodel.presets import TrainConfig
 from cganmodel.pretrained import save_generator
 from cganmodel.sampling import generate, standing_statistics
 from cganmodel.seeding import TRAIN_STREAMS, mix_seed
-from cganmodel.training import TrainResult
+from cganmodel.training import TrainResult, check_finite
 
 CHECKPOINT_FORMAT = "cganmodel-train-checkpoint"
 REQUIRED_FILES = (
@@ -255,6 +255,7 @@ class Trainer:
                     means = self._log_interval()
                     now = time.perf_counter()
                     if means is not None:
+                        check_finite(self.step, {"d_loss": means[0], "g_loss": means[1]}, "lr_g / lr_d")
                         last = [self.step, *means]
                         if on_progress is not None:
                             on_progress(

@@ -30,7 +30,7 @@ from cganmodel.imaging import nhwc_to_input
 from cganmodel.nets.classifier import build_classifier
 from cganmodel.presets import ClassifierTrainConfig
 from cganmodel.seeding import stream_seed
-from cganmodel.training import TrainResult
+from cganmodel.training import TrainResult, check_finite
 
 OPTIM_FILE = "optim.safetensors"
 STATE_FILE = "state.json"
@@ -188,6 +188,7 @@ class ClassifierTrainer:
             if self.step % tc.progress_every == 0 or self.step == tc.steps:
                 now = time.perf_counter()
                 entry = {"step": self.step, "loss": loss_sum / count, "accuracy": correct / count}
+                check_finite(self.step, {"loss": entry["loss"]}, "lr")
                 self.history.append(entry)
                 if on_progress is not None:
                     on_progress({**entry, "steps": tc.steps, "images_per_s": seen / max(now - tick, 1e-9)})

@@ -7,6 +7,7 @@ progress / checkpoint / stop callbacks, export the model.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -14,6 +15,20 @@ from typing import Any, Protocol
 ProgressCallback = Callable[[dict[str, Any]], None]
 CheckpointCallback = Callable[[int, dict[str, bytes]], None]
 StopCallback = Callable[[], bool]
+
+
+class TrainingDiverged(ValueError):
+    """A logged loss is no longer a finite number: the weights are NaN or infinite from here on, so the run
+    stops (its job fails) rather than exporting a model that draws blank images."""
+
+
+def check_finite(step: int, losses: Mapping[str, float], lowering: str) -> None:
+    """Raise :class:`TrainingDiverged` when any of ``losses`` (the means of one log interval) is NaN or
+    infinite; ``lowering`` names the recipe keys to lower (``--set lr_g=...``)."""
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if bad:
+        shown = ", ".join(f"{k} {v}" for k, v in bad.items())
+        raise TrainingDiverged(f"training diverged at step {step} ({shown}): lower {lowering} (--set KEY=VALUE) and train again")
 
 
 @dataclass

@@ -264,7 +264,7 @@ def test_min_confidence_keeps_only_confident_samples(embedded_env, tmp_path):
         (["--set", "lr_g"], "--set 'lr_g': expected KEY=VALUE"),
         (["--set", "n_dis=1.5"], "--set n_dis=1.5: expected a whole number (the preset's is 2)"),
         (["--name", "Bad Name"], "invalid --name 'Bad Name': a model name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"),
-        (["--preset", "mlp", "--set", "n_dis=0"], "invalid training config: n_dis=0 (should be at least 1)"),
+        (["--preset", "mlp", "--set", "n_dis=0"], "invalid training config: n_dis=0 (should be 1 to 100)"),
         (["--preset", "gpt"], "unknown preset 'gpt'"),
         (["--steps", "0"], "invalid training config: steps=0") ,
         (["--steps", "10", "--set", "steps=-5"], "--steps and --set steps=-5 both set steps: give one"),

@@ -35,7 +35,12 @@ def test_overrides_are_typed_from_the_defaults():
         ({"nope": "1"}, "--set nope: unknown key for preset 'resnet'"),
         ({"lr_g": "abc"}, "--set lr_g=abc"),
         ({"lr_g": "nan"}, "not a finite number"),
-        ({"n_dis": "0"}, "invalid training config: n_dis=0 (should be at least 1)"),
+        ({"n_dis": "0"}, "invalid training config: n_dis=0 (should be 1 to 100)"),
+        # bounded: a learning rate that overflows, a grid or standing-statistics pass that eats the worker's memory/time
+        ({"lr_g": "1e30"}, "invalid training config: lr_g=1e+30 (should be greater than 0, at most 1)"),
+        ({"lr_d": "1e300"}, "lr_d=1e+300 (should be greater than 0, at most 1)"),
+        ({"samples_per_class": "100000"}, "samples_per_class=100000 (should be 1 to 64 (columns of samples.png))"),
+        ({"standing_stats": "100000000"}, "standing_stats=100000000 (should be 0 to 10000 batches)"),
         ({"betas": "0.5"}, "expected 2 comma-separated numbers"),
         ({"diffaug": "colour"}, "unknown DiffAugment policies"),
         ({"compile": "maybe"}, "expected true or false"),
@@ -45,6 +50,40 @@ def test_bad_overrides_are_refused(overrides, message):
     with pytest.raises(ValueError, match=None) as info:
         resolve_recipe("resnet", overrides)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("overrides, message", [({"lr": "1e300"}, "lr=1e+300 (should be greater than 0, at most 10)"),
+                                               ({"weight_decay": "5"}, "weight_decay=5.0 (should be in [0, 1])")])
+def test_bad_classifier_overrides_are_refused(overrides, message):
+    with pytest.raises(ValueError) as info:
+        resolve_recipe("classifier", overrides)
+    assert message in str(info.value)
+
+
+def test_a_run_whose_losses_stop_being_finite_fails_instead_of_exporting_nan_weights():
+    """A learning rate that passes every bound can still blow a run up: the first log interval whose mean loss is
+    NaN or infinite stops it with TrainingDiverged (its job fails), for the GAN and the classifier alike."""
+    import torch
+
+    from cganmodel.classifier import ClassifierConfig
+    from cganmodel.data import ImageData
+    from cganmodel.gan import GANConfig
+    from cganmodel.presets import ClassifierTrainConfig, TrainConfig
+    from cganmodel.train import Trainer
+    from cganmodel.train_classifier import ClassifierTrainer
+    from cganmodel.training import TrainingDiverged
+
+    data = ImageData(torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8), torch.arange(16) % 2, ["a", "b"])
+    gan = Trainer(GANConfig(preset="mlp", num_classes=2, classes=["a", "b"]), TrainConfig(preset="mlp", steps=4, batch_size=8, log_every=2, checkpoint_every=0), data)
+    with torch.no_grad():
+        next(gan.G.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step 2 \(d_loss nan, g_loss nan\): lower lr_g / lr_d"):
+        gan.run()
+    clf = ClassifierTrainer(ClassifierConfig(num_classes=2, classes=["a", "b"]), ClassifierTrainConfig(steps=4, batch_size=8, progress_every=2, checkpoint_every=4), data)
+    with torch.no_grad():
+        next(clf.model.parameters()).fill_(float("inf"))
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step 2 \(loss nan\): lower lr"):
+        clf.run()
 
 
 def test_train_request_to_spec(tmp_path):
