@@ -439,6 +439,11 @@ def worker(
     settings = get_settings()
     if settings.embedded:
         _fail("no broker configured: set CGAN_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", 2)
+    try:  # every job runs with PyTorch: a worker without it would take tasks and fail each one
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except Exception as exc:
+        _fail(f"the worker needs PyTorch (torch and torchvision, README 'Installing the wheel'): {type(exc).__name__}: {exc}", 2)
     from .health import worker_preflight
 
     for warning in worker_preflight(settings):  # a refusal or a table not at head: error: line, exit, no message taken

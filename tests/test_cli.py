@@ -99,6 +99,21 @@ def test_bad_worker_and_download_options_are_one_line_exit_2(embedded_env, args,
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), result.stderr
 
 
+def test_a_worker_without_pytorch_does_not_start():
+    """A worker that cannot import torch (a wheel installed without it, a broken CUDA build) would take tasks and
+    fail each: it refuses to start, one error line, before it touches the broker."""
+    import os
+
+    code = "import sys\nsys.modules['torch'] = None\nsys.argv = ['cganctl', 'worker']\nfrom scheduler.cli import main\nmain()\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CGAN_")}
+    env["CGAN_BROKER_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there: the check comes first
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: the worker needs PyTorch (torch and torchvision, README 'Installing the wheel'): ModuleNotFoundError: "
+        "import of torch halted; None in sys.modules"], result.stderr
+
+
 @pytest.mark.parametrize(
     "variable, value, what",
     [

@@ -240,6 +240,44 @@ def test_worker_sigkill_mid_shard_is_rerun_elsewhere(tmp_path):
         assert job.status == "succeeded"
 
 
+def test_a_cold_shutdown_of_a_solo_worker_leaves_its_work_to_another(tmp_path):
+    """A second Ctrl-C or a SIGQUIT is Celery's cold shutdown. Under --pool solo its handler raises into the running
+    task (NotImplementedError: the solo pool cannot kill a job); that failed the job for good, on its first attempt.
+    Now the task records nothing: its lease runs out, another worker takes the work back, a train job from its
+    last checkpoint (tests/test_fleet.py checks the resume), and both jobs succeed (one more attempt each)."""
+    from harness.datasets import tiny_image_folder
+
+    with fleet(tmp_path) as f:
+        rt = _table(f.env)
+        data = tiny_image_folder(Path(f.env["CGAN_DATA_DIR"]) / "datasets" / "tiny")
+        for kind in ("train", "generate"):
+            doomed = f.start_worker(f"doomed-{kind}")
+            if kind == "train":
+                out = cganctl(f.env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "600", "--batch-size", "8",
+                              "--checkpoint-every", "20", "--json", check=True).stdout
+                job_id = json.loads(out)["id"]
+                wait_for(lambda j=job_id: rt.store.exists(f"jobs/{j}/checkpoints/latest.json"), 120, 0.1, "a checkpoint")
+            else:
+                job_id = _submit(f.env, 4000, 2000)
+                wait_for(lambda j=job_id: [s for s in rt.table.shards(j) if s.status == "running"], 120, 0.05, "a running shard")
+            doomed.process.send_signal(signal.SIGQUIT)
+            doomed.process.wait(timeout=60)
+            log = doomed.log.read_text(errors="replace")
+            assert "the worker is stopping (cold shutdown; NotImplementedError)" in log, doomed.log_tail()
+            job = rt.table.get(job_id)
+            assert job.status == "running" and job.attempts == 1 and not job.error, job
+            stopped_at = time.monotonic()
+            f.start_worker(f"rescuer-{kind}")
+            job = _wait_finished(rt, job_id, 240)
+            _report(f"cold shutdown (SIGQUIT) of a solo worker mid-{kind} -> job succeeded", time.monotonic() - stopped_at)
+            assert job.status == "succeeded", job.error
+            if kind == "train":
+                assert job.attempts == 2 and job.worker.startswith("rescuer-train@"), job
+            else:
+                _assert_consistent(rt, job_id)
+                assert max(s.attempts for s in rt.table.shards(job_id)) == 2
+
+
 def test_redis_restart_without_persistence_recovers(tmp_path):
     with fleet(tmp_path) as f:
         f.start_worker("w1")

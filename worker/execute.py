@@ -9,6 +9,7 @@ broker, the database (``OperationalError`` and other connection errors, turned i
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -69,12 +70,21 @@ def run_shard(runtime: Runtime, job_id: str, index: int, worker: str | None = No
         raise
 
 
+def stopping_cold() -> bool:
+    """True inside a Celery worker in a cold shutdown (a second Ctrl-C, SIGQUIT). Under ``--pool solo`` the task
+    runs on the main thread, so Celery's shutdown handler raises into the task (``NotImplementedError``: the solo
+    pool cannot kill a job): that is the worker going away, not the job failing. Such a task records nothing and
+    leaves its work running; its lease runs out and another worker takes it back, as after a SIGKILL."""
+    state = sys.modules.get("celery.worker.state")  # imported only in a Celery worker
+    return bool(state is not None and getattr(state, "should_terminate", None))
+
+
 def _run_job(runtime: Runtime, job_id: str, worker: str, token: str) -> str:
     table = runtime.table
     claim = table.claim(job_id, worker, token)
     if claim != "ok":
-        log.info("job %s not run: %s", job_id, claim)
-        return claim
+        log.info("job %s not run: %s", job_id, claim.value)
+        return claim.value
     job = table.get(job_id)
     spec = job.parsed_spec()
     runner = train_job if spec.kind == "train" else evaluate_job
@@ -92,6 +102,9 @@ def _run_job(runtime: Runtime, job_id: str, worker: str, token: str) -> str:
             if heartbeat.lost:
                 log.warning("job %s: this delivery lost its lease (%s: %s); the job is another delivery's", job_id, type(exc).__name__, exc)
                 return "lease lost"
+            if stopping_cold():
+                log.warning("job %s: the worker is stopping (cold shutdown; %s); the job is left to its lease, for another worker to take back", job_id, type(exc).__name__)
+                return "worker stopping"
             if transient(exc):
                 raise
             _log_failure(exc, "job %s failed", job_id)
@@ -106,10 +119,10 @@ def _run_shard(runtime: Runtime, job_id: str, index: int, worker: str, token: st
     table = runtime.table
     claim = table.claim_shard(job_id, index, worker, token)
     if claim != "ok":
-        log.info("job %s shard %d not run: %s", job_id, index, claim)
+        log.info("job %s shard %d not run: %s", job_id, index, claim.value)
         if claim in ("cancelled", "exhausted"):
             cleanup.close_unsuccessful(runtime, table.get(job_id))
-        return claim
+        return claim.value
     job = table.get(job_id)
     spec = job.parsed_spec()
     with Heartbeat(table, job_id, token, runtime.settings.heartbeat_interval, shard=index, limit=runtime.settings.task_time_limit) as heartbeat:
@@ -134,6 +147,9 @@ def _run_shard(runtime: Runtime, job_id: str, index: int, worker: str, token: st
             if heartbeat.lost:
                 log.warning("job %s shard %d: this delivery lost its lease (%s: %s); the shard is another delivery's", job_id, index, type(exc).__name__, exc)
                 return "lease lost"
+            if stopping_cold():
+                log.warning("job %s shard %d: the worker is stopping (cold shutdown; %s); the shard is left to its lease, for another worker to take back", job_id, index, type(exc).__name__)
+                return "worker stopping"
             if transient(exc):
                 raise
             _log_failure(exc, "job %s shard %d failed", job_id, index)
@@ -158,9 +174,14 @@ def fail_after_retries(runtime: Runtime, job_id: str, exc: BaseException, shard:
 def _log_failure(exc: BaseException, message: str, *args) -> None:
     """A failure the product explains (a refusal, bad data, a --min-confidence never reached) is one line;
     anything else keeps its traceback."""
-    from cganmodel.sampling import GenerationError
+    explained: tuple[type[BaseException], ...] = (CganError,)
+    try:
+        from cganmodel.sampling import GenerationError
 
-    if isinstance(exc, (CganError, GenerationError)):
+        explained = (CganError, GenerationError)
+    except Exception:  # a broken torch install: still record the failure below
+        pass
+    if isinstance(exc, explained):
         log.error(message + ": %s", *args, _describe(exc))
     else:
         log.exception(message, *args)

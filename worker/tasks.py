@@ -14,6 +14,7 @@ Every worker also runs the reconciler (:mod:`scheduler.reconcile`) on a thread s
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -28,6 +29,7 @@ from . import execute
 from .celery_app import TASK_EVALUATE, TASK_GENERATE_SHARD, TASK_TRAIN, app
 
 log = get_task_logger(__name__)
+startup_log = logging.getLogger(__name__)  # outside a task (start-up, the reconciler): no task id to show
 _runtime: Runtime | None = None
 
 
@@ -46,7 +48,7 @@ def _preload_default_model(**_) -> None:
     try:
         models.load(runtime(), "default", "generator")
     except Exception as exc:  # a worker without the default model still serves other models
-        log.warning("default model not preloaded: %s", exc)
+        startup_log.warning("default model not preloaded: %s", exc)
 
 
 _reconcile_stop = threading.Event()
@@ -75,7 +77,7 @@ def _reconcile_loop(owner: str) -> None:
             if reconciler.hold_duty():
                 reconciler.run_once()
         except Exception as exc:  # a service is down: try again next interval
-            log.warning("reconcile pass failed: %s", exc)
+            startup_log.warning("reconcile pass failed: %s", exc)
 
 
 def _finalize(job) -> None:
