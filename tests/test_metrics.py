@@ -110,6 +110,8 @@ def test_control_plane_and_worker_metrics(fleet_env, table, control_plane, tmp_p
     assert samples[("cganctl_worker_images_generated_total", ())] == 24
     assert samples[("cganctl_worker_shard_duration_seconds_count", ())] == 3
     assert samples[("cganctl_worker_task_duration_seconds_count", generate)] == 3
+    # a kind no task of which ran is there at 0 too (a Grafana p95 panel and rate() need the series to exist)
+    assert samples[("cganctl_worker_task_duration_seconds_count", (("kind", "evaluate"),))] == 0
     # reports come every 10 steps; the first interval (data loading, model set-up) is not a step time
     assert samples[("cganctl_worker_train_step_duration_seconds_count", ())] == 20
     assert 0 < samples[("cganctl_worker_train_step_duration_seconds_sum", ())] < 60

@@ -572,6 +572,8 @@ def test_fleet_page_and_status_name_work_whose_lease_ran_out(fleet_env, tmp_path
         page = TestClient(create_app(service), raise_server_exceptions=False).get("/fleet").text
         expired = page.split('id="expired"')[1].split("</p>")[0]
         assert f'href="/jobs/{job.id}">{job.id[:12]}</a> on ghost@box (no heartbeat for' in expired, expired
+        ghost = page.split('id="workers"')[1].split("</table>")[0].split("ghost@box")[1].split("</td>")[0]
+        assert "(no heartbeat: its lease ran out, gone or hung)" in ghost and "busy" not in ghost, ghost  # as `status` says: not busy
         status = cganctl(fleet_env, "status", timeout=120)
         line = next(line for line in status.stdout.splitlines() if job.id[:12] in line)
         assert line.startswith(f"warning: job {job.id[:12]} running on ghost@box: no heartbeat for") and "its lease ran out" in line, line
