@@ -127,6 +127,10 @@ class Service:
         old = self.get(job_id)
         if old.status == JobStatus.succeeded.value:
             raise InvalidInput(f"job {old.id} succeeded: there is nothing to retry")
+        pending = [(i, s) for i, s in self.table.retries_of(old.id) if s not in (JobStatus.failed.value, JobStatus.cancelled.value)]
+        if pending:  # a second retry would run the same work twice
+            again, status = pending[-1]
+            raise InvalidInput(f"job {old.id} was already retried as {again} ({status}): watch that one (cganctl jobs watch {again[:12]})")
         if not old.finished:
             if self.table.live_leases(old.id):
                 raise InvalidInput(f"job {old.id} {status_phrase(old.status)} and its worker is alive (lease renewed): cancel it first or wait for it")

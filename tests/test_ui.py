@@ -638,6 +638,10 @@ def test_a_job_page_says_what_the_cli_says(service, client):
     failed = _create(service, GenerateSpec(model="default:1", counts={"cat": 20}, shard_size=10))
     service.table.request_cancel(failed.id)
     retry = service.retry(failed.id)
+    from scheduler.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=f"job {failed.id} was already retried as {retry.id} \\(.+\\): watch that one"):
+        service.retry(failed.id)  # a second retry would run the same work twice
     page = client.get(f"/jobs/{failed.id}").text
     assert f'href="/jobs/{retry.id}">{retry.id[:12]}</a>' in page.split('id="retries"')[1]
     assert "Written when the last shard is in" not in page and "Not written: the job ended cancelled" in page
