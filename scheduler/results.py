@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -55,7 +56,11 @@ def _safe_target(dest: Path, path: Path) -> Path:
 
 def _write_error(dest: Path, exc: OSError) -> CganError:
     """A destination that cannot be written is bad input (exit 2); a disk that fills up midway is not (1)."""
-    bad = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EEXIST)
+    bad = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG)
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocker = next((p for p in (dest, *dest.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:  # e.g. --to afile/sub: "File exists" says nothing of which file
+            return InvalidInput(f"could not write to {dest}: {blocker} is a file, not a folder")
     return (InvalidInput if bad else CganError)(f"could not write to {dest}: {exc.strerror or exc}")
 
 
@@ -91,24 +96,33 @@ def download(service, job_id: str, dest: Path, layout: str) -> str:
             raise InvalidInput(f"manifest of job {job.id} is invalid: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     refuse_links(dest)
     _refuse_non_empty(dest)
-    staging = dest.parent / f".{dest.name}.partial-{job.id[:12]}"
+    staging: Path | None = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)  # left by a process that was killed
-        staging.mkdir()
+        # a folder of this download's own: two downloads into one --to at once never share (or delete) one
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-{job.id[:12]}-", dir=dest.parent))
         if manifest is None:
             summary = _download_files(store, job, staging)
         else:
             summary = _download(store, manifest, manifest_bytes or b"", staging, layout)
-        if dest.is_dir():
-            dest.rmdir()  # empty (checked above); not empty now: OSError, nothing replaced
-        staging.rename(dest)
+        try:
+            if dest.is_dir():
+                dest.rmdir()  # empty (checked above); not empty now: OSError, nothing replaced
+            staging.rename(dest)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # another download (or a writer) filled it meanwhile
+                raise InvalidInput(f"--to {dest} was written by someone else while this download ran (another download of "
+                                   "the same folder?): nothing of this one was put there") from None
+            raise
+    except CganError:
+        raise
     except OSError as exc:
         raise _write_error(dest, exc) from None
     except ValueError as exc:  # a link met while unpacking, an unsafe member name
         raise UnsafeDestination(str(exc)) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return summary.replace("{dest}", str(dest))
 
 

@@ -114,7 +114,7 @@ class EvaluateSpec(_Spec):
     classifier: str | None = Field(None, description="NAME:VERSION of the scoring classifier, resolved at submit; None (--no-classifier): the Inception metrics only")
     reference: str = Field("cifar10", description="dataset whose statistics FID compares against")
     samples_per_class: int = Field(5000, ge=2, le=100_000, description="at least 2: FID and intra-FID need a covariance")
-    reference_limit: int | None = Field(None, gt=0, description="use at most this many reference images")
+    reference_limit: int | None = Field(None, ge=10, description="use at most this many reference images; at least 10 (a covariance; 5 nearest neighbours for PRDC)")
     inception: bool = True
     seed: int = Field(0, ge=0, le=MAX_SEED)
     truncation: Truncation = Field(None, description="sample the evaluation and downstream images at this truncation, as a generate job would")

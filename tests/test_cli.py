@@ -245,6 +245,35 @@ def test_download_puts_one_job_in_one_folder(embedded_env, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "empty", "out"]  # no staging folder left
 
 
+def test_two_downloads_into_one_folder_at_once_give_one_whole_download(embedded_env, tmp_path):
+    """Each download stages in a folder of its own: the loser of two at once into one --to is refused (exit 2) with
+    what happened, never a false integrity error (a shared staging folder was deleted under the other download);
+    the winner's files are whole. A file in the way of --to is named as such."""
+    from harness.services import ROOT, cganctl_command
+
+    job = json.loads(cganctl(embedded_env, "submit", "generate", "--label", "ship", "--count", "600", "--shard-size", "50", "--json", check=True).stdout)
+    race = tmp_path / "race"
+    for layout in ("webdataset", "imagefolder"):
+        shutil.rmtree(race, ignore_errors=True)
+        args = [*cganctl_command(), "results", "download", job["id"], "--to", str(race), "--layout", layout]
+        procs = [subprocess.Popen(args, env=embedded_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        for p in procs:
+            p.stdout.close()
+            p.stderr.close()
+        assert sorted(code for code, _ in results) == [0, 2], results
+        loser = next(err for code, err in results if code == 2)
+        assert loser.startswith((f"error: --to {race} is not empty", f"error: --to {race} was written by someone else")), loser
+        check = cganctl(embedded_env, "results", "download", job["id"], "--to", str(tmp_path / "again"), "--layout", layout, check=True)
+        mine = sorted(p.relative_to(race).as_posix() for p in race.rglob("*"))
+        assert mine == sorted(p.relative_to(tmp_path / "again").as_posix() for p in (tmp_path / "again").rglob("*")), check.stdout
+        shutil.rmtree(tmp_path / "again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "race"]  # no staging folder left
+    (tmp_path / "afile").write_text("x")
+    blocked = cganctl(embedded_env, "results", "download", job["id"], "--to", str(tmp_path / "afile" / "sub"))
+    assert blocked.returncode == 2 and blocked.stderr.strip() == f"error: could not write to {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file, not a folder"
+
+
 def test_min_confidence_keeps_only_confident_samples(embedded_env, tmp_path):
     result = cganctl(embedded_env, "submit", "generate", "--label", "frog", "--label", "ship", "--count", "40",
                      "--min-confidence", "0.3", "--wait", "--json")

@@ -300,6 +300,7 @@ def test_dataset_roots_on_a_fleet_and_embedded(tmp_path):
     [
         (["evaluate", "--seed", str(2**70)], "--seed"),
         (["evaluate", "--samples-per-class", "1"], "--samples-per-class"),
+        (["evaluate", "--reference-limit", "1"], "--reference-limit"),  # passed, then the job failed: a covariance of 1 image
         (["generate", "--label", "cat", "--count", "10", "--seed", str(2**64)], "--seed"),
         (["generate", "--label", "cat", "--count", "10", "--model", "default:99999999999999999999"], "version"),
         (["generate", "--label", "cat", "--count", "10", "--model", "default:0"], "versions start at 1"),
