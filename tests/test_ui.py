@@ -440,6 +440,11 @@ def test_non_loopback_needs_a_token(embedded_env):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: binding to 0.0.0.0 (not loopback) needs a token: set CGAN_UI_TOKEN"), result.stderr
+    for weak, said in [("a", "CGAN_UI_TOKEN has 1 characters; use at least 16"), (" " * 20, "has 20 characters with spaces at an end"),
+                       ("CHANGE-ME", "(the placeholder of deploy/k8s/secret.yaml)")]:
+        result = cganctl(dict(embedded_env, CGAN_UI_TOKEN=weak), "ui", "--host", "0.0.0.0", "--port", str(_free_port()), timeout=60)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and "needs a token that is hard to guess" in lines[0] and said in lines[0], result.stderr
 
 
 def test_taken_port_is_exit_3(embedded_env):
@@ -456,7 +461,7 @@ def test_taken_port_is_exit_3(embedded_env):
 
 def test_served_with_a_token_on_all_interfaces(embedded_env, tmp_path):
     port = _free_port()
-    env = dict(embedded_env, CGAN_UI_TOKEN="t0ken-value")
+    env = dict(embedded_env, CGAN_UI_TOKEN="t0ken-value-0123456789")
     log = open(tmp_path / "ui.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "scheduler", "ui", "--host", "0.0.0.0", "--port", str(port)],
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -471,7 +476,7 @@ def test_served_with_a_token_on_all_interfaces(embedded_env, tmp_path):
             except OSError:
                 assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()
                 time.sleep(0.2)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Authorization": "Bearer t0ken-value"})
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Authorization": "Bearer t0ken-value-0123456789"})
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200 and "Jobs" in response.read().decode()
     finally:
@@ -480,7 +485,7 @@ def test_served_with_a_token_on_all_interfaces(embedded_env, tmp_path):
         log.close()
     output = (tmp_path / "ui.log").read_text()
     assert f"on http://0.0.0.0:{port}/" in output and "needs the CGAN_UI_TOKEN token" in output
-    assert "t0ken-value" not in output and "Traceback" not in output
+    assert "t0ken-value-0123456789" not in output and "Traceback" not in output
 
 
 # --- the fleet: real Redis, PostgreSQL, SeaweedFS and a Celery worker process --------------------------

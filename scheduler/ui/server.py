@@ -49,6 +49,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+MIN_TOKEN_CHARS = 16  # a token that guards a dashboard on the network: `openssl rand -hex 16` gives 32
+
+
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, echo=print) -> None:
     from ..settings import get_settings
 
@@ -57,6 +60,12 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, echo=print) -> Non
     if not is_loopback(host) and not token:
         raise InvalidInput(
             f"binding to {host} (not loopback) needs a token: set CGAN_UI_TOKEN, then open the dashboard with ?token=..."
+        )
+    if not is_loopback(host) and token and (len(token) < MIN_TOKEN_CHARS or token != token.strip() or token == "CHANGE-ME"):
+        raise InvalidInput(
+            f"binding to {host} (not loopback) needs a token that is hard to guess: CGAN_UI_TOKEN has {len(token)} characters"
+            f"{' with spaces at an end' if token != token.strip() else ''}{' (the placeholder of deploy/k8s/secret.yaml)' if token == 'CHANGE-ME' else ''}; "
+            f"use at least {MIN_TOKEN_CHARS}, e.g. $(openssl rand -hex 16)"
         )
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
