@@ -42,11 +42,18 @@ def check_images(blobs: Sequence[bytes], names: Sequence[str], limits: DataLimit
 
     ``total``: pixels of the images checked before (a dataset checked in batches); returns the new total."""
     from PIL import UnidentifiedImageError
+    from PIL.Image import DecompressionBombError
 
     limits = limits or DEFAULT_LIMITS
     for data, name in zip(blobs, names):
         try:
             width, height = image_size_from_header(data)
+        except DecompressionBombError as exc:  # PIL's own check on open (at twice its cap, which is ours): our words
+            import re
+
+            declared = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f" declares {int(declared.group(1))} pixels:" if declared else " is"
+            raise BudgetExceeded(f"image {name!r}{size} above the {limits.image_pixels}-pixel limit (CGAN_MAX_IMAGE_PIXELS)") from None
         except UnidentifiedImageError:
             raise BudgetExceeded(f"{name!r} is not an image that can be read (not a valid PNG, JPEG, BMP or other image file)") from None
         except Exception as exc:

@@ -350,11 +350,15 @@ def models_list(as_json: JsonOpt = False) -> None:
 @datasets_app.command("add")
 def datasets_add(
     name: Annotated[str, typer.Argument(help="Name jobs will use: --dataset NAME / --reference NAME.")],
-    archive: Annotated[Path, typer.Argument(help="A .tar/.tar.gz/.tgz/.tar.bz2/.tar.xz of an ImageFolder tree (train/ and test/ splits optional).")],
+    archive: Annotated[str, typer.Argument(help="A .tar/.tar.gz/.tgz/.tar.bz2/.tar.xz of an ImageFolder tree (train/ and test/ splits optional).")],
     as_json: JsonOpt = False,
 ) -> None:
     """Check an archive under the reading budgets, upload it to the object store and register it as NAME."""
     from cganmodel.dataset_index import Skipped
+
+    if "://" in archive:  # a Path would fold s3://b/k into s3:/b/k and say that does not exist
+        _fail(f"datasets add reads a local archive, not {_clip(archive, 200)}: an archive already in the project's bucket is a "
+              "dataset as it is (--dataset s3://BUCKET/KEY); one elsewhere, download it first", 2)
 
     from . import datasets
     from .settings import get_settings
@@ -368,7 +372,7 @@ def datasets_add(
     except datasets.DatasetError:  # an unreadable index: adding the dataset again is the cure, so it goes on
         previous = None
     skipped = Skipped()
-    entry = datasets.add(store, settings, name, archive.expanduser(), skipped=skipped)
+    entry = datasets.add(store, settings, name, Path(archive).expanduser(), skipped=skipped)
     replaced = previous if previous is not None and previous.key != entry.key else None
     warnings = skipped.notes()
     extra = datasets.classes_only_in_test(entry.splits)

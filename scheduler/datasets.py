@@ -140,8 +140,10 @@ def _check_images(path: Path, settings: Settings, batch: int = 1000) -> None:
 def add(store: ObjectStore, settings: Settings, name: str, path: Path, skipped: Skipped | None = None) -> DatasetEntry:
     """Check, upload and register ``path`` as dataset ``name`` (replacing an earlier registration); ``skipped``
     collects what the reading passed over (files that are no image, class folders without one)."""
-    if not NAME.match(name) or name in BUILTIN_DATASETS:
-        raise DatasetError(f"invalid dataset name {name!r}: lower-case letters, digits, '-' and '_' (at most 64), not 'cifar10'")
+    if name in BUILTIN_DATASETS:
+        raise DatasetError(f"dataset name {name!r} is taken by the built-in dataset: choose another")
+    if not NAME.match(name):
+        raise DatasetError(f"invalid dataset name {name!r}: lower-case letters, digits, '-' and '_' (at most 64)")
     suffix = archive_suffix(path.name)
     try:
         if not path.exists():

@@ -79,7 +79,8 @@ def test_register_list_and_train_by_name_embedded(embedded_env, tmp_path):
     "args, message",
     [
         (("datasets", "add", "Bad Name", "ARCHIVE"), "invalid dataset name"),
-        (("datasets", "add", "cifar10", "ARCHIVE"), "invalid dataset name"),
+        (("datasets", "add", "cifar10", "ARCHIVE"), "dataset name 'cifar10' is taken by the built-in dataset"),
+        (("datasets", "add", "tiny", "s3://bucket/x.tar"), "datasets add reads a local archive, not s3://bucket/x.tar"),  # was: s3:/bucket/x.tar does not exist
         (("datasets", "add", "tiny", "FOLDER"), "is not a .tar, .tar.gz, .tgz, .tar.bz2 or .tar.xz file (pack it: tar czf tiny.tar.gz -C "),
         (("datasets", "add", "tiny", "x" * 300 + ".tar.gz"), "cannot be read: File name too long"),
         (("submit", "train", "--preset", "mlp", "--dataset", "nosuchname", "--steps", "2"), "does not exist"),

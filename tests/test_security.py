@@ -224,6 +224,20 @@ def test_image_dimensions_are_checked_from_the_header(tmp_path, fmt):
     assert len(load_image_dataset(str(tmp_path / "ds"))) == 1
 
 
+def test_an_image_past_pils_own_bomb_check_is_refused_in_our_words(tmp_path):
+    """PIL refuses, on open, an image of more than twice its cap (set to CGAN_MAX_IMAGE_PIXELS): the refusal names
+    the setting and the size like every other budget, not PIL's "could be decompression bomb DOS attack"."""
+    from PIL import Image
+
+    from cganmodel.data import load_image_dataset
+    from cganmodel.dataset_index import DataError
+
+    (tmp_path / "ds" / "cat").mkdir(parents=True)
+    Image.new("1", (6000, 6000)).save(tmp_path / "ds" / "cat" / "bomb.png")  # 36 M pixels, 4.4 kB as a PNG
+    with pytest.raises(DataError, match=r"image 'cat/bomb.png' declares 36000000 pixels: above the 16777216-pixel limit \(CGAN_MAX_IMAGE_PIXELS\)"):
+        load_image_dataset(str(tmp_path / "ds"))
+
+
 def test_walk_survives_link_loops_and_does_not_follow_links_out(tmp_path):
     import tarfile
 
