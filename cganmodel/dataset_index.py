@@ -199,7 +199,7 @@ def iter_tar(path: Path, read: bool, limits: DataLimits | None = None, skipped: 
     larger than ``limits.member_bytes`` is refused from its header, before a byte of it is read.
     ``skipped`` collects the regular files that are not read and the folders (:class:`Skipped`)."""
     limits = limits or DEFAULT_LIMITS
-    seen = 0
+    seen = unpacked = 0
     names: set[str] = set()
     try:
         with tarfile.open(path, mode="r|*") as tf:
@@ -207,6 +207,9 @@ def iter_tar(path: Path, read: bool, limits: DataLimits | None = None, skipped: 
                 seen += 1
                 if seen > limits.entries:
                     raise DataError(f"{path}: more than {limits.entries} archive members (CGAN_MAX_DATASET_ENTRIES)")
+                unpacked += member.size  # from the header: a member skipped is still decompressed to get past it
+                if unpacked > limits.archive_bytes:
+                    raise DataError(f"{path}: its members add up to more than {limits.archive_bytes} bytes unpacked (CGAN_MAX_DATASET_BYTES)")
                 if is_hidden(member.name):
                     continue  # as the folder walk does not enter .git/ or read .DS_Store
                 if skipped is not None:

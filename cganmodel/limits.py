@@ -1,7 +1,7 @@
 """Budgets on what reading a dataset may cost, checked before anything large is read or decoded (torch-free).
 
 ``DataLimits`` travels from the settings (``CGAN_MAX_ARCHIVE_MEMBER_BYTES``, ``CGAN_MAX_IMAGE_PIXELS``,
-``CGAN_MAX_IMAGE_SIDE``, ``CGAN_MAX_TOTAL_PIXELS``, ``CGAN_MAX_DATASET_ENTRIES``) to
+``CGAN_MAX_IMAGE_SIDE``, ``CGAN_MAX_TOTAL_PIXELS``, ``CGAN_MAX_DATASET_ENTRIES``, ``CGAN_MAX_DATASET_BYTES``) to
 :mod:`cganmodel.dataset_index` (member sizes, walk length) and :mod:`cganmodel.data` (image headers:
 width and height are read from the header, JPEG and PNG alike, before any pixel is decoded).
 """
@@ -23,6 +23,7 @@ class DataLimits:
     image_side: int = 8192
     total_pixels: int = 2_000_000_000
     entries: int = 2_000_000
+    archive_bytes: int = 16 * 2**30  # what an archive's members add up to unpacked (a gzip of zeros is 1000x smaller)
 
 
 DEFAULT_LIMITS = DataLimits()

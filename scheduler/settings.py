@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=4096 * 4096, gt=0, description="Largest image (width x height) decoded from a dataset.")
     max_image_side: int = Field(default=8192, gt=0, description="Largest width or height of a dataset image.")
     max_total_pixels: int = Field(default=2_000_000_000, gt=0, description="Most pixels decoded from one dataset (about 6 GB as RGB).")
-    max_dataset_bytes: int = Field(default=16 * 2**30, gt=0, description="Largest dataset archive read from the object store (registered or s3://).")
+    max_dataset_bytes: int = Field(default=16 * 2**30, gt=0, description="Largest dataset archive read from the object store (registered or s3://), and most bytes any archive unpacks to.")
     max_dataset_entries: int = Field(default=2_000_000, gt=0, description="Most paths one dataset folder walk visits.")
     dataset_roots: list[Path] | None = Field(
         default=None,
@@ -178,7 +178,7 @@ class Settings(BaseSettings):
 
         return DataLimits(
             member_bytes=self.max_archive_member_bytes, image_pixels=self.max_image_pixels, image_side=self.max_image_side,
-            total_pixels=self.max_total_pixels, entries=self.max_dataset_entries,
+            total_pixels=self.max_total_pixels, entries=self.max_dataset_entries, archive_bytes=self.max_dataset_bytes,
         )
 
     @property

@@ -203,6 +203,14 @@ def test_archive_member_size_is_checked_before_reading(tmp_path):
         tf.addfile(info, io.BytesIO(b"\0" * info.size))
     with pytest.raises(DataError, match="CGAN_MAX_ARCHIVE_MEMBER_BYTES"):
         count_images(str(archive), limits=DataLimits(member_bytes=1_000_000))
+    # a member that is no image is not read, but a compressed stream is decompressed to get past it: bounded too
+    with tarfile.open(archive, "w:gz") as tf:
+        for name in ("ds/cat/zeros.txt", "ds/cat/a.png"):
+            info = tarfile.TarInfo(name)
+            info.size = 2_000_000
+            tf.addfile(info, io.BytesIO(b"\0" * info.size))
+    with pytest.raises(DataError, match=r"its members add up to more than 3000000 bytes unpacked \(CGAN_MAX_DATASET_BYTES\)"):
+        count_images(str(archive), limits=DataLimits(archive_bytes=3_000_000))
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
