@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cganmodel.imaging import to_float
-from cganmodel.shards import PathLike, check_member_name, class_index, split_member
+from cganmodel.shards import PathLike, check_member_name, class_at, class_index, split_member
 
 
 class ShardDataset(Dataset[tuple[Any, int]]):
@@ -30,10 +30,13 @@ class ShardDataset(Dataset[tuple[Any, int]]):
     arrays are loaded at construction. The webdataset shards are also readable
     by the ``webdataset`` library: ``webdataset.WebDataset(urls).decode("pil").to_tuple("png", "cls")``.
 
-    ``imagefolder`` labels index ``classes``: by default the ``classes`` of the ``manifest.json`` in a
-    downloaded folder (the model's class order, as the ``.cls`` of webdataset shards and the ``labels`` of
-    npz shards: one class, one index, whatever the format), else the sorted class folders of all those
-    shards (``ImageFolder`` order)."""
+    Labels index one class list for every item, whatever its format: ``classes`` when given, else the ``classes``
+    of the ``manifest.json`` of each item's download (the model's class order, as in ``.cls`` and npz ``labels``),
+    which must then agree across the downloads read (models with other class lists: pass ``classes``). A directory
+    may hold several downloads (``<dir>/<job>/...``), each beside its own manifest; a shard's manifest is the one in
+    its folder or the folder above (``--layout imagefolder`` keeps shards in ``.shards/``). Shards read without any
+    manifest keep their stored labels, and imagefolder items the sorted class folders present (``ImageFolder``
+    order)."""
 
     def __init__(
         self,
@@ -46,19 +49,32 @@ class ShardDataset(Dataset[tuple[Any, int]]):
         paths = _shard_paths(paths_or_dir)
         tars = {path: _tar_members(path) for path in paths if path.suffix != ".npz"}
         unpacked = _unpacked_images(paths_or_dir)
+        own = _ManifestClasses()
         if classes is None:
-            classes = _manifest_classes(paths_or_dir)
-        if classes is None:
+            lists = {tuple(c) for c in (own.near(p) for p in [*paths, *unpacked]) if c is not None}
+            if len(lists) > 1:
+                raise ValueError(
+                    f"these downloads come from models with {len(lists)} different class lists: pass classes=[...] to label "
+                    "them all in one list"
+                )
+            classes = list(lists.pop()) if lists else None
+        if classes is None:  # no manifest anywhere: the folders present, in ImageFolder order
             classes = sorted(
                 {name.rpartition("/")[0] for members in tars.values() if _is_imagefolder(members) for name in members}
                 | {path.parent.name for path in unpacked}
             )
+            relabel = False
+        else:
+            relabel = True
         self._items: list[_TarItem | _ArrayItem | _FileItem] = []
         for path in paths:
-            if path.suffix == ".npz":
-                self._items += _npz_items(path)
-            else:
-                self._items += _tar_items(path, tars[path], classes)
+            if path.suffix == ".npz":  # each row names its class
+                self._items += _npz_items(path, classes if relabel else None)
+                continue
+            stored = own.near(path) if relabel else None
+            if relabel and stored is None and not _is_imagefolder(tars[path]):
+                raise ValueError(f"{path}: no manifest.json beside it names the classes its .cls labels index (read the download's folder)")
+            self._items += _tar_items(path, tars[path], classes, stored)
         self._items += [_FileItem(path, class_index(classes, path.parent.name)) for path in unpacked]
         if not self._items and isinstance(paths_or_dir, str | Path) and Path(paths_or_dir).is_dir():
             raise ValueError(f"{paths_or_dir}: no shards (.tar, .npz) and no <class>/<image>.png files under it")
@@ -113,19 +129,39 @@ class _FileItem:
 
 
 def _unpacked_images(paths_or_dir: PathLike | Sequence[PathLike]) -> list[Path]:
-    """The images of a download unpacked as an ImageFolder tree (``--layout imagefolder``):
-    ``<dir>/<class>/<key>.png``, sorted by class folder, then name."""
+    """The images of downloads unpacked as ImageFolder trees (``--layout imagefolder``): ``<dl>/<class>/<key>.png``
+    where ``<dl>`` is a folder holding a ``manifest.json`` (one job's download: the directory given or one under it),
+    or the directory given when none does (a bare tree); sorted by path. A ``contact-sheet.png`` is no class image."""
     if not isinstance(paths_or_dir, str | Path) or not Path(paths_or_dir).is_dir():
         return []
-    return sorted(p for p in Path(paths_or_dir).glob("*/*.png") if p.is_file() and not p.parent.name.startswith("."))
+    root = Path(paths_or_dir)
+    downloads = {m.parent for m in root.rglob("manifest.json") if not _hidden(m.relative_to(root))} or {root}  # no manifest: a bare tree
+    return sorted({p for d in downloads for p in d.glob("*/*.png") if p.is_file() and not _hidden(p.relative_to(root))})
 
 
-def _manifest_classes(paths_or_dir: PathLike | Sequence[PathLike]) -> list[str] | None:
-    """The class list of the job whose download ``paths_or_dir`` is (its ``manifest.json``), if it is one."""
-    if not isinstance(paths_or_dir, str | Path) or not (Path(paths_or_dir) / "manifest.json").is_file():
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+class _ManifestClasses:
+    """The ``classes`` of the manifest.json of the download a file belongs to: in its folder or the one above."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, list[str] | None] = {}
+
+    def near(self, path: Path) -> list[str] | None:
+        for folder in (path.parent, path.parent.parent):
+            found = self._read(folder)
+            if found is not None:
+                return found
         return None
-    classes = json.loads((Path(paths_or_dir) / "manifest.json").read_text()).get("classes")
-    return [str(c) for c in classes] if isinstance(classes, list) else None
+
+    def _read(self, folder: Path) -> list[str] | None:
+        if folder not in self._cache:
+            manifest = folder / "manifest.json"
+            classes = json.loads(manifest.read_text()).get("classes") if manifest.is_file() else None
+            self._cache[folder] = [str(c) for c in classes] if isinstance(classes, list) else None
+        return self._cache[folder]
 
 
 def _shard_paths(paths_or_dir: PathLike | Sequence[PathLike]) -> list[Path]:
@@ -153,7 +189,9 @@ def _is_imagefolder(members: dict[str, tarfile.TarInfo]) -> bool:
     return not any(name.endswith(".cls") for name in members)
 
 
-def _tar_items(path: Path, members: dict[str, tarfile.TarInfo], classes: Sequence[str]) -> list[_TarItem]:
+def _tar_items(path: Path, members: dict[str, tarfile.TarInfo], classes: Sequence[str], stored: Sequence[str] | None) -> list[_TarItem]:
+    """Items of one tar. imagefolder members are labelled by their folder's index in ``classes``; webdataset ones by
+    their ``.cls``, mapped through ``stored`` (the class list that ``.cls`` indexes) into ``classes`` when given."""
     imagefolder = _is_imagefolder(members)
     items = []
     with open(path, "rb") as fileobj:
@@ -166,11 +204,16 @@ def _tar_items(path: Path, members: dict[str, tarfile.TarInfo], classes: Sequenc
             else:
                 fileobj.seek(members[f"{key}.cls"].offset_data)
                 label = int(fileobj.read(members[f"{key}.cls"].size))
+                if stored is not None:
+                    label = class_index(classes, class_at(stored, label))
             items.append(_TarItem(path, member.offset_data, member.size, label))
     return items
 
 
-def _npz_items(path: Path) -> list[_ArrayItem]:
+def _npz_items(path: Path, classes: Sequence[str] | None) -> list[_ArrayItem]:
+    """Items of one npz shard: its ``labels``, or with ``classes`` the index of each row's ``class_names`` there."""
     with np.load(path, allow_pickle=False) as npz:
-        images, labels = npz["images"], npz["labels"]
+        images, labels, names = npz["images"], npz["labels"], npz["class_names"]
+    if classes is not None:
+        labels = [class_index(classes, str(name)) for name in names]
     return [_ArrayItem(image, int(label)) for image, label in zip(images, labels, strict=True)]

@@ -309,12 +309,12 @@ def _iter_pngs(path: Path, classes: Sequence[str]) -> Iterator[tuple[str, str, b
     """``(class_name, key, png bytes)`` of any shard; the format is read off the file."""
     if path.suffix == ".npz":
         for sample in iter_shard(path, "npz"):
-            yield _class_at(classes, sample.label), sample.key, encode_png(sample.image)
+            yield class_at(classes, sample.label), sample.key, encode_png(sample.image)
         return
     with open(path, "rb") as fileobj:
         for key, files in _iter_tar_records(fileobj):
             if "cls" in files:  # webdataset
-                yield _class_at(classes, int(files["cls"])), _check_key(key), files["png"]
+                yield class_at(classes, int(files["cls"])), _check_key(key), files["png"]
             else:
                 class_name, _, name = key.rpartition("/")
                 class_index(classes, class_name)
@@ -329,7 +329,7 @@ def class_index(classes: Sequence[str] | None, class_name: str) -> int:
         raise ValueError(f"class folder {class_name!r} is not one of the classes {list(classes)}") from None
 
 
-def _class_at(classes: Sequence[str], index: int) -> str:
+def class_at(classes: Sequence[str], index: int) -> str:
     if not 0 <= index < len(classes):
         raise ValueError(f"class index {index} is outside the {len(classes)} classes")
     return classes[index]

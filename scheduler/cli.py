@@ -143,7 +143,7 @@ def submit_generate(
     fill_to: Annotated[Optional[int], typer.Option("--fill-to", help="Top every class of --dataset up to N images.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="ImageFolder directory or .tar/.tar.gz, with --fill-to.")] = None,
     model: Annotated[str, typer.Option("--model", help="NAME[:VERSION] of a generator.")] = GenerateRequest.model,
-    seed: Annotated[int, typer.Option("--seed")] = GenerateRequest.seed,
+    seed: Annotated[int, typer.Option("--seed", help="The noise: jobs of one model and seed draw the same images (400 cats repeat a 200-cat job): a new seed for new images.")] = GenerateRequest.seed,
     truncation: Annotated[Optional[float], typer.Option("--truncation", help="Resample noise beyond this magnitude.")] = None,
     min_confidence: Annotated[Optional[float], typer.Option("--min-confidence", help="Keep samples the classifier gives their label with p >= P.")] = None,
     classifier: Annotated[Optional[str], typer.Option("--classifier", help="NAME[:VERSION] used with --min-confidence.")] = None,

@@ -223,7 +223,7 @@ def _counts(r: GenerateRequest, classes: list[str], model_ref: str, settings: Se
     unknown = [name for name in labels if name not in classes]
     if unknown:
         raise InvalidInput(f"unknown label {unknown[0]!r} for model {model_ref}; valid labels: {', '.join(classes)}")
-    names = labels or classes
+    names = [c for c in classes if c in labels] if labels else classes  # the model's order, whatever the flags' order
     flag, amount = ("--count", r.count) if r.count is not None else ("--per-class", r.per_class)
     if amount is None or amount <= 0:
         raise InvalidInput(f"{flag} must be at least 1, got {amount}")

@@ -150,7 +150,11 @@ def test_shard_dataset_labels_follow_the_manifest_in_every_format(tmp_path: Path
         (folder / "manifest.json").write_text(json.dumps({"classes": classes}))
         labels[fmt] = [ShardDataset(folder)[i][1] for i in range(len(cats))]
     assert labels == {fmt: [2] * len(cats) for fmt in labels}
-    assert ShardDataset([tmp_path / "imagefolder" / shard_name(0, "imagefolder")])[0][1] == 0  # no manifest: folder order
+    assert ShardDataset([tmp_path / "imagefolder" / shard_name(0, "imagefolder")])[0][1] == 2  # a shard named alone: its manifest beside it
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    write_file(alone / shard_name(0, "imagefolder"), cats, "imagefolder")
+    assert ShardDataset(alone)[0][1] == 0  # no manifest at all: the folders present, ImageFolder order
 
     # the same job downloaded with --layout imagefolder (unpacked <class>/<key>.png beside its manifest.json)
     unpacked = tmp_path / "unpacked"
@@ -162,6 +166,45 @@ def test_shard_dataset_labels_follow_the_manifest_in_every_format(tmp_path: Path
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no shards"):
         ShardDataset(tmp_path / "empty")
+
+
+def test_several_downloads_in_one_folder_share_one_label_space(tmp_path: Path) -> None:
+    """A folder holding downloads of several jobs (one a class, each format and layout) labels every item by the
+    model's class list, from each download's own manifest: frog was labelled as automobile when one imagefolder
+    download was mixed with webdataset ones (its label came from the folders present). classes=[...] relabels
+    every format alike, and models with different class lists must be given one."""
+    model = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog"]
+    rng = np.random.default_rng(1)
+
+    def job(name: str, label: str, fmt: str, unpack: bool = False) -> None:
+        folder = tmp_path / "mix" / name
+        (folder / ".shards" if unpack else folder).mkdir(parents=True)
+        rows = [Sample(key=f"{i:08d}", image=rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), label=model.index(label), class_name=label,
+                       meta={}) for i in range(3)]
+        shard = write_file((folder / ".shards" if unpack else folder) / shard_name(0, fmt), rows, fmt)
+        if unpack:
+            unpack_to_imagefolder([shard], folder, model)
+            shard.unlink()
+        (folder / "manifest.json").write_text(json.dumps({"classes": model}))
+        (folder / "contact-sheet.png").write_bytes(encode_png(rows[0].image))  # beside every download: no class image
+
+    job("frog-if", "frog", "imagefolder")
+    job("airplane-if", "airplane", "imagefolder")
+    job("automobile-wds", "automobile", "webdataset")
+    job("cat-npz", "cat", "npz")
+    job("dog-unpacked", "dog", "webdataset", unpack=True)
+    data = ShardDataset(tmp_path / "mix")
+    assert len(data) == 15
+    assert sorted({data[i][1] for i in range(len(data))}) == [0, 1, 3, 5, 6]  # airplane, automobile, cat, dog, frog
+    for name, label in [("frog-if", "frog"), ("airplane-if", "airplane"), ("automobile-wds", "automobile"), ("cat-npz", "cat"), ("dog-unpacked", "dog")]:
+        alone = ShardDataset(tmp_path / "mix" / name)
+        assert [alone[i][1] for i in range(3)] == [model.index(label)] * 3, name  # as in the mix
+        mine = ["frog", "dog", "cat", "automobile", "airplane"]
+        relabelled = ShardDataset(tmp_path / "mix" / name, classes=mine)
+        assert [relabelled[i][1] for i in range(3)] == [mine.index(label)] * 3, name  # every format, not imagefolder alone
+    (tmp_path / "mix" / "frog-if" / "manifest.json").write_text(json.dumps({"classes": ["frog", "toad"]}))
+    with pytest.raises(ValueError, match="2 different class lists: pass classes="):
+        ShardDataset(tmp_path / "mix")
 
 
 def test_unpack_then_torchvision_imagefolder(tmp_path: Path) -> None:

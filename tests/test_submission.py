@@ -39,7 +39,8 @@ def test_balanced_count_and_per_class(ctx):
     assert spec(ctx, balanced=True, count=50_000).counts == {c: 5000 for c in CLASSES}
     assert spec(ctx, balanced=True, per_class=7).counts == {c: 7 for c in CLASSES}
     uneven = spec(ctx, labels=["dog", "cat"], count=5)
-    assert uneven.counts == {"cat": 2, "dog": 3}  # model class order; remainder to the first label given
+    assert uneven.counts == {"cat": 3, "dog": 2}  # the remainder to the first in the model's order, as --help says
+    assert spec(ctx, labels=["cat", "dog"], count=5).counts == uneven.counts  # whatever the order of the flags
     assert spec(ctx, labels=["cat", "cat"], per_class=3).counts == {"cat": 3}
 
 
