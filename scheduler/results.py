@@ -6,7 +6,7 @@ import errno
 import hashlib
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -99,8 +99,10 @@ def download(service, job_id: str, dest: Path, layout: str) -> str:
     staging: Path | None = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        # a folder of this download's own: two downloads into one --to at once never share (or delete) one
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-{job.id[:12]}-", dir=dest.parent))
+        # a folder of this download's own: two downloads into one --to at once never share (or delete) one; made
+        # by mkdir (the umask's permissions, as --to would get), not mkdtemp (0700: a shared data folder nobody else reads)
+        staging = dest.parent / f".{dest.name}.partial-{job.id[:12]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
         if manifest is None:
             summary = _download_files(store, job, staging)
         else:

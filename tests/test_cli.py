@@ -249,6 +249,8 @@ def test_two_downloads_into_one_folder_at_once_give_one_whole_download(embedded_
     """Each download stages in a folder of its own: the loser of two at once into one --to is refused (exit 2) with
     what happened, never a false integrity error (a shared staging folder was deleted under the other download);
     the winner's files are whole. A file in the way of --to is named as such."""
+    import os
+
     from harness.services import ROOT, cganctl_command
 
     job = json.loads(cganctl(embedded_env, "submit", "generate", "--label", "ship", "--count", "600", "--shard-size", "50", "--json", check=True).stdout)
@@ -269,6 +271,9 @@ def test_two_downloads_into_one_folder_at_once_give_one_whole_download(embedded_
         assert mine == sorted(p.relative_to(tmp_path / "again").as_posix() for p in (tmp_path / "again").rglob("*")), check.stdout
         shutil.rmtree(tmp_path / "again")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "race"]  # no staging folder left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert race.stat().st_mode & 0o777 == 0o777 & ~umask  # the umask's permissions, not a temporary folder's 0700
     (tmp_path / "afile").write_text("x")
     blocked = cganctl(embedded_env, "results", "download", job["id"], "--to", str(tmp_path / "afile" / "sub"))
     assert blocked.returncode == 2 and blocked.stderr.strip() == f"error: could not write to {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file, not a folder"
