@@ -452,6 +452,11 @@ def worker(
 
     for warning in worker_preflight(settings):  # a refusal or a table not at head: error: line, exit, no message taken
         typer.echo(f"warning: {_clip(warning)} (starting anyway: tasks wait for it)", err=True)
+    if settings.visibility_timeout <= settings.task_time_limit:  # allowed (tests shorten it), but worth a word
+        typer.echo(
+            f"warning: CGAN_VISIBILITY_TIMEOUT ({settings.visibility_timeout} s) is not above CGAN_TASK_TIME_LIMIT "
+            f"({settings.task_time_limit} s): Redis hands a task still running to another worker, whose delivery its "
+            "live lease refuses (a wasted delivery); set it above the longest task", err=True)
     metrics_port = metrics_port or settings.metrics_port
     if metrics_port is not None:
         if pool is Pool.prefork:

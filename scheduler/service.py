@@ -56,7 +56,7 @@ class Service:
     # --- jobs -------------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, *, queue: str | None = None, priority: int = 0, retry_of: str | None = None) -> JobRecord:
         settings = self.runtime.settings
-        queue = queue or settings.queue_for(spec.kind)
+        queue = settings.queue_for(spec.kind) if queue is None else queue  # --queue '' is refused below, not the default
         submission.check_queue_priority(queue, priority)
         table, dispatcher = (self.lean.table, self.lean.dispatcher) if self.lean else (self.table, self.dispatcher)
         dispatcher.check()
@@ -140,7 +140,7 @@ class Service:
         spec = old.parsed_spec()
         if isinstance(spec, TrainSpec):
             spec = spec.model_copy(update={"resume_from": old.id})
-        return self.submit(spec, queue=queue or old.queue, priority=old.priority if priority is None else priority, retry_of=old.id)
+        return self.submit(spec, queue=old.queue if queue is None else queue, priority=old.priority if priority is None else priority, retry_of=old.id)
 
     def follow(
         self, job_id: str, interval: float = 0.5, on_unserved: Callable[[str], None] | None = None

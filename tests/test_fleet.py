@@ -122,6 +122,7 @@ def test_lost_worker_task_is_redelivered_and_attempt_counted(fleet_env, start_wo
     env = dict(fleet_env, CGAN_VISIBILITY_TIMEOUT="4")
     data = tiny_image_folder(tmp_path / "data" / "datasets" / "tiny")  # under the fleet's dataset root
     first = start_worker("doomed", env=env)
+    assert "warning: CGAN_VISIBILITY_TIMEOUT (4 s) is not above CGAN_TASK_TIME_LIMIT (18600 s)" in first.log.read_text(), first.log_tail()
     out = cganctl(env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "400", "--batch-size", "8", "--checkpoint-every", "20", "--json", check=True).stdout
     job_id = json.loads(out)["id"]
     wait_for(lambda: store.exists(f"jobs/{job_id}/checkpoints/latest.json"), timeout=120)

@@ -334,6 +334,7 @@ def test_dataset_roots_on_a_fleet_and_embedded(tmp_path):
         (["train", "--preset", "mlp", "--dataset", "DS", "--name", "default-classifier"], "reserved"),
         (["train", "--preset", "mlp", "--dataset", "EMPTY"], "--dataset"),
         (["train", "--preset", "mlp", "--dataset", ""], "empty"),
+        (["generate", "--label", "cat", "--count", "10", "--queue", ""], "invalid queue name ''"),  # an empty $QUEUE: not the default queue
     ],
 )
 def test_submit_refuses_what_a_worker_would_reject(embedded_env, tmp_path, args, message):
