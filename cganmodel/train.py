@@ -292,8 +292,11 @@ class Trainer:
         return labelled_grid_png({name: images[c * k : (c + 1) * k] for c, name in enumerate(self.gan_cfg.classes)})
 
     def checkpoint_files(self) -> dict[str, bytes]:
-        """The full training state as ``{file name: bytes}`` (see :data:`REQUIRED_FILES`, plus PNGs)."""
+        """The full training state as ``{file name: bytes}`` (see :data:`REQUIRED_FILES`, plus PNGs).
+        Raises :class:`TrainingDiverged` rather than save a state whose losses since the last log are not
+        finite (``checkpoint_every`` may be shorter than ``log_every``)."""
         self._flush_losses()
+        check_finite(self.step, {"d_loss": self._acc[0], "g_loss": self._acc[1]}, "lr_g / lr_d")
         state = {
             "format": CHECKPOINT_FORMAT,
             "version": 1,

@@ -194,6 +194,8 @@ class ClassifierTrainer:
                     on_progress({**entry, "steps": tc.steps, "images_per_s": seen / max(now - tick, 1e-9)})
                 tick, seen, loss_sum, correct, count = now, 0, 0.0, 0, 0
             if on_checkpoint is not None and (self.step % tc.checkpoint_every == 0 or self.step == tc.steps):
+                if count:  # never save a diverged state between two progress lines
+                    check_finite(self.step, {"loss": loss_sum / count}, "lr")
                 on_checkpoint(self.step, self.checkpoint_files())
         self.model.eval()
         return TrainResult(self.step, tc.steps, False, time.perf_counter() - start, self._last())

@@ -86,6 +86,39 @@ def test_a_run_whose_losses_stop_being_finite_fails_instead_of_exporting_nan_wei
         clf.run()
 
 
+def test_a_diverged_run_saves_no_checkpoint_between_two_log_lines():
+    """checkpoint_every shorter than log_every: the losses since the last log line are checked before each
+    checkpoint, so a NaN state is never saved (a resume would continue from it)."""
+    import torch
+
+    from cganmodel.classifier import ClassifierConfig
+    from cganmodel.data import ImageData
+    from cganmodel.gan import GANConfig
+    from cganmodel.presets import ClassifierTrainConfig, TrainConfig
+    from cganmodel.train import Trainer
+    from cganmodel.train_classifier import ClassifierTrainer
+    from cganmodel.training import TrainingDiverged
+
+    data = ImageData(torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8), torch.arange(16) % 2, ["a", "b"])
+    saved: list[int] = []
+    gan = Trainer(GANConfig(preset="mlp", num_classes=2, classes=["a", "b"]), TrainConfig(preset="mlp", steps=8, batch_size=8, log_every=4, checkpoint_every=1), data)
+    gan.run(on_checkpoint=lambda step, files: saved.append(step))
+    assert saved == [1, 2, 3, 4, 5, 6, 7, 8]
+    saved.clear()
+    gan = Trainer(GANConfig(preset="mlp", num_classes=2, classes=["a", "b"]), TrainConfig(preset="mlp", steps=8, batch_size=8, log_every=4, checkpoint_every=1), data)
+    with torch.no_grad():
+        next(gan.G.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step 1 \(d_loss nan, g_loss nan\)"):
+        gan.run(on_checkpoint=lambda step, files: saved.append(step))
+    assert saved == []
+    clf = ClassifierTrainer(ClassifierConfig(num_classes=2, classes=["a", "b"]), ClassifierTrainConfig(steps=4, batch_size=8, progress_every=4, checkpoint_every=1), data)
+    with torch.no_grad():
+        next(clf.model.parameters()).fill_(float("inf"))
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step 1 \(loss nan\)"):
+        clf.run(on_checkpoint=lambda step, files: saved.append(step))
+    assert saved == []
+
+
 def test_train_request_to_spec(tmp_path):
     from PIL import Image
 
