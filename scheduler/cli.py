@@ -33,6 +33,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(datasets_app, name="datasets")
 
 EXIT_FOR_STATUS = {"succeeded": 0, "failed": 1, "cancelled": 4}
+EXIT_PIPE_CLOSED = 141  # stdout closed by its reader (`| head`): 128 + SIGPIPE, as a shell reports it
 
 
 class Layout(str, Enum):
@@ -105,19 +106,30 @@ def _submit(request: Request, *, queue: str | None, priority: int, wait: bool, a
             "(a class folder with no image counts as absent; generate those with --label NAME --count N)",
             err=True,
         )
+    _after_submit(service, job, wait=wait, as_json=as_json)
+
+
+def _after_submit(service, job, *, wait: bool, as_json: bool) -> None:
+    """On the embedded default this process runs the job, so the command follows it to its end (a bar with
+    ``--wait``); on a fleet it returns at once unless ``--wait``."""
+    embedded = service.runtime.settings.embedded
+    if embedded and not wait and not as_json:
+        typer.echo("this command returns when the job ends (Ctrl-C cancels it; --wait shows its progress)", err=True)
     if wait or embedded:
-        _follow(service, job.id, quiet=as_json or not wait, as_json=as_json)
+        _follow(service, job.id, runs_here=embedded, quiet=as_json or not wait, as_json=as_json)
     elif as_json:
         _emit_json(job.to_dict())
 
 
-def _follow(service, job_id: str, *, quiet: bool = False, as_json: bool = False) -> None:
+def _follow(service, job_id: str, *, runs_here: bool, quiet: bool = False, as_json: bool = False) -> None:
+    """Follow a job to its end; Ctrl-C cancels it when ``runs_here`` (this process runs it: a submit on the
+    embedded default), else only stops following (``jobs watch``, or a fleet's worker runs it)."""
     from .progress import follow_job
 
     try:
         job = follow_job(service, job_id, quiet=quiet)
     except KeyboardInterrupt:
-        if service.runtime.settings.embedded:
+        if runs_here:
             typer.echo(f"interrupted: cancelling job {job_id} ...", err=True)
             service.cancel(job_id)
             service.finish_local()
@@ -265,7 +277,7 @@ def jobs_watch(job_id: str) -> None:
     """Follow a job with a progress bar until it ends."""
     service = _service()
     service.sweep()
-    _follow(service, service.get(job_id).id)
+    _follow(service, service.get(job_id).id, runs_here=False)
 
 
 @jobs_app.command("cancel")
@@ -308,10 +320,7 @@ def jobs_retry(job_id: str, queue: QueueOpt = None, wait: WaitOpt = False, as_js
     job = service.retry(job_id, queue=queue)
     if not as_json:
         typer.echo(f"job {job.id} {job.kind} submitted (retry of {job.retry_of})")
-    if wait or service.runtime.settings.embedded:
-        _follow(service, job.id, quiet=as_json or not wait, as_json=as_json)
-    elif as_json:
-        _emit_json(job.to_dict())
+    _after_submit(service, job, wait=wait, as_json=as_json)
 
 
 @results_app.command("download")
@@ -558,7 +567,12 @@ def main() -> None:
     if not root.handlers:
         root.addHandler(cli_log_handler())
     try:
-        code = app(standalone_mode=False)  # usage errors come back as exceptions: one `error:` line below
+        try:
+            code = app(standalone_mode=False)  # usage errors come back as exceptions: one `error:` line below
+        except SystemExit as exc:  # Typer exits 1 on EPIPE (`cganctl ... | head`), which would read "job failed"
+            if isinstance(exc.__context__, BrokenPipeError):
+                sys.exit(EXIT_PIPE_CLOSED)
+            raise
     except typer.TyperException as exc:  # Typer's own click: a bad option value, an unknown option or command
         if type(exc).__name__ == "NoArgsIsHelpError":  # `cganctl submit` alone: the help is the answer
             if exc.format_message().strip():  # rich help has printed itself already; plain help prints here

@@ -485,3 +485,58 @@ def test_a_100kb_argument_is_refused_at_once_in_one_bounded_line(embedded_env, a
     assert result.returncode == 2 and result.stderr.startswith("error:") and len(result.stderr.splitlines()) == 1, result.stderr[:300]
     assert len(result.stderr) < 1200 and "characters left out" in result.stderr, len(result.stderr)
     assert took < 20, took
+
+
+def test_ctrl_c_on_jobs_watch_stops_following_and_on_the_submitter_cancels(embedded_env):
+    """On the embedded default the submitting process runs the job: Ctrl-C there cancels it. ``jobs watch`` in
+    another process only follows it: Ctrl-C there stops following and the job goes on."""
+    import signal
+    import time
+
+    from harness.services import cganctl_command
+
+    submitter = subprocess.Popen(
+        [*cganctl_command(), "submit", "generate", "--label", "ship", "--count", "50000", "--json"],
+        env=embedded_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        job = None
+        while time.monotonic() < deadline:  # the row exists once the submit has written it; then wait for progress
+            rows = json.loads(cganctl(embedded_env, "jobs", "list", "--json", check=True).stdout)
+            job = rows[0] if rows else None
+            if job and job["status"] == "running" and job["progress_done"]:
+                break
+            time.sleep(0.5)
+        assert job and job["status"] == "running", job
+        watcher = subprocess.Popen([*cganctl_command(), "jobs", "watch", job["id"]], env=embedded_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=60)
+        assert watcher.returncode == 130 and f"stopped following; job {job['id']} goes on" in err, err
+        time.sleep(1.5)
+        after = json.loads(cganctl(embedded_env, "jobs", "show", job["id"], "--json", check=True).stdout)
+        assert after["status"] == "running" and not after.get("cancel_requested"), after
+        submitter.send_signal(signal.SIGINT)
+        _, err = submitter.communicate(timeout=120)
+        assert submitter.returncode == 130 and f"interrupted: cancelling job {job['id']}" in err, err
+        assert json.loads(cganctl(embedded_env, "jobs", "show", job["id"], "--json", check=True).stdout)["status"] == "cancelled"
+    finally:
+        if submitter.poll() is None:
+            submitter.kill()
+            submitter.communicate()
+
+
+def test_output_cut_short_by_its_reader_exits_141_not_job_failed(embedded_env):
+    """`cganctl submit ... | head -1`: the job succeeds, then stdout is gone. Exit 141 (as a shell reports SIGPIPE),
+    not 1, which means "job failed"."""
+    from harness.services import cganctl_command
+
+    proc = subprocess.Popen([*cganctl_command(), "submit", "generate", "--label", "cat", "--count", "10"], env=embedded_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141 and first.startswith("job ") and "error" not in err and "Traceback" not in err, err
+    job = json.loads(cganctl(embedded_env, "jobs", "list", "--json", check=True).stdout)[0]
+    assert job["status"] == "succeeded"
