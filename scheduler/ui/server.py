@@ -59,7 +59,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, echo=print) -> Non
     token = settings.ui_token.get_secret_value() if settings.ui_token else None
     if not is_loopback(host) and not token:
         raise InvalidInput(
-            f"binding to {host} (not loopback) needs a token: set CGAN_UI_TOKEN, then open the dashboard with ?token=..."
+            f"binding to {host} (not loopback) needs a token: set CGAN_UI_TOKEN, then open the dashboard once with the token in its URL (its token parameter)"
         )
     if not is_loopback(host) and token and (len(token) < MIN_TOKEN_CHARS or token != token.strip() or token == "CHANGE-ME"):
         raise InvalidInput(
