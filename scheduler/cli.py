@@ -359,10 +359,10 @@ def models_list(as_json: JsonOpt = False) -> None:
 @datasets_app.command("add")
 def datasets_add(
     name: Annotated[str, typer.Argument(help="Name jobs will use: --dataset NAME / --reference NAME.")],
-    archive: Annotated[str, typer.Argument(help="A .tar/.tar.gz/.tgz/.tar.bz2/.tar.xz of an ImageFolder tree (train/ and test/ splits optional).")],
+    archive: Annotated[str, typer.Argument(help="An ImageFolder folder (packed into a reproducible .tar.gz) or a .tar/.tar.gz/.tgz/.tar.bz2/.tar.xz of one (train/ and test/ splits optional).")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Check an archive under the reading budgets, upload it to the object store and register it as NAME."""
+    """Check a folder or archive under the reading budgets, upload it to the object store and register it as NAME."""
     from cganmodel.dataset_index import Skipped
 
     if "://" in archive:  # a Path would fold s3://b/k into s3:/b/k and say that does not exist

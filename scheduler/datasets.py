@@ -1,7 +1,7 @@
 """Datasets held in the project's object store: registered names and ``s3://`` URIs in the project's bucket (issue 8).
 
-- ``cganctl datasets add NAME FILE`` checks FILE (a .tar/.tar.gz ImageFolder archive) under the reading
-  budgets, uploads it content-addressed as ``datasets/NAME/<sha256>.<ext>`` and writes its index
+- ``cganctl datasets add NAME FILE`` checks FILE (a .tar/.tar.gz ImageFolder archive, or a folder, packed first
+  into a reproducible .tar.gz: the same files give the same archive) under the reading budgets, uploads it content-addressed as ``datasets/NAME/<sha256>.<ext>`` and writes its index
   ``datasets/NAME.json`` (key, sha256, size, classes and counts per split). Adding NAME again replaces the
   index; a job already submitted keeps reading the archive its spec names.
 - A submit turns ``--dataset NAME`` / ``--reference NAME`` and ``s3://<the project's bucket>/KEY`` into
@@ -13,14 +13,16 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import json
 import re
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from cganmodel.dataset_index import TAR_SUFFIXES, Skipped
+from cganmodel.dataset_index import TAR_SUFFIXES, Skipped, is_hidden
 
 from .errors import CganError, InvalidInput, NotFound
 from .records import utcnow
@@ -99,7 +101,7 @@ def classes_only_in_test(splits: dict[str, dict[str, int]]) -> list[str]:
     return [name for name in test if name not in train]
 
 
-def _splits(path: Path, settings: Settings, skipped: Skipped | None = None) -> dict[str, dict[str, int]]:
+def _splits(path: Path, settings: Settings, skipped: Skipped | None = None, shown: Path | None = None) -> dict[str, dict[str, int]]:
     """Classes and counts of the archive's train split (or of the whole tree) and of each other split it has
     (``test``, and ``val`` that no job reads: listed, so that a user sees it)."""
     from cganmodel.dataset_index import DataError, count_splits
@@ -107,12 +109,17 @@ def _splits(path: Path, settings: Settings, skipped: Skipped | None = None) -> d
     try:
         splits = count_splits(str(path), limits=settings.dataset_limits(), skipped=skipped)
     except DataError as exc:
-        raise DatasetError(f"cannot register {path}: {exc}") from None
-    _check_images(path, settings)
+        raise DatasetError(_said(f"cannot register {shown or path}: {exc}", path, shown)) from None
+    _check_images(path, settings, shown=shown)
     return splits
 
 
-def _check_images(path: Path, settings: Settings, batch: int = 1000) -> None:
+def _said(message: str, path: Path, shown: Path | None) -> str:
+    """``message`` naming the folder ``shown`` wherever it names the archive ``path`` packed from it."""
+    return message.replace(str(path), str(shown)) if shown is not None else message
+
+
+def _check_images(path: Path, settings: Settings, batch: int = 1000, shown: Path | None = None) -> None:
     """Every image of the archive has a header that opens, within the image budgets, and then decodes
     whole: a file that is no image, one too large or one cut short is refused here rather than failing
     every job later."""
@@ -134,34 +141,82 @@ def _check_images(path: Path, settings: Settings, batch: int = 1000) -> None:
         check_images(blobs, names, limits, total)
         check_decodes(blobs, names)
     except (BudgetExceeded, DataError) as exc:
-        raise DatasetError(f"cannot register {path}: {exc}") from None
+        raise DatasetError(_said(f"cannot register {shown or path}: {exc}", path, shown)) from None
+
+
+def pack_folder(folder: Path, dest: Path, settings: Settings) -> None:
+    """Write ``folder`` to ``dest`` as a .tar.gz that depends on its files alone (members in name order, owners
+    and times zeroed, gzip without a time stamp), so adding one folder twice stores one archive. Hidden files
+    and folders stay out (no reading counts them); a link is stored as a link and a FIFO as itself, never
+    followed or read (the reading names them). Stops at ``CGAN_MAX_DATASET_BYTES`` of file data or
+    ``CGAN_MAX_DATASET_ENTRIES`` members."""
+    limits = settings.dataset_limits()
+    seen = {"bytes": 0, "entries": 0}
+
+    def normalised(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if is_hidden(info.name.partition("/")[2]):
+            return None
+        seen["entries"] += 1
+        seen["bytes"] += info.size if info.isfile() else 0
+        if seen["bytes"] > limits.archive_bytes:
+            raise DatasetError(f"{folder} holds more than {limits.archive_bytes} bytes of files (CGAN_MAX_DATASET_BYTES)")
+        if seen["entries"] > limits.entries:
+            raise DatasetError(f"{folder} holds more than {limits.entries} files and folders (CGAN_MAX_DATASET_ENTRIES)")
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        return info
+
+    top = folder.resolve().name
+    top = top if top and not top.startswith(".") else "dataset"  # the archive's own top folder, as `tar czf x.tar.gz folder` has it
+    try:
+        with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped:
+            with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                tar.add(folder, arcname=top, filter=normalised)  # lstat: a link to a folder is not entered
+    except OSError as exc:  # no permission on a file, one that shrank while read
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        raise DatasetError(f"cannot pack {folder}:{where} {exc.strerror or exc}") from None
 
 
 def add(store: ObjectStore, settings: Settings, name: str, path: Path, skipped: Skipped | None = None) -> DatasetEntry:
-    """Check, upload and register ``path`` as dataset ``name`` (replacing an earlier registration); ``skipped``
-    collects what the reading passed over (files that are no image, class folders without one)."""
+    """Check, upload and register ``path`` (an archive, or a folder packed by :func:`pack_folder`) as dataset
+    ``name`` (replacing an earlier registration); ``skipped`` collects what the reading passed over (files that
+    are no image, class folders without one)."""
     if name in BUILTIN_DATASETS:
         raise DatasetError(f"dataset name {name!r} is taken by the built-in dataset: choose another")
     if not NAME.match(name):
         raise DatasetError(f"invalid dataset name {name!r}: lower-case letters, digits, '-' and '_' (at most 64)")
-    suffix = archive_suffix(path.name)
     try:
         if not path.exists():
             raise DatasetError(f"{path} does not exist")
+        folder = path.is_dir()
+    except OSError as exc:  # a name too long, no permission on a parent
+        raise DatasetError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    if folder:
+        with tempfile.TemporaryDirectory(prefix="cganctl-pack-") as scratch:
+            packed = Path(scratch) / f"{name}.tar.gz"
+            pack_folder(path, packed, settings)
+            return _add_archive(store, settings, name, packed, skipped, shown=path)
+    return _add_archive(store, settings, name, path, skipped)
+
+
+def _add_archive(store: ObjectStore, settings: Settings, name: str, path: Path, skipped: Skipped | None, shown: Path | None = None) -> DatasetEntry:
+    """``shown``: the folder that ``path`` packs, named in messages and as the source."""
+    suffix = archive_suffix(path.name)
+    try:
         if suffix is None or not path.is_file():
-            hint = f"pack it: tar czf {name}.tar.gz -C {path} ." if path.is_dir() else "pack an ImageFolder tree with `tar czf`"
-            raise DatasetError(f"{path} is not a {ARCHIVES_SAID} file ({hint})")
+            raise DatasetError(f"{path} is not a folder or a {ARCHIVES_SAID} file")
         size = path.stat().st_size
     except OSError as exc:  # a name too long, no permission on a parent
         raise DatasetError(f"{path} cannot be read: {exc.strerror or exc}") from None
     if size > settings.max_dataset_bytes:
         raise DatasetError(f"{path} is {size} bytes, above the maximum of {settings.max_dataset_bytes} (CGAN_MAX_DATASET_BYTES)")
-    splits = _splits(path, settings, skipped)
+    splits = _splits(path, settings, skipped, shown)
     sha = _sha256(path)
     key = f"{PREFIX}{name}/{sha}{suffix}"
     if not store.exists(key):
         store.put_file(key, path, content_type="application/x-tar")
-    entry = DatasetEntry(name=name, key=key, sha256=sha, size=size, splits=splits, source=path.name, added_at=utcnow().isoformat())
+    entry = DatasetEntry(name=name, key=key, sha256=sha, size=size, splits=splits, source=f"{shown.resolve().name}/" if shown else path.name, added_at=utcnow().isoformat())
     store.put_bytes(index_key(name), json.dumps(dataclasses.asdict(entry), indent=2).encode(), content_type="application/json")
     return entry
 

@@ -81,7 +81,8 @@ def test_register_list_and_train_by_name_embedded(embedded_env, tmp_path):
         (("datasets", "add", "Bad Name", "ARCHIVE"), "invalid dataset name"),
         (("datasets", "add", "cifar10", "ARCHIVE"), "dataset name 'cifar10' is taken by the built-in dataset"),
         (("datasets", "add", "tiny", "s3://bucket/x.tar"), "datasets add reads a local archive, not s3://bucket/x.tar"),  # was: s3:/bucket/x.tar does not exist
-        (("datasets", "add", "tiny", "FOLDER"), "is not a .tar, .tar.gz, .tgz, .tar.bz2 or .tar.xz file (pack it: tar czf tiny.tar.gz -C "),
+        (("datasets", "add", "tiny", "FILE"), "is not a folder or a .tar, .tar.gz, .tgz, .tar.bz2 or .tar.xz file"),
+        (("datasets", "add", "tiny", "EMPTY"), "no image files found"),
         (("datasets", "add", "tiny", "x" * 300 + ".tar.gz"), "cannot be read: File name too long"),
         (("submit", "train", "--preset", "mlp", "--dataset", "nosuchname", "--steps", "2"), "does not exist"),
         (("submit", "train", "--preset", "mlp", "--dataset", "s3://b/x.tar", "--steps", "2"), "need the project's bucket"),
@@ -90,12 +91,50 @@ def test_register_list_and_train_by_name_embedded(embedded_env, tmp_path):
 )
 def test_bad_dataset_input_is_one_line_and_no_row(embedded_env, tmp_path, args, message):
     archive = _archive(tmp_path)
-    args = tuple(str(archive) if a == "ARCHIVE" else str(tmp_path / "tree-tiny.tar.gz") if a == "FOLDER" else a for a in args)
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    named = {"ARCHIVE": archive, "FILE": tmp_path / "notes.txt", "EMPTY": tmp_path / "empty"}
+    args = tuple(str(named.get(a, a)) for a in args)
     assert message in _one_error(cganctl(embedded_env, *args))
     assert json.loads(cganctl(embedded_env, "jobs", "list", "--json", check=True).stdout) == []
     assert json.loads(cganctl(embedded_env, "datasets", "list", "--json", check=True).stdout) == []
     objects = Path(embedded_env["CGAN_DATA_DIR"]) / "objects"
     assert not objects.exists() or not any(p.is_file() for p in objects.rglob("*"))  # nothing uploaded
+
+
+def test_a_folder_is_added_as_one_reproducible_archive(embedded_env, tmp_path):
+    """`datasets add NAME FOLDER` packs the folder (hidden files left out, links kept as links and not followed)
+    into a .tar.gz that depends on the files alone: the same folder added twice, or a copy of it with other
+    times, is one stored object; a changed file is a new one. What it holds is what the folder holds."""
+    import os
+    import shutil
+
+    tree = tiny_image_folder(tmp_path / "birds" / "train", per_class=5).parent
+    tiny_image_folder(tree / "test", per_class=2)
+    (tree / ".git").mkdir()
+    (tree / ".git" / "HEAD").write_text("ref")
+    (tree / "train" / "cat" / "passwd.png").symlink_to("/etc/passwd")
+    added = json.loads(cganctl(embedded_env, "datasets", "add", "birds", str(tree), "--json", check=True).stdout)
+    assert added["splits"] == {"train": {"airplane": 5, "cat": 5, "frog": 5}, "test": {"airplane": 2, "cat": 2, "frog": 2}}
+    assert added["source"] == "birds/" and added["key"].endswith(".tar.gz")
+    assert added["warnings"] == ["1 archive member is a link and was not read (links in an archive are never followed: pack the files themselves, tar -h)"]
+    stored = Path(embedded_env["CGAN_DATA_DIR"]) / "objects" / added["key"]
+    with tarfile.open(stored) as tar:
+        names = tar.getnames()
+        assert not any("/." in n for n in names) and tar.getmember("birds/train/cat/passwd.png").issym()
+        assert {(m.uid, m.gid, m.mtime, m.uname) for m in tar.getmembers()} == {(0, 0, 0, "")}
+    copy = tmp_path / "copy" / "birds"
+    shutil.copytree(tree, copy, symlinks=True)
+    os.utime(copy / "train" / "cat" / "0.png", (1, 1))
+    again = json.loads(cganctl(embedded_env, "datasets", "add", "birds", str(copy), "--json", check=True).stdout)
+    assert again["key"] == added["key"] and again["replaced"] is None
+    (copy / "train" / "cat" / "0.png").write_bytes((tree / "train" / "frog" / "0.png").read_bytes())
+    assert json.loads(cganctl(embedded_env, "datasets", "add", "birds", str(copy), "--json", check=True).stdout)["key"] != added["key"]
+    trained = cganctl(embedded_env, "submit", "train", "--preset", "classifier", "--dataset", "birds", "--steps", "1", "--batch-size", "4", "--wait", "--json", timeout=300)
+    assert trained.returncode == 0 and json.loads(trained.stdout)["status"] == "succeeded", trained.stderr
+    big = dict(embedded_env, CGAN_MAX_DATASET_BYTES="1000")
+    refused = cganctl(big, "datasets", "add", "big", str(tree))
+    assert refused.returncode == 2 and refused.stderr.strip() == f"error: {tree} holds more than 1000 bytes of files (CGAN_MAX_DATASET_BYTES)", refused.stderr
 
 
 def test_name_that_is_also_a_path_is_refused_as_ambiguous(embedded_env, tmp_path):
