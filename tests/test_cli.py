@@ -445,7 +445,7 @@ def test_a_job_failing_in_process_is_one_error_line(embedded_env, tmp_path):
                      "--batch-size", "8", "--checkpoint-every", "1", "--wait")
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if "truncated" in line]
-    assert errors == ["error: DataError: cannot decode image 'cat/0.png' (image file is truncated)"], result.stderr
+    assert errors == ["error: cannot decode image 'cat/0.png' (image file is truncated)"], result.stderr
     assert "Traceback" not in result.stderr and "worker.execute" not in result.stderr
     assert [j.status for j in _job_rows(embedded_env)] == ["failed"]
 

@@ -174,21 +174,35 @@ def fail_after_retries(runtime: Runtime, job_id: str, exc: BaseException, shard:
 def _log_failure(exc: BaseException, message: str, *args) -> None:
     """A failure the product explains (a refusal, bad data, a --min-confidence never reached) is one line;
     anything else keeps its traceback."""
-    explained: tuple[type[BaseException], ...] = (CganError,)
-    try:
-        from cganmodel.sampling import GenerationError
-
-        explained = (CganError, GenerationError)
-    except Exception:  # a broken torch install: still record the failure below
-        pass
-    if isinstance(exc, explained):
+    if isinstance(exc, _explained()):
         log.error(message + ": %s", *args, _describe(exc))
     else:
         log.exception(message, *args)
 
 
+def _explained() -> tuple[type[BaseException], ...]:
+    """The failures the product words itself (bad data, a budget, a diverged run, an unreadable checkpoint, a
+    --min-confidence never reached): their message is the whole story, without a class name or traceback."""
+    from cganmodel.dataset_index import DataError
+    from cganmodel.limits import BudgetExceeded
+    from cganmodel.training import TrainingDiverged
+
+    explained: tuple[type[BaseException], ...] = (CganError, DataError, BudgetExceeded, TrainingDiverged)
+    try:
+        from cganmodel.checkpoint import CheckpointError
+        from cganmodel.sampling import GenerationError
+
+        explained += (CheckpointError, GenerationError)
+    except Exception:  # a broken torch install: still record the failure
+        pass
+    return explained
+
+
 def _describe(exc: BaseException) -> str:
+    """The job's error line: the product's own message as it is; anything else with its class name."""
     from scheduler.redact import scrub
 
     text = scrub(str(exc).strip())
+    if text and isinstance(exc, _explained()):
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
