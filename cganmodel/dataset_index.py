@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")  # the builtin `cifar10`
+CIFAR10_PER_CLASS = {"train": 5000, "test": 1000}  # images per class of each split of the builtin `cifar10`
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 

@@ -50,11 +50,7 @@ def resolve_source(source: str, roots: list[Path] | None, *, flag: str = "--data
         raise DatasetRefused(f"{flag} {source} is neither a folder nor a regular file")
     if roots is not None and not _within(real, roots):
         shown = ", ".join(str(r) for r in roots)
-        register = (
-            f"pack and register it in the store with 'tar czf NAME.tar.gz -C {source} . && cganctl datasets add NAME NAME.tar.gz'"
-            if stat.S_ISDIR(mode)
-            else f"register it in the store with 'cganctl datasets add NAME {source}'"
-        )
+        register = f"register it in the store with 'cganctl datasets add NAME {source}'"
         raise DatasetRefused(f"{flag} {source} lies outside the dataset roots ({shown}); {register}, set CGAN_DATASET_ROOTS or move it there")
     return str(path)
 

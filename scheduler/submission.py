@@ -124,9 +124,11 @@ def _dataset_counts(source: str, settings: Settings | None = None, flag: str = "
                     shown: str | None = None, skipped: Skipped | None = None) -> dict[str, int]:
     """Images per class of a resolved source; a registered archive's from its index, an s3:// one from a local copy.
     Messages name it as ``shown`` (what the user typed: a registered name, not its ``store:`` key)."""
-    from cganmodel.dataset_index import DataError, count_images, rename_hint
+    from cganmodel.dataset_index import CIFAR10_CLASSES, CIFAR10_PER_CLASS, DataError, count_images, rename_hint
 
     shown = shown or source
+    if source == "cifar10" and split in CIFAR10_PER_CLASS:  # the builtin's counts are known: nothing to download
+        return {name: CIFAR10_PER_CLASS[split] for name in CIFAR10_CLASSES}
     local, indexed = _readable(source, settings)
     if indexed is not None:
         if split not in indexed:

@@ -65,6 +65,14 @@ def test_fill_to_generates_each_deficit(ctx, tmp_path):
     assert s._absent == ["airplane", "automobile", "bird", "deer", "horse", "ship", "truck"]  # named by the submit
 
 
+
+def test_fill_to_over_the_builtin_cifar10_uses_its_known_counts(ctx):
+    """CIFAR-10's train split has 5,000 images a class: --fill-to 5003 --dataset cifar10 asks for 3 a class,
+    with nothing downloaded (it was refused as "data source 'cifar10' does not exist (expected 'cifar10', ...)")."""
+    s = spec(ctx, fill_to=5003, dataset="cifar10")
+    assert s.counts == dict.fromkeys(CLASSES, 3) and s.request["dataset"] == "cifar10"
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
