@@ -161,10 +161,15 @@ class S3Store:
         )
 
     def _call(self, what: str, func, *args, **kwargs):
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
             return func(*args, **kwargs)
+        except NoCredentialsError:  # nothing was sent: a setting is missing, not a service down
+            raise ServiceRefused(
+                f"no S3 credentials for {self.shown_endpoint}: set CGAN_S3_ACCESS_KEY_ID and CGAN_S3_SECRET_ACCESS_KEY "
+                "(or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, an instance role)"
+            ) from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):

@@ -125,13 +125,24 @@ def test_a_worker_without_pytorch_does_not_start():
 def test_unreachable_service_is_one_line_and_no_row(embedded_env, variable, value, what):
     env = dict(embedded_env, **{variable: value})
     if variable == "CGAN_S3_ENDPOINT_URL":
-        env["CGAN_S3_BUCKET"] = "b"
+        env.update(CGAN_S3_BUCKET="b", CGAN_S3_ACCESS_KEY_ID="k", CGAN_S3_SECRET_ACCESS_KEY="s")
     result = cganctl(env, "submit", "generate", "--label", "frog", "--count", "10", timeout=120)
     assert result.returncode == 3, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and ("unreachable" in lines[0] or "failed" in lines[0]), result.stderr
     if variable != "CGAN_DATABASE_URL":
         assert _job_rows(dict(env, CGAN_BROKER_URL="", CGAN_S3_BUCKET="")) == []
+
+
+def test_s3_without_credentials_is_said_so_not_unreachable(embedded_env, tmp_path):
+    """No key anywhere (settings, AWS_* variables, ~/.aws): a setting is missing, and nothing was sent."""
+    env = {k: v for k, v in embedded_env.items() if not k.startswith("AWS_")}
+    env.update(CGAN_S3_BUCKET="b", CGAN_S3_ENDPOINT_URL="http://127.0.0.1:1", HOME=str(tmp_path), AWS_EC2_METADATA_DISABLED="true")
+    result = cganctl(env, "submit", "generate", "--label", "frog", "--count", "10", timeout=120)
+    assert result.returncode == 3 and result.stderr.strip().splitlines() == [
+        "error: no S3 credentials for http://127.0.0.1:1: set CGAN_S3_ACCESS_KEY_ID and CGAN_S3_SECRET_ACCESS_KEY "
+        "(or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, an instance role)"], result.stderr
+    assert _job_rows(dict(env, CGAN_S3_BUCKET="")) == []
 
 
 def test_embedded_generate_end_to_end(embedded_env, tmp_path):
