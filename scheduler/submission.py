@@ -71,6 +71,8 @@ class TrainRequest:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise InvalidInput(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr_g=1e-4")
+            if key.strip() in pairs:  # one value per key: neither silently wins
+                raise InvalidInput(f"--set {key.strip()}={pairs[key.strip()]} and --set {key.strip()}={value.strip()}: give one")
             pairs[key.strip()] = value.strip()
         shortcuts = dict(steps=self.steps, batch_size=self.batch_size, checkpoint_every=self.checkpoint_every, seed=self.seed)
         given = {k: v for k, v in shortcuts.items() if v is not None}

@@ -328,6 +328,7 @@ def test_min_confidence_keeps_only_confident_samples(embedded_env, tmp_path):
         (["--preset", "gpt"], "unknown preset 'gpt'"),
         (["--steps", "0"], "invalid training config: steps=0") ,
         (["--steps", "10", "--set", "steps=-5"], "--steps and --set steps=-5 both set steps: give one"),
+        (["--set", "lr_g=1e-4", "--set", "lr_g=2e-4"], "--set lr_g=1e-4 and --set lr_g=2e-4: give one"),
         (["--preset", "mlp", "--batch-size", "1"], "--batch-size: batch_size=1 is too small (should be at least 2: BatchNorm needs more than one image a batch)"),
         (["--preset", "classifier", "--batch-size", "2", "ONE-CLASS"], "has 1 class (cat): a classifier needs at least 2 class folders"),
     ],
