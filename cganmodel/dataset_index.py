@@ -240,9 +240,13 @@ def _inside(real: str, root: str) -> bool:
 
 
 def _note(name: str, folder: bool, other: bool, skipped: Skipped) -> None:
-    """Record a folder, or a regular file that is no image, of a tree being read."""
-    if folder and parts(name):
-        skipped.folders.add(parts(name))
+    """Record a folder, or a regular file that is no image, of a tree being read (and the folders that hold
+    it: an archive of file members alone has no folder members)."""
+    path = parts(name)
+    if folder and path:
+        skipped.folders.add(path)
+    elif len(path) > 1:
+        skipped.folders.update(path[:k] for k in range(1, len(path)))
     base = PurePosixPath(name).name
     if other and not base.startswith("."):  # .DS_Store and the like: nobody's data
         skipped.files[PurePosixPath(base).suffix.lower() or "(no extension)"] += 1

@@ -238,6 +238,14 @@ def test_files_that_are_not_images_are_counted_for_the_user(tmp_path: Path) -> N
             "3 files are not images and were not read (.heic 2, .txt 1; images end in .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)",
             "2 class folders hold no image and are not classes of this dataset: empty, phone",
         ] + (links if source == archive else []), source  # in a folder, a link to a class folder is read as no class
+    files_only = tmp_path / "files-only.tar.gz"  # `tar czf x.tar.gz ds/*/*`: no folder members, the folders are implied
+    with tarfile.open(files_only, "w:gz") as tf:
+        for name in sorted(files):
+            if not name.endswith(".DS_Store"):
+                tf.add(root / name, arcname=f"ds/{name}")
+    skipped = Skipped()
+    assert count_images(str(files_only), skipped=skipped) == {"airplane": 2, "cat": 2, "dog": 2}
+    assert skipped.empty_classes == ["phone"]  # it was not named: only folder members counted as folders
     split = Skipped()  # in a tree with splits, the train split's class folders (the test split's own aside)
     files = {**tree({"train/": 1}), "train/frog/.keep": b"", "test/cat/0.png": encode((1, 2, 3)), "test/ship/.keep": b""}
     assert count_images(str(write_dir(tmp_path / "split", files)), skipped=split) == {"airplane": 1, "cat": 1, "dog": 1}
