@@ -544,7 +544,8 @@ def _settings_error(exc: Exception) -> str | None:
     rule = str(first["msg"]).removeprefix("Value error, ")
     if not first.get("loc"):  # a rule between settings: its message names them
         return f"invalid settings: {rule}"
-    return f"invalid setting CGAN_{str(first['loc'][0]).upper()}: {rule}"
+    shape = {"list_type": ' (a JSON list, e.g. ["/srv/datasets"])', "dict_type": ' (a JSON object, e.g. {"evaluate": "cpu"})'}.get(first.get("type"), "")
+    return f"invalid setting CGAN_{str(first['loc'][0]).upper()}: {rule}{shape}"
 
 
 ERROR_LINE_MAX = 1000  # characters of one `error:` line: a 100 kB argument is not echoed back whole

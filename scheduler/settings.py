@@ -199,7 +199,9 @@ class Settings(BaseSettings):
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InvalidInput(f"invalid setting CGAN_DATA_DIR: cannot create {path}: {exc.strerror or exc}") from None
+            blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+            why = f"{blocker} is a file, not a folder" if blocker is not None else exc.strerror or exc
+            raise InvalidInput(f"invalid setting CGAN_DATA_DIR: cannot create {path}: {why}") from None
         return path
 
     def describe(self) -> dict[str, str]:
