@@ -170,7 +170,11 @@ class ModelRegistry:
         else:
             found = self.get(name, version)
         if found is None:
-            known = sorted({m.name for m in self.registered()} | {n for n in BUILTIN_FILES if builtin_model(n)})
+            registered = self.registered()
+            versions = [m.version for m in (builtin_versions(name) if name in BUILTIN_FILES else registered) if m.name == name]
+            if version is not None and versions:  # the name exists, not this version
+                raise InvalidInput(f"model {name} has no version {version}; its versions: {', '.join(map(str, versions))} (cganctl models list)")
+            known = sorted({m.name for m in registered} | {n for n in BUILTIN_FILES if builtin_model(n)})
             raise InvalidInput(f"unknown model {ref!r}; known models: {', '.join(known) or 'none'}")
         if found.kind != kind:
             raise InvalidInput(f"model {found.ref} is a {found.kind}, not a {kind}")

@@ -207,7 +207,7 @@ def test_shipped_models_are_versioned(ctx, monkeypatch):
     assert registry.resolve("default", "generator").ref == "default:2"
     assert registry.resolve("default:latest", "generator").ref == "default:2"
     assert registry.resolve("default:1", "generator").weights_key == "builtin:default-generator.safetensors"
-    with pytest.raises(InvalidInput, match="unknown model 'default:3'"):
+    with pytest.raises(InvalidInput, match=r"model default has no version 3; its versions: 1, 2 \(cganctl models list\)"):
         registry.resolve("default:3", "generator")
     assert [m.ref for m in registry.all() if m.name == "default"] == ["default:1", "default:2"]
     monkeypatch.setattr(model_registry, "BUILTIN_FILES", {"default": ("default-generator", "no-such-file"), "default-classifier": ("default-classifier",)})
