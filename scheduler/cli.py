@@ -32,6 +32,26 @@ app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(datasets_app, name="datasets")
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"cganctl {version('cganctl')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("cganctl (not installed: run from a source tree)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Submit and manage conditional-GAN jobs: train, evaluate, generate."""
+
+
 EXIT_FOR_STATUS = {"succeeded": 0, "failed": 1, "cancelled": 4}
 EXIT_PIPE_CLOSED = 141  # stdout closed by its reader (`| head`): 128 + SIGPIPE, as a shell reports it
 
@@ -381,7 +401,11 @@ def datasets_add(
     except datasets.DatasetError:  # an unreadable index: adding the dataset again is the cure, so it goes on
         previous = None
     skipped = Skipped()
-    entry = datasets.add(store, settings, name, Path(archive).expanduser(), skipped=skipped)
+    try:
+        entry = datasets.add(store, settings, name, Path(archive).expanduser(), skipped=skipped)
+    except KeyboardInterrupt:  # the index is written last: until then no job can name the new archive
+        typer.echo(f"interrupted: dataset {name} was not {'replaced' if previous is not None else 'registered'}", err=True)
+        raise typer.Exit(130) from None
     replaced = previous if previous is not None and previous.key != entry.key else None
     warnings = skipped.notes()
     extra = datasets.classes_only_in_test(entry.splits)

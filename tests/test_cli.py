@@ -552,3 +552,11 @@ def test_output_cut_short_by_its_reader_exits_141_not_job_failed(embedded_env):
     assert proc.wait(timeout=120) == 141 and first.startswith("job ") and "error" not in err and "Traceback" not in err, err
     job = json.loads(cganctl(embedded_env, "jobs", "list", "--json", check=True).stdout)[0]
     assert job["status"] == "succeeded"
+
+
+def test_version_is_the_installed_package_version(embedded_env):
+    import tomllib
+
+    expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    result = cganctl(embedded_env, "--version", check=True)
+    assert result.stdout == f"cganctl {expected}\n" and result.stderr == ""
