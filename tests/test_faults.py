@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from harness.s3server import S3Server, start_weed
-from harness.services import ROOT, base_env, cganctl, postgres_database, settings_from_env, wait_for
+from harness.services import ROOT, base_env, cganctl, cganctl_command, postgres_database, settings_from_env, wait_for
 from harness.worker_process import Worker
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -111,8 +111,23 @@ class PostgresServer:
         subprocess.run(["runuser", "-u", "postgres", "--", "pg_ctl", "-D", str(self.dir), "-m", "immediate", "stop"], capture_output=True, timeout=60)
 
     def remove(self) -> None:
+        self.signal(signal.SIGCONT)
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def signal(self, number: int) -> None:
+        """Send ``number`` to the postmaster and every backend (SIGSTOP: a server that holds its connections
+        open and never answers)."""
+        pid_file = self.dir / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        main = int(pid_file.read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True).stdout.split()
+        for pid in [main, *map(int, children)]:
+            try:
+                os.kill(pid, number)
+            except ProcessLookupError:
+                pass
 
 
 def _restart_weed(server: S3Server) -> None:
@@ -307,6 +322,61 @@ def test_status_answers_within_seconds_when_redis_hangs(tmp_path):
         _report("Redis frozen -> status answered", took)
         assert status.returncode == 3 and "Timeout" in status.stdout and "workers: unknown (the broker did not answer)" in status.stdout, status.stdout
         assert took < 20, took
+
+
+def test_metrics_and_dashboard_answer_within_seconds_when_postgres_hangs(tmp_path):
+    """A PostgreSQL that holds its connections and never answers (every process SIGSTOPped): the control-plane
+    scrape answers within seconds with cganctl_service_up{service="database"} 0 and the dashboard with an error
+    page (both hung for minutes on a pooled connection: the scrape never answered, so CganctlServiceDown could not
+    fire); once it answers again they read it again."""
+    import urllib.error
+    import urllib.request
+
+    def get(url: str) -> tuple[int, str, float]:
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                return response.status, response.read().decode(), time.monotonic() - started
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(), time.monotonic() - started
+
+    with fleet(tmp_path, own_postgres=True) as f:
+        metrics_port, ui_port = _free_port(), _free_port()
+        servers = [
+            subprocess.Popen([*cganctl_command(), "metrics", "--port", str(metrics_port), "--addr", "127.0.0.1"], env=f.env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            subprocess.Popen([*cganctl_command(), "ui", "--port", str(ui_port)], env=f.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        ]
+        try:
+            scrape, page = f"http://127.0.0.1:{metrics_port}/metrics", f"http://127.0.0.1:{ui_port}/"
+            wait_for(lambda: _answers(scrape) and _answers(page), 60, 0.5, "metrics and dashboard up")
+            assert 'cganctl_service_up{service="database"} 1.0' in get(scrape)[1] and get(page)[0] == 200  # a pool would hold these
+            f.pg.signal(signal.SIGSTOP)
+            try:
+                _, text, took = get(scrape)
+                code, _, page_took = get(page)
+            finally:
+                f.pg.signal(signal.SIGCONT)
+            _report("PostgreSQL frozen -> scrape answered", took)
+            _report("PostgreSQL frozen -> dashboard answered", page_took)
+            assert 'cganctl_service_up{service="database"} 0.0' in text and took < 10, (took, text[-500:])
+            assert code >= 500 and page_took < 30, (code, page_took)
+            wait_for(lambda: 'cganctl_service_up{service="database"} 1.0' in get(scrape)[1], 60, 1, "the database read again")
+            assert get(page)[0] == 200
+        finally:
+            for server in servers:
+                server.terminate()
+                server.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except Exception:
+        return False
 
 
 def test_postgres_down_20s_recovers(tmp_path):

@@ -81,6 +81,7 @@ def test_control_plane_and_worker_metrics(fleet_env, table, control_plane, tmp_p
     assert samples[("cganctl_jobs", (("kind", "train"), ("status", "queued")))] == _count(table, "train", "queued") >= 1
     assert samples[("cganctl_jobs", (("kind", "evaluate"), ("status", "running")))] == _count(table, "evaluate", "running")
     assert samples[("cganctl_oldest_queued_job_age_seconds", ())] > 0
+    assert 0 < samples[("cganctl_unfinished_work_idle_seconds", ())] < 600  # queued, nothing runs them yet
     assert samples[("cganctl_service_up", (("service", "broker"),))] == 1
     assert samples[("cganctl_service_up", (("service", "database"),))] == 1
     assert samples[("cganctl_service_up", (("service", "object_store"),))] == 1

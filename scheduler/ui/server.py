@@ -67,6 +67,9 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, echo=print) -> Non
             f"{' with spaces at an end' if token != token.strip() else ''}{' (the placeholder of deploy/k8s/secret.yaml)' if token == 'CHANGE-ME' else ''}; "
             f"use at least {MIN_TOKEN_CHARS}, e.g. $(openssl rand -hex 16)"
         )
+    from ..db import prefer_fresh_connections
+
+    prefer_fresh_connections()  # a database that stops answering fails a page within connect_timeout, never hangs it
     sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     echo(f"cganctl dashboard (read-only) on http://{shown}:{sock.getsockname()[1]}/")
