@@ -9,6 +9,7 @@ Exit codes: 0 ok / job succeeded, 1 job failed, 2 bad input, 3 a service is unre
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -459,11 +460,14 @@ def worker(
     queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated queues to consume.")] = "gpu",
     pool: Annotated[Pool, typer.Option("--pool", help="solo for GPU workers (CUDA cannot start in a forked child).")] = Pool.solo,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Tasks at once (threads/prefork).")] = 1,
-    hostname: Annotated[Optional[str], typer.Option("--hostname", "-n", help="Worker name, e.g. gpu0@%h.")] = None,
+    hostname: Annotated[
+        Optional[str], typer.Option("--hostname", "-n", help="Worker name, e.g. gpu0@%h (default worker<pid>@<host>: two workers of one host never share a name).")
+    ] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
     metrics_port: Annotated[
         Optional[int], typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus /metrics on this port (default CGAN_METRICS_PORT; unset: none).")
     ] = None,
+    metrics_addr: Annotated[str, typer.Option("--metrics-addr", help="Address /metrics listens on (127.0.0.1: this host only).")] = "0.0.0.0",
 ) -> None:
     """Start a Celery worker (needs CGAN_BROKER_URL)."""
     from .settings import get_settings
@@ -496,13 +500,13 @@ def worker(
             _fail(f"--metrics-port needs --pool solo or threads (a {pool.value} child process would count in its own memory)", 2)
         from worker import metrics
 
-        metrics.serve(metrics_port)
-        typer.echo(f"worker metrics on http://0.0.0.0:{metrics_port}/metrics")
+        metrics.serve(metrics_port, metrics_addr)
+        shown = f"[{metrics_addr}]" if ":" in metrics_addr else metrics_addr
+        typer.echo(f"worker metrics on http://{shown}:{metrics_port}/metrics")
     from worker.celery_app import app as celery_app
 
     argv = ["worker", "-Q", queues, "--pool", pool.value, "-c", str(concurrency), "-l", loglevel, "--without-gossip", "--without-mingle"]
-    if hostname:
-        argv += ["-n", hostname]
+    argv += ["-n", hostname or f"worker{os.getpid()}@%h"]  # Celery's celery@%h made two workers of one host one name
     celery_app.worker_main(argv)
 
 

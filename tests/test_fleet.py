@@ -258,3 +258,20 @@ def _starts_with_a_warning(env: dict[str, str], warning: str) -> None:
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def test_two_workers_of_one_host_started_without_a_name_are_two(fleet_env, table):
+    """Without -n each worker is worker<pid>@<host> (Celery's default celery@<host> made two workers of one host
+    one row in `cganctl status` and one name in a job's shards)."""
+    processes = [subprocess.Popen([*cganctl_command(), "worker", "-Q", "unnamed"], env=fleet_env, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    try:
+        names = []
+        for process in processes:
+            line = wait_for(lambda p=process: (lambda text: text if "ready." in text else None)(p.stdout.readline()), 120, 0, "worker ready")
+            names.append(line.split("INFO/MainProcess] ", 1)[1].split(" ready.")[0])
+        assert names[0] != names[1] and all(n.startswith(f"worker{p.pid}@") for n, p in zip(names, processes, strict=True)), names
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=60)

@@ -90,9 +90,10 @@ def test_control_plane_and_worker_metrics(fleet_env, table, control_plane, tmp_p
         assert secret not in text
 
     port = _free_port()
-    worker = Worker(fleet_env, "metered", tmp_path / "worker.log", queues=QUEUE, threads=1, extra_args=["--metrics-port", str(port)])
+    worker = Worker(fleet_env, "metered", tmp_path / "worker.log", queues=QUEUE, threads=1, extra_args=["--metrics-port", str(port), "--metrics-addr", "127.0.0.1"])
     try:
         worker.wait_ready()
+        assert f"worker metrics on http://127.0.0.1:{port}/metrics" in worker.log_tail()  # this host only, as asked
         for job in submitted:
             wait_for(lambda job=job: table.get(job["id"]).finished, timeout=180)
             assert table.get(job["id"]).status == "succeeded", worker.log_tail()
