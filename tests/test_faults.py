@@ -171,8 +171,8 @@ def fleet(tmp_path: Path, *, own_postgres: bool = False, extra: dict[str, str] |
             )
             cganctl(env, "db", "upgrade", check=True)
 
-            def start_worker(name: str) -> Worker:
-                worker = Worker(env, name, tmp_path / f"worker-{name}.log", queues="gpu", threads=1)
+            def start_worker(name: str, extra_args: list[str] | None = None) -> Worker:
+                worker = Worker(env, name, tmp_path / f"worker-{name}.log", queues="gpu", threads=1, extra_args=extra_args)
                 workers.append(worker)
                 worker.wait_ready()
                 return worker
@@ -401,8 +401,11 @@ def test_postgres_down_20s_recovers(tmp_path):
 
 
 def test_s3_outage_is_survived_without_regenerating(tmp_path):
+    import urllib.request
+
     with fleet(tmp_path) as f:
-        f.start_worker("w1")
+        port = _free_port()
+        f.start_worker("w1", ["--metrics-port", str(port), "--metrics-addr", "127.0.0.1"])
         job_id = _submit(f.env, 600, 200)
         rt = _table(f.env)
         wait_for(lambda: any(s.status == "running" for s in rt.table.shards(job_id)), 120, 0.1, "a running shard")
@@ -418,6 +421,10 @@ def test_s3_outage_is_survived_without_regenerating(tmp_path):
         _assert_consistent(rt, job_id)
         # the upload was retried with the bytes already made: one claim per shard, no regeneration
         assert all(s.attempts == 1 for s in rt.table.shards(job_id))
+        # and counted where an operator looks (the worker's /metrics; alert CganctlTasksRetrying)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        retried = next(line for line in text.splitlines() if line.startswith('cganctl_worker_upload_retries_total{kind="generate"}'))
+        assert float(retried.split()[-1]) >= 1, retried
 
 
 def test_submit_killed_after_the_row_commits_is_reconciled(tmp_path):

@@ -16,6 +16,7 @@ from scheduler.runtime import Runtime
 log = logging.getLogger(__name__)
 
 progress_hooks: list = []  # called as hook(context, done) on every report; worker.metrics adds one
+retry_hooks: list = []  # called as hook(context) on every upload try that met an unavailable store; worker.metrics adds one
 
 
 class TaskDeadlineExceeded(Exception):
@@ -149,6 +150,8 @@ class JobContext:
                     log.warning("job %s: the upload of %s went through after %.0f s of retries", self.job.id, key, time.monotonic() - started)
                 return
             except ServiceUnavailable as exc:
+                for hook in retry_hooks:
+                    hook(self)
                 spent = time.monotonic() - started
                 if spent + delay > budget:
                     raise RetryBudgetSpent(f"{exc} (still failing after {spent:.0f} s of retries: CGAN_TRANSIENT_RETRY_BUDGET is {budget:g} s)") from exc

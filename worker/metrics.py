@@ -32,6 +32,9 @@ TASKS_STARTED = Counter("cganctl_worker_tasks_started", "Tasks this worker start
 TASKS_SUCCEEDED = Counter("cganctl_worker_tasks_succeeded", "Tasks whose job (or shard) ran to success.", ["kind"])
 TASKS_FAILED = Counter("cganctl_worker_tasks_failed", "Tasks that failed their job (or shard), or raised.", ["kind"])
 TASKS_RETRIED = Counter("cganctl_worker_tasks_retried", "Tasks handed back for a later retry (a service was unreachable).", ["kind"])
+UPLOAD_RETRIES = Counter(
+    "cganctl_worker_upload_retries", "Uploads tried again within a task, the object store being unavailable (the bytes are kept, not made again).", ["kind"]
+)
 TASKS_CANCELLED = Counter("cganctl_worker_tasks_cancelled", "Tasks that stopped because their job was cancelled.", ["kind"])
 TASKS_SKIPPED = Counter("cganctl_worker_tasks_skipped", "Deliveries not run: the job or shard had already ended or was claimed elsewhere.", ["kind"])
 TASKS_RUNNING = Gauge("cganctl_worker_tasks_running", "Tasks executing on this worker now.", ["kind"])
@@ -53,7 +56,7 @@ TRAIN_STEP_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 for _k in KINDS:  # every series exists from the start, at 0
-    for _metric in (TASKS_STARTED, TASKS_SUCCEEDED, TASKS_FAILED, TASKS_RETRIED, TASKS_CANCELLED, TASKS_SKIPPED, TASKS_RUNNING, TASK_STARTED_AT, TASK_SECONDS):
+    for _metric in (TASKS_STARTED, TASKS_SUCCEEDED, TASKS_FAILED, TASKS_RETRIED, UPLOAD_RETRIES, TASKS_CANCELLED, TASKS_SKIPPED, TASKS_RUNNING, TASK_STARTED_AT, TASK_SECONDS):
         _metric.labels(_k)
 
 OUTCOME_COUNTER = {"ok": TASKS_SUCCEEDED, "failed": TASKS_FAILED, "cancelled": TASKS_CANCELLED}
@@ -103,6 +106,13 @@ def _on_retry(sender=None, **_) -> None:
     kind = _kind(sender)
     if kind is not None:
         TASKS_RETRIED.labels(kind).inc()
+
+
+def upload_retried(context: Any) -> None:
+    """Called by JobContext.put_retrying on every upload try the store did not take."""
+    kind = getattr(getattr(context, "job", None), "kind", None)
+    if kind in KINDS:
+        UPLOAD_RETRIES.labels(kind).inc()
 
 
 def progress(context: Any, done: int) -> None:
@@ -173,6 +183,7 @@ def install() -> None:
     signals.task_postrun.connect(_on_postrun, weak=False)
     signals.task_retry.connect(_on_retry, weak=False)
     context.progress_hooks.append(progress)
+    context.retry_hooks.append(upload_retried)
     REGISTRY.register(GpuCollector())
 
 
