@@ -29,7 +29,9 @@ from . import execute
 from .celery_app import TASK_EVALUATE, TASK_GENERATE_SHARD, TASK_TRAIN, app
 
 log = get_task_logger(__name__)
-startup_log = logging.getLogger(__name__)  # outside a task (start-up, the reconciler): no task id to show
+# outside a task (start-up, the reconciler): a logger of its own, since get_task_logger(__name__) made
+# logging.getLogger(__name__) the task logger itself (its lines read ???[???])
+startup_log = logging.getLogger("worker.lifecycle")
 _runtime: Runtime | None = None
 
 
