@@ -379,6 +379,37 @@ def _answers(url: str) -> bool:
         return False
 
 
+def test_training_goes_on_through_a_database_outage(tmp_path):
+    """PostgreSQL stopped for 20 s mid-training: progress and cancel checks wait for it and the steps go on (the
+    first failed progress write ended the task: it went back to its last checkpoint and spent an attempt). The job
+    succeeds on its first attempt, with its progress recorded again once the table answers."""
+    from harness.datasets import tiny_image_folder
+
+    with fleet(tmp_path, own_postgres=True) as f:
+        worker = f.start_worker("w1")
+        data = tiny_image_folder(Path(f.env["CGAN_DATA_DIR"]) / "datasets" / "tiny")
+        out = cganctl(f.env, "submit", "train", "--preset", "mlp", "--dataset", str(data), "--steps", "1500", "--batch-size", "8",
+                      "--checkpoint-every", "5000", "--json", check=True).stdout
+        job_id = json.loads(out)["id"]
+        rt = _table(f.env)
+        wait_for(lambda: rt.table.get(job_id).progress_done >= 50, 180, 0.2, "training under way")
+        before = rt.table.get(job_id).progress_done
+        f.pg.stop()
+        time.sleep(20)
+        f.pg.start()
+        back = time.monotonic()
+        from scheduler.db import _engine_for
+
+        _engine_for.cache_clear()
+        rt = _table(f.env)
+        job = _wait_finished(rt, job_id, 300)
+        _report("PostgreSQL down 20 s mid-training -> job succeeded (after it came back)", time.monotonic() - back)
+        assert job.status == "succeeded" and job.attempts == 1, (job, worker.log_tail())
+        log = worker.log.read_text(errors="replace")
+        assert "the work goes on" in log and "the job table answers again" in log, worker.log_tail()
+        assert "retry 1 in" not in log and before < 1500, worker.log_tail()
+
+
 def test_postgres_down_20s_recovers(tmp_path):
     with fleet(tmp_path, own_postgres=True) as f:
         f.start_worker("w1")

@@ -15,6 +15,17 @@ from scheduler.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+
+def transient(exc: BaseException) -> bool:
+    """An error that a later delivery may not hit: a service that did not answer."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from scheduler.errors import ServiceUnavailable
+
+    if isinstance(exc, ServiceUnavailable | OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
 progress_hooks: list = []  # called as hook(context, done) on every report; worker.metrics adds one
 retry_hooks: list = []  # called as hook(context) on every upload try that met an unavailable store; worker.metrics adds one
 
@@ -36,6 +47,8 @@ class JobContext:
         self.interval = interval
         self._last_report = 0.0
         self._last_check = 0.0
+        self._table_down_since: float | None = None  # progress and cancel checks carry on through a table outage
+        self._table_down_said = 0.0
         self._datasets: dict[tuple[str, str], Any] = {}  # kept by load_dataset(keep=True) for the task's next call
 
     @property
@@ -92,20 +105,51 @@ class JobContext:
         if not force and now - self._last_report < self.interval:
             return
         self._last_report = now
-        if self.shard is None:
-            self.table.progress(self.job.id, done, total=total, info=info)
-        else:
-            self.table.shard_progress(self.job.id, self.shard, done)
+        try:
+            if self.shard is None:
+                self.table.progress(self.job.id, done, total=total, info=info)
+            else:
+                self.table.shard_progress(self.job.id, self.shard, done)
+            self._table_back()
+        except Exception as exc:  # progress is advisory: the work goes on, the next report says where it is
+            if not transient(exc):
+                raise
+            self._table_down(exc, "progress not recorded")
 
     def should_stop(self) -> bool:
-        """Polled at step boundaries: a cancel was asked for, the job ended elsewhere or the lease was lost."""
+        """Polled at step boundaries: a cancel was asked for, the job ended elsewhere or the lease was lost. While
+        the job table does not answer, the work goes on (a cancel is read once it answers again; a lease taken
+        back meanwhile is found by the heartbeat, and this delivery then stops and writes nothing)."""
         now = time.monotonic()
         if self.lease_lost or now > self.deadline:
             return True
         if now - self._last_check < self.interval:
             return False
         self._last_check = now
-        return self.table.should_stop(self.job.id)
+        try:
+            stop = self.table.should_stop(self.job.id)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            self._table_down(exc, "cancel not checked")
+            return False
+        self._table_back()
+        return stop
+
+    def _table_down(self, exc: Exception, what: str) -> None:
+        now = time.monotonic()
+        if self._table_down_since is None:
+            self._table_down_since = now
+        if now - self._table_down_said >= 60:  # the first failure, then once a minute
+            self._table_down_said = now
+            text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            log.warning("job %s: %s (the job table: %s); the work goes on", self.job.id, what, text[0] if text else type(exc).__name__)
+
+    def _table_back(self) -> None:
+        if self._table_down_since is not None:
+            log.warning("job %s: the job table answers again after %.0f s", self.job.id, time.monotonic() - self._table_down_since)
+            self._table_down_since = None
+            self._table_down_said = 0.0
 
     def check_cancelled(self) -> None:
         """Raise ``JobCancelled`` on a cancel; ``TaskDeadlineExceeded`` past ``task_soft_time_limit``.

@@ -12,15 +12,13 @@ import logging
 import sys
 import uuid
 
-from sqlalchemy.exc import DBAPIError, OperationalError
-
 from scheduler import cleanup
 from scheduler.errors import CganError, JobCancelled, ServiceUnavailable
 from scheduler.runtime import Runtime
 from scheduler.specs import ShardStatus
 
 from . import evaluate_job, generate_job, train_job
-from .context import JobContext
+from .context import JobContext, transient
 from .heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -34,13 +32,6 @@ def default_worker_name() -> str:
     from scheduler.reconcile import inline_worker_name
 
     return inline_worker_name()
-
-
-def transient(exc: BaseException) -> bool:
-    """An error that a later delivery may not hit: a service that did not answer."""
-    if isinstance(exc, ServiceUnavailable | OperationalError):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def as_unavailable(exc: BaseException) -> ServiceUnavailable:
