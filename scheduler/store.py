@@ -108,8 +108,9 @@ class LocalStore:
         keys = list(self.list(prefix))
         for key in keys:
             self._path(key).unlink(missing_ok=True)
-        # folders left empty go too, as on S3 (a pruned checkpoint leaves no empty step-N/ behind)
-        stop = self.root / prefix.rstrip("/").rpartition("/")[0]
+        # folders left empty go too, up to the store's root, as on S3, which has no folders (a pruned checkpoint
+        # leaves no empty step-N/, a cancelled job no empty jobs/<id>/)
+        stop = self.root
         for folder in sorted({self._path(key).parent for key in keys}, key=lambda p: len(p.parts), reverse=True):
             while folder != stop and stop in folder.parents:
                 try:

@@ -82,14 +82,19 @@ def test_refused_credentials_are_one_error_line_and_write_nothing(tmp_path):
 
 
 def test_delete_prefix_leaves_no_empty_folder_behind(tmp_path):
-    """On the local store, deleting a prefix also removes the folders it empties (S3 has none to leave)."""
+    """On the local store, deleting a prefix also removes the folders it empties, up to the store's root (S3 has none
+    to leave; a cancelled job left an empty jobs/<id>/), and none that still holds something."""
     store = LocalStore(tmp_path / "objects")
     for key in ("jobs/a/checkpoints/step-1/x", "jobs/a/checkpoints/step-1/sub/y", "jobs/a/checkpoints/step-2/x", "jobs/a/keep"):
         store.put_bytes(key, b"1")
     assert store.delete_prefix("jobs/a/checkpoints/step-1/") == 2
     assert sorted(p.name for p in (tmp_path / "objects" / "jobs" / "a" / "checkpoints").iterdir()) == ["step-2"]
-    assert store.delete_prefix("jobs/a/") == 2
-    assert list((tmp_path / "objects" / "jobs").iterdir()) == []
+    assert store.delete_prefix("jobs/a/checkpoints/") == 1
+    assert sorted(p.name for p in (tmp_path / "objects" / "jobs" / "a").iterdir()) == ["keep"]
+    assert store.delete_prefix("jobs/a/") == 1
+    assert list((tmp_path / "objects").iterdir()) == []
+    store.put_bytes("jobs/b/x", b"2")  # a write makes its folders again
+    assert store.get_bytes("jobs/b/x") == b"2"
 
 
 def test_a_worker_waits_out_an_s3_outage_and_a_command_does_not(tmp_path):
@@ -106,3 +111,4 @@ def test_a_worker_waits_out_an_s3_outage_and_a_command_does_not(tmp_path):
         config = runtime.store.client.meta.config
         assert (config.read_timeout, config.retries["total_max_attempts"]) == (read_timeout, attempts)
     assert S3_PATIENCE["interactive"][0] * S3_PATIENCE["interactive"][1] <= 30 <= S3_PATIENCE["worker"][0] * S3_PATIENCE["worker"][1]
+
