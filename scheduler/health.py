@@ -75,7 +75,15 @@ PREFLIGHT_WAIT_S = 15.0  # a service that neither answers nor refuses within thi
 def answer_within(check, seconds: float = PREFLIGHT_WAIT_S):
     """``check()``'s result, or its exception, or ServiceUnavailable once ``seconds`` pass without either (a
     service that accepts connections and never answers must not hold a worker's start-up)."""
+    return in_background(check)(seconds)
+
+
+def in_background(check):
+    """Start ``check()`` in a daemon thread now; returns ``wait(seconds)``, which gives its result, or raises its
+    exception, or ServiceUnavailable once ``seconds`` have passed since the start (checks started together
+    overlap their waits)."""
     import threading
+    import time
 
     from .errors import ServiceUnavailable
 
@@ -88,13 +96,18 @@ def answer_within(check, seconds: float = PREFLIGHT_WAIT_S):
             box["error"] = exc
 
     thread = threading.Thread(target=run, name="preflight", daemon=True)
+    started = time.monotonic()
     thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise ServiceUnavailable(f"no answer within {seconds:.0f} s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+
+    def wait(seconds: float):
+        thread.join(max(started + seconds - time.monotonic(), 0.0))
+        if thread.is_alive():
+            raise ServiceUnavailable(f"no answer within {seconds:.0f} s")
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    return wait
 
 
 def worker_preflight(settings) -> list[str]:
