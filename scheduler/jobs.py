@@ -297,11 +297,16 @@ class JobTable:
 
     # --- leases -----------------------------------------------------------------------------------
     def renew_lease(self, job_id: str, token: str, shard: int | None = None) -> bool:
-        """The heartbeat: push the lease forward; False once this delivery no longer holds it."""
+        """The heartbeat: push the lease forward; False once this delivery no longer holds it.
+
+        A job the reconciler took back (its lease ran out while the table did not answer, so no heartbeat could be
+        written) but that no other delivery claimed is still this delivery's: the renewal makes it ``running``
+        again, and the delivery sent meanwhile finds it busy, then done, instead of redoing its work."""
         now = utcnow()
-        values = {"lease_expires_at": self._lease_until(now), "heartbeat_at": now}
+        values: dict[str, Any] = {"lease_expires_at": self._lease_until(now), "heartbeat_at": now}
         if shard is None:
             statement = update(Job).where(Job.id == job_id, Job.lease_owner == token, Job.status.in_(ACTIVE))
+            values["status"] = JobStatus.running.value
         else:
             statement = update(Shard).where(
                 Shard.job_id == job_id, Shard.index == shard, Shard.lease_owner == token, Shard.status == ShardStatus.running.value
@@ -422,11 +427,13 @@ class JobTable:
             return [ShardRecord.from_row(r) for r in rows]
 
     def succeed(self, job_id: str, *, metrics: dict | None, artifacts: dict | None, token: str | None = None) -> bool:
-        """A running job succeeded; with ``token``, only while that delivery still holds its lease."""
+        """A running job succeeded; with ``token``, only while that delivery still holds its lease (then also a job
+        the reconciler took back to ``queued`` that no other delivery claimed: the work is this delivery's)."""
         now = utcnow()
-        statement = update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value)
         if token is not None:
-            statement = statement.where(Job.lease_owner == token)
+            statement = update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE), Job.lease_owner == token)
+        else:
+            statement = update(Job).where(Job.id == job_id, Job.status == JobStatus.running.value)
         return bool(
             self._write(
                 statement

@@ -162,6 +162,31 @@ def test_packaged_head_revision_matches_alembic():
     assert head_revision() == ScriptDirectory.from_config(db.alembic_config(settings)).get_current_head()
 
 
+def test_a_job_taken_back_while_its_delivery_lives_stays_that_delivery_s(table, tmp_path):
+    """The table did not answer for longer than the lease, so the running delivery could not renew it; when the table
+    answers again the reconciler may take the job back (queued, re-sent) before that delivery's heartbeat comes. The
+    heartbeat then makes it running again, the delivery sent meanwhile finds it busy, and the first one's success
+    counts (it was refused, and the job ran again from its last checkpoint with one more attempt)."""
+    from scheduler.reconcile import Reconciler
+    from scheduler.runtime import Runtime
+
+    job = _create(table)
+    assert table.claim(job.id, "w1", "task-a:0") == "ok"
+    _expire_leases(table, job.id)
+    sent: list[str] = []
+    runtime = Runtime.create(Settings(data_dir=tmp_path, database_url=str(table.engine.url.render_as_string(hide_password=False))))
+    reconciler = Reconciler(runtime, owner="w2", send=lambda record, shard: sent.append(record.id))
+    reconciler.run_once()
+    assert sent == [job.id] and table.get(job.id).status == "queued"
+    assert table.renew_lease(job.id, "task-a:0")  # the first delivery's heartbeat, as the table answers again
+    assert table.get(job.id).status == "running"
+    assert table.claim(job.id, "w2", "task-b:0") == "busy"  # the re-sent delivery
+    assert table.succeed(job.id, metrics={}, artifacts={}, token="task-a:0")
+    done = table.get(job.id)
+    assert done.status == "succeeded" and done.attempts == 1
+    assert table.claim(job.id, "w2", "task-b:0") == "finished"
+
+
 def test_lease_renewal_same_delivery_and_duty(table):
     job = _create(table, _generate(8, 4), shards=[4, 4])
     assert table.claim_shard(job.id, 0, "w1", "task-a:0") == "ok"

@@ -48,7 +48,7 @@ class JobContext:
         self._last_report = 0.0
         self._last_check = 0.0
         self._table_down_since: float | None = None  # progress and cancel checks carry on through a table outage
-        self._table_down_said = 0.0
+        self._table_down_said: float | None = None
         self._datasets: dict[tuple[str, str], Any] = {}  # kept by load_dataset(keep=True) for the task's next call
 
     @property
@@ -140,7 +140,7 @@ class JobContext:
         now = time.monotonic()
         if self._table_down_since is None:
             self._table_down_since = now
-        if now - self._table_down_said >= 60:  # the first failure, then once a minute
+        if self._table_down_said is None or now - self._table_down_said >= 60:  # the first failure, then once a minute
             self._table_down_said = now
             text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             log.warning("job %s: %s (the job table: %s); the work goes on", self.job.id, what, text[0] if text else type(exc).__name__)
@@ -149,7 +149,7 @@ class JobContext:
         if self._table_down_since is not None:
             log.warning("job %s: the job table answers again after %.0f s", self.job.id, time.monotonic() - self._table_down_since)
             self._table_down_since = None
-            self._table_down_said = 0.0
+            self._table_down_said = None
 
     def check_cancelled(self) -> None:
         """Raise ``JobCancelled`` on a cancel; ``TaskDeadlineExceeded`` past ``task_soft_time_limit``.
