@@ -4,7 +4,7 @@ Start-up stays light: only Typer is imported here at module level; settings, SQL
 (in workers) torch are imported inside the commands that need them.
 
 Exit codes: 0 ok / job succeeded, 1 job failed, 2 bad input, 3 a service is unreachable,
-4 job cancelled, 130 interrupted.
+4 job cancelled, 130 interrupted, 141 its output cut short by its reader (`| head`).
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ app.add_typer(db_app, name="db")
 app.add_typer(datasets_app, name="datasets")
 
 
-
 def _print_version(value: bool) -> None:
     if value:
         from importlib.metadata import PackageNotFoundError, version
@@ -50,7 +49,7 @@ def _print_version(value: bool) -> None:
 def _root(
     show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
-    """Submit and manage conditional-GAN jobs: train, evaluate, generate."""
+    pass  # the options of `cganctl` itself (its help is the Typer app's)
 
 
 EXIT_FOR_STATUS = {"succeeded": 0, "failed": 1, "cancelled": 4}

@@ -379,6 +379,18 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _postgres_outage(f, seconds: float):
+    """Stop the fleet's own PostgreSQL for ``seconds``, start it again; returns when it was back and a fresh table."""
+    from scheduler.db import _engine_for
+
+    f.pg.stop()
+    time.sleep(seconds)
+    f.pg.start()
+    back = time.monotonic()
+    _engine_for.cache_clear()
+    return back, _table(f.env)
+
+
 def test_training_goes_on_through_a_database_outage(tmp_path):
     """PostgreSQL stopped for 20 s mid-training: progress and cancel checks wait for it and the steps go on (the
     first failed progress write ended the task: it went back to its last checkpoint and spent an attempt). The
@@ -396,14 +408,7 @@ def test_training_goes_on_through_a_database_outage(tmp_path):
         rt = _table(f.env)
         wait_for(lambda: rt.table.get(job_id).progress_done >= 50, 180, 0.2, "training under way")
         before = rt.table.get(job_id).progress_done
-        f.pg.stop()
-        time.sleep(20)
-        f.pg.start()
-        back = time.monotonic()
-        from scheduler.db import _engine_for
-
-        _engine_for.cache_clear()
-        rt = _table(f.env)
+        back, rt = _postgres_outage(f, 20)
         job = _wait_finished(rt, job_id, 300)
         _report("PostgreSQL down 20 s mid-training -> job succeeded (after it came back)", time.monotonic() - back)
         assert job.status == "succeeded" and job.attempts == 1, (job, worker.log_tail())
@@ -419,14 +424,7 @@ def test_postgres_down_20s_recovers(tmp_path):
         job_id = _submit(f.env, 600, 200)
         rt = _table(f.env)
         wait_for(lambda: any(s.status == "running" for s in rt.table.shards(job_id)), 120, 0.1, "a running shard")
-        f.pg.stop()
-        time.sleep(20)
-        f.pg.start()
-        back = time.monotonic()
-        from scheduler.db import _engine_for
-
-        _engine_for.cache_clear()
-        rt = _table(f.env)
+        back, rt = _postgres_outage(f, 20)
         _wait_finished(rt, job_id, 240)
         recovery = time.monotonic() - back
         _report("PostgreSQL down 20 s -> job succeeded (after it came back)", recovery)
