@@ -145,8 +145,8 @@ def _check_images(path: Path, settings: Settings, batch: int = 1000, shown: Path
 
 
 def pack_folder(folder: Path, dest: Path, settings: Settings) -> None:
-    """Write ``folder`` to ``dest`` as a .tar.gz that depends on its files alone (members in name order, owners
-    and times zeroed, gzip without a time stamp), so adding one folder twice stores one archive. Hidden files
+    """Write ``folder`` to ``dest`` as a .tar.gz that depends on its files alone (members in name order, owners,
+    times and permissions made the same, gzip without a time stamp), so adding one folder twice stores one archive. Hidden files
     and folders stay out (no reading counts them); a link is stored as a link and a FIFO as itself, never
     followed or read (the reading names them). Stops at ``CGAN_MAX_DATASET_BYTES`` of file data or
     ``CGAN_MAX_DATASET_ENTRIES`` members."""
@@ -165,6 +165,7 @@ def pack_folder(folder: Path, dest: Path, settings: Settings) -> None:
         info.uid = info.gid = 0
         info.uname = info.gname = ""
         info.mtime = 0
+        info.mode = 0o755 if info.isdir() else 0o644  # permissions are the copy's, not the data's
         return info
 
     top = folder.resolve().name

@@ -126,6 +126,7 @@ def test_a_folder_is_added_as_one_reproducible_archive(embedded_env, tmp_path):
     copy = tmp_path / "copy" / "birds"
     shutil.copytree(tree, copy, symlinks=True)
     os.utime(copy / "train" / "cat" / "0.png", (1, 1))
+    (copy / "train" / "cat" / "1.png").chmod(0o600)  # another time and mode: the same data
     again = json.loads(cganctl(embedded_env, "datasets", "add", "birds", str(copy), "--json", check=True).stdout)
     assert again["key"] == added["key"] and again["replaced"] is None
     (copy / "train" / "cat" / "0.png").write_bytes((tree / "train" / "frog" / "0.png").read_bytes())
