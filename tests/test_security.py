@@ -291,8 +291,8 @@ def test_dataset_roots_on_a_fleet_and_embedded(tmp_path):
     embedded = Settings(data_dir=data)
     assert resolve_source(str(inside), fleet.allowed_dataset_roots) == str(inside)
     assert resolve_source("cifar10", fleet.allowed_dataset_roots) == "cifar10"
-    # a folder: the hint packs it first (datasets add takes archives only)
-    with pytest.raises(DatasetRefused, match=r"outside the dataset roots.*'tar czf NAME.tar.gz -C .* && cganctl datasets add NAME NAME.tar.gz'"):
+    # a folder: the hint registers it (datasets add takes folders too)
+    with pytest.raises(DatasetRefused, match=r"outside the dataset roots.*register it in the store with 'cganctl datasets add NAME .*elsewhere'"):
         resolve_source(str(outside), fleet.allowed_dataset_roots)
     (inside.parent / "sneaky").symlink_to(outside)
     with pytest.raises(DatasetRefused, match="outside the dataset roots"):
