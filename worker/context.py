@@ -26,6 +26,16 @@ def transient(exc: BaseException) -> bool:
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
+
+def as_unavailable(exc: BaseException):
+    """A :func:`transient` error as ServiceUnavailable, with one line of what the database said."""
+    from scheduler.errors import ServiceUnavailable
+
+    if isinstance(exc, ServiceUnavailable):
+        return exc
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return ServiceUnavailable(f"database unavailable: {type(exc).__name__}: {text[0] if text else ''}")
+
 progress_hooks: list = []  # called as hook(context, done) on every report; worker.metrics adds one
 retry_hooks: list = []  # called as hook(context) on every upload try that met an unavailable store; worker.metrics adds one
 
@@ -142,8 +152,7 @@ class JobContext:
             self._table_down_since = now
         if self._table_down_said is None or now - self._table_down_said >= 60:  # the first failure, then once a minute
             self._table_down_said = now
-            text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            log.warning("job %s: %s (the job table: %s); the work goes on", self.job.id, what, text[0] if text else type(exc).__name__)
+            log.warning("job %s: %s (%s); the work goes on", self.job.id, what, as_unavailable(exc))
 
     def _table_back(self) -> None:
         if self._table_down_since is not None:

@@ -13,12 +13,12 @@ import sys
 import uuid
 
 from scheduler import cleanup
-from scheduler.errors import CganError, JobCancelled, ServiceUnavailable
+from scheduler.errors import CganError, JobCancelled
 from scheduler.runtime import Runtime
 from scheduler.specs import ShardStatus
 
 from . import evaluate_job, generate_job, train_job
-from .context import JobContext, transient
+from .context import JobContext, as_unavailable, transient
 from .heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,6 @@ def default_worker_name() -> str:
     from scheduler.reconcile import inline_worker_name
 
     return inline_worker_name()
-
-
-def as_unavailable(exc: BaseException) -> ServiceUnavailable:
-    if isinstance(exc, ServiceUnavailable):
-        return exc
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return ServiceUnavailable(f"database unavailable: {type(exc).__name__}: {text[0] if text else ''}")
 
 
 def run_job(runtime: Runtime, job_id: str, worker: str | None = None, token: str | None = None) -> str:
